@@ -1,0 +1,1 @@
+"""kernels stage (see ../shared/docs/architecture.md)."""

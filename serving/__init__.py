@@ -1,0 +1,1 @@
+"""serving stage (see ../shared/docs/architecture.md)."""

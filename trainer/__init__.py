@@ -1,0 +1,1 @@
+"""Trainer stage: CLIP dual encoder, data, losses, fitting, evaluation."""

@@ -1,0 +1,129 @@
+"""`tbps`: the command line. Each subcommand imports its stage lazily, so `tbps --help` is fast."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 128x48, got {text!r}") from None
+    return h, w
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, so the recipe has a single definition."""
+    from trainer.fit import TrainConfig
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name in ("data", "out"):
+            p.add_argument(flag, required=True)
+        elif f.name == "method_args":
+            p.add_argument("--method-arg", dest="method_args", action="append", type=_key_value,
+                           default=[], metavar="KEY=VALUE", help="a hyper-parameter of the method")
+        elif f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            kind = {"int": int, "float": float}.get(f.type, str)
+            p.add_argument(flag, type=kind, default=f.default, help=f"default: {f.default}")
+
+
+def cmd_synth(a) -> None:
+    from trainer.data.synthetic import write_synthetic
+    out = write_synthetic(a.out, ids=a.ids, seed=a.seed, image_size=a.image_size, overwrite=a.overwrite)
+    print(f"wrote {out / 'reid_raw.json'}")
+
+
+def cmd_train(a) -> None:
+    from trainer.fit import TrainConfig, train
+    args = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)}
+    args["method_args"] = dict(a.method_args)
+    best = train(TrainConfig(**args))
+    print(f"best checkpoint: {best}")
+
+
+def cmd_eval(a) -> None:
+    import torch
+    from trainer.checkpoint import load_checkpoint
+    from trainer.data.formats import load_dataset
+    from trainer.evaluate import evaluate
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = load_checkpoint(a.checkpoint, device)
+    entries = load_dataset(a.data).split(a.split)
+    metrics = evaluate(ckpt.model, ckpt.tokenizer, entries, device, a.batch_size, a.workers,
+                       progress=not a.json)
+    if a.json:
+        print(json.dumps(metrics))
+        return
+    print(f"{ckpt.path} on {a.data} [{a.split}]: {len(entries)} images")
+    for direction, m in metrics.items():
+        print(f"  {direction}: " + "  ".join(f"{k} {v:6.2f}" for k, v in m.items()))
+
+
+def cmd_demo(a) -> None:
+    from trainer.demo import run_demo
+    run_demo(Path(a.workdir), fresh=a.fresh)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tbps", description="text-based person search engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic pedestrian dataset (CUHK-PEDES format)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--ids", type=int, default=200, help="number of people")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=_size, default=(128, 48), metavar="HxW")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_synth)
+
+    p = sub.add_parser("train", help="train a model (resumes if OUT holds a run)")
+    _add_train_flags(p)
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("eval", help="retrieval metrics of a checkpoint (IRRA protocol)")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("demo", help="the main job on synthetic data: synthesize, train tiny, evaluate")
+    p.add_argument("--workdir", default="runs/demo")
+    p.add_argument("--fresh", action="store_true", help="rebuild everything instead of reusing it")
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        # errors a user can meet: one clear line, no traceback
+        print(f"tbps {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

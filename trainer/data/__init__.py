@@ -1,0 +1,1 @@
+"""Datasets, tokenizer, transforms and samplers."""

@@ -1,0 +1,306 @@
+"""The training loop: set-up, epochs, validation, checkpoint; read it top to bottom.
+
+One process on CPU or GPU, or many under `torchrun` (DDP: gloo on CPU, NCCL on GPU).
+Each epoch ends with a complete checkpoint `OUT/epoch_NNN/` (weights, config, tokenizer,
+optimizer / scheduler / RNG state); a run started again with the same `--out` resumes from
+the newest one and continues exactly as if it had never stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from trainer.checkpoint import (epoch_dirs, load_train_state, read_config, save_checkpoint,
+                                TOKENIZER_NAME)
+from trainer.data.dataset import CaptionDataset
+from trainer.data.formats import load_dataset, pid_map
+from trainer.data.sampler import IdentityBatchSampler
+from trainer.data.tokenizer import Tokenizer, train_bpe
+from trainer.data.transforms import build_transform
+from trainer.evaluate import evaluate
+from trainer.model import load_config, load_openai_clip
+from trainer.retriever import Retriever, method_args
+from safetensors.torch import load_file
+
+
+@dataclass
+class TrainConfig:
+    """Defaults are the IRRA recipe for fine-tuning CLIP ViT-B/16."""
+    data: str
+    out: str
+    config: str = "vit-b16-384x128"
+    method: str = "baseline"
+    method_args: dict = field(default_factory=dict)
+    init: str | None = None          # OpenAI CLIP weights (ViT-B-16.pt) to fine-tune from
+    bpe: str | None = None           # CLIP merges file; None: train a small BPE on the captions
+    bpe_vocab: int = 2048
+    epochs: int = 60
+    batch_size: int = 64             # per process
+    num_instances: int = 4           # captions per identity in a batch
+    lr: float = 1e-5
+    new_lr_factor: float = 5.0       # heads that are not part of CLIP
+    bias_lr_factor: float = 2.0
+    weight_decay: float = 4e-5
+    warmup_epochs: float = 5.0
+    warmup_factor: float = 0.1
+    grad_clip: float = 5.0           # max global gradient norm; 0 disables
+    amp: bool = True                 # mixed precision, GPU only
+    seed: int = 0
+    workers: int = 2
+    eval_batch_size: int = 128
+    log_every: int = 10
+    keep: int = 2                    # epoch checkpoints kept (best/ is kept apart)
+    val_fraction: float = 0.05       # held-out training ids where a dataset has no val split
+    progress: bool = True
+
+
+class _Gather(torch.autograd.Function):
+    """all_gather whose backward sums the gradient of every process's copy back to its owner:
+    with DDP's gradient averaging this reproduces the single-process gradient of the
+    batch-contrastive loss on the whole global batch."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        n = grad.shape[0] // dist.get_world_size()
+        return grad[dist.get_rank() * n:(dist.get_rank() + 1) * n]
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_pos": random.getstate()[2], "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+             "numpy_pos": int(np_state[2])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    total = cfg.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:  # linear from warmup_factor to 1
+            return cfg.warmup_factor + (1 - cfg.warmup_factor) * step / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+    return factor
+
+
+def _param_groups(model: Retriever, cfg: TrainConfig) -> list[dict]:
+    new = model.new_parameter_names()
+    groups = []
+    for name, p in model.named_parameters():
+        lr = cfg.lr * (cfg.new_lr_factor if name in new else 1.0)
+        decay = cfg.weight_decay
+        if p.ndim <= 1:  # biases, norms, embeddings scalars: no decay, IRRA's bias factor
+            lr, decay = lr * cfg.bias_lr_factor if name.endswith("bias") else lr, 0.0
+        groups.append({"params": [p], "lr": lr, "weight_decay": decay, "name": name})
+    return groups
+
+
+def _tokenizer(cfg: TrainConfig, out: Path, train_entries, resume_dir: Path | None,
+               is_main: bool) -> Tokenizer:
+    if resume_dir is not None:
+        return Tokenizer(resume_dir / TOKENIZER_NAME)
+    if cfg.bpe:
+        return Tokenizer(cfg.bpe)
+    path = out / TOKENIZER_NAME
+    if is_main:
+        train_bpe((c for e in train_entries for c in e.captions), cfg.bpe_vocab, path)
+    if dist.is_initialized():
+        dist.barrier()
+    return Tokenizer(path)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume) a run in `cfg.out`; returns the best-on-validation checkpoint."""
+    ddp = "RANK" in os.environ
+    if ddp:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    is_main = rank == 0
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    try:
+        return _train(cfg, rank, world, is_main, device)
+    finally:
+        if ddp:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, rank: int, world: int, is_main: bool, device: torch.device) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    epochs = epoch_dirs(out)
+    resume_dir = epochs[-1] if epochs else None
+    if resume_dir is not None:  # the architecture and recipe are the run's, not the new flags'
+        saved = read_config(resume_dir)["meta"]
+        if saved["epoch"] >= cfg.epochs:
+            if is_main:
+                print(f"{out} has finished {saved['epoch']} epochs already: nothing to train")
+            return out / "best"
+        saved = saved["train"]
+        cfg = dataclasses.replace(TrainConfig(**saved), out=cfg.out, epochs=cfg.epochs,
+                                  progress=cfg.progress, workers=cfg.workers)
+    method_args(cfg.method, cfg.method_args)  # fail fast on a bad method before any work
+    torch.manual_seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+    random.seed(cfg.seed + rank)
+
+    data = load_dataset(cfg.data, val_fraction=cfg.val_fraction)
+    labels = pid_map(data.train)
+    tokenizer = _tokenizer(cfg, out, data.train, resume_dir, is_main)
+    if cfg.init:
+        clip = load_openai_clip(cfg.init, image_size=tuple(load_config(cfg.config).vision.image_size))
+        clip_config = clip.config
+    else:
+        clip, clip_config = None, load_config(cfg.config)
+        clip_config.text.vocab_size = tokenizer.vocab_size
+    if clip_config.text.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"the CLIP weights {cfg.init} have a vocabulary of {clip_config.text.vocab_size} "
+                         f"tokens but the tokenizer has {tokenizer.vocab_size}: pass --bpe with "
+                         f"CLIP's bpe_simple_vocab_16e6.txt.gz")
+    model = Retriever(clip_config, cfg.method, len(labels), tokenizer.eot_id, cfg.method_args)
+    if clip is not None:
+        model.clip.load_state_dict(clip.state_dict())
+    model.to(device)
+
+    image_size = tuple(clip_config.vision.image_size)
+    pad = max(1, round(10 * image_size[0] / 384))  # IRRA pads 10 px at 384 high
+    dataset = CaptionDataset(data.train, tokenizer, build_transform(image_size, train=True, pad=pad), labels)
+    sampler = IdentityBatchSampler(dataset.labels, cfg.batch_size, cfg.num_instances, cfg.seed,
+                                   rank, world)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
+                                         persistent_workers=False)
+    steps_per_epoch = len(sampler)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(dataset)} training captions make no batch of {cfg.batch_size} per process")
+    optimizer = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch))
+    use_cuda_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_cuda_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_amp and amp_dtype == torch.float16)
+
+    start_epoch, best = 0, {"epoch": -1, "val": None}
+    if resume_dir is not None:
+        model.load_state_dict(load_file(resume_dir / "model.safetensors"))
+        state = load_train_state(resume_dir)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"][rank])
+        start_epoch, best = state["epoch"] + 1, state["best"]
+    log = _Log(out / "log.jsonl", is_main, keep_before_epoch=start_epoch)
+    if is_main:
+        log.write(event="start", resumed_from=str(resume_dir) if resume_dir else None,
+                  world_size=world, device=str(device), steps_per_epoch=steps_per_epoch,
+                  config=dataclasses.asdict(cfg))
+
+    net = DistributedDataParallel(model) if world > 1 else model
+    gather = _Gather.apply if world > 1 else None
+    meta = {"train": dataclasses.asdict(cfg), "data": str(Path(cfg.data).resolve()),
+            "dataset": data.name, "val_note": data.val_note}
+    val_metrics = None
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        sampler.set_epoch(epoch)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (is_main and cfg.progress),
+                   dynamic_ncols=True)
+        t0 = time.time()
+        for i, batch in enumerate(bar):
+            step = epoch * steps_per_epoch + i
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_cuda_amp):
+                losses = net(batch["pixels"].to(device), batch["ids"].to(device),
+                             batch["label"].to(device), gather)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} step {i}: "
+                                         f"{ {k: v.item() for k, v in losses.items()} }")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if is_main:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                if step % cfg.log_every == 0:
+                    log.write(event="step", epoch=epoch + 1, step=step, loss=loss.item(),
+                              lr=scheduler.get_last_lr()[0], **{k: v.item() for k, v in losses.items()})
+        val_metrics = evaluate(model, tokenizer, data.val, device, cfg.eval_batch_size) if is_main else None
+        rng = [None] * world
+        if world > 1:
+            dist.all_gather_object(rng, _rng_state())
+        else:
+            rng = [_rng_state()]
+        if is_main:
+            improved = best["val"] is None or val_metrics["t2i"]["R1"] > best["val"]["t2i"]["R1"]
+            if improved:
+                best = {"epoch": epoch + 1, "val": val_metrics}
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "scaler": scaler.state_dict(), "rng": rng, "epoch": epoch, "best": best}
+            meta_epoch = dict(meta, epoch=epoch + 1, val=val_metrics)
+            path = save_checkpoint(out / f"epoch_{epoch + 1:03d}", model, tokenizer, meta_epoch, state)
+            if improved:
+                save_checkpoint(out / "best", model, tokenizer, meta_epoch)
+            for old in epoch_dirs(out)[:-cfg.keep]:
+                shutil.rmtree(old)
+            log.write(event="epoch", epoch=epoch + 1, seconds=round(time.time() - t0, 2),
+                      val=val_metrics, checkpoint=str(path))
+        if world > 1:
+            dist.barrier()
+    if is_main:
+        last = val_metrics or read_config(epoch_dirs(out)[-1])["meta"]["val"]
+        log.write(event="summary", best_epoch=best["epoch"], best_val=best["val"], last_val=last)
+    return out / "best"
+
+
+class _Log:
+    """JSON lines, one event a line. On resume, lines of epochs after the checkpoint go,
+    so the log reads as if the run had never stopped."""
+
+    def __init__(self, path: Path, enabled: bool, keep_before_epoch: int):
+        self.path, self.enabled = path, enabled
+        if enabled and path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if json.loads(line).get("epoch", 0) <= keep_before_epoch]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, **event) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"time": round(time.time(), 3), **event}) + "\n")
