@@ -77,16 +77,17 @@ def cmd_eval(a) -> None:
 
 def cmd_demo(a) -> None:
     from trainer.demo import run_demo
-    run_demo(Path(a.workdir), fresh=a.fresh)
+    run_demo(Path(a.workdir), fresh=a.fresh, ids=a.ids, epochs=a.epochs)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from trainer.demo import DEMO_IDS, TINY_RECIPE
     parser = argparse.ArgumentParser(prog="tbps", description="text-based person search engine")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write a synthetic pedestrian dataset (CUHK-PEDES format)")
     p.add_argument("--out", required=True)
-    p.add_argument("--ids", type=int, default=200, help="number of people")
+    p.add_argument("--ids", type=int, default=DEMO_IDS, help="number of people")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=_size, default=(128, 48), metavar="HxW")
     p.add_argument("--overwrite", action="store_true")
@@ -109,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job on synthetic data: synthesize, train tiny, evaluate")
     p.add_argument("--workdir", default="runs/demo")
     p.add_argument("--fresh", action="store_true", help="rebuild everything instead of reusing it")
+    p.add_argument("--ids", type=int, default=DEMO_IDS, help="people in the synthetic dataset")
+    p.add_argument("--epochs", type=int, default=TINY_RECIPE["epochs"])
     p.set_defaults(fn=cmd_demo)
     return parser
 
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (OSError, ValueError) as e:
         # errors a user can meet: one clear line, no traceback
         print(f"tbps {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)

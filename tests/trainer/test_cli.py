@@ -53,3 +53,13 @@ def test_bad_input_gives_one_clear_line(args, message, tmp_path, tiny_run, synth
     done = tbps(*args, check=False)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_demo_runs_every_stage_then_reuses_them(tmp_path):
+    work = tmp_path / "demo"
+    first = tbps("demo", "--workdir", work, "--ids", 8, "--epochs", 1)
+    for stage in ("1/3 synthesize", "2/3 train", "3/3 evaluate", "t2i: R1", "example queries"):
+        assert stage in first.stdout, stage
+    assert (work / "run" / "best" / "model.safetensors").is_file()
+    again = tbps("demo", "--workdir", work, "--ids", 8, "--epochs", 1)
+    assert "reusing the existing dataset" in again.stdout and "nothing to train" in again.stdout
