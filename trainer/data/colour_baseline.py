@@ -21,23 +21,14 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from trainer.data.synthetic import PALETTE
+
 __all__ = ["COLOUR_WORDS", "PALETTE_NAMES", "caption_colours", "image_histogram",
            "colour_histogram_scores"]
 
-# The 11 basic colour terms, with the usual spellings and near-synonyms.
-_BASE: dict[str, tuple[int, int, int]] = {
-    "black": (24, 24, 26),
-    "white": (236, 236, 232),
-    "grey": (128, 128, 130),
-    "red": (196, 32, 36),
-    "blue": (36, 72, 190),
-    "green": (40, 138, 62),
-    "yellow": (234, 204, 44),
-    "orange": (238, 128, 32),
-    "pink": (238, 142, 182),
-    "purple": (118, 52, 148),
-    "brown": (112, 70, 40),
-}
+# The 11 basic colour terms at the shades the synthetic generator draws around: the
+# baseline gets every advantage a colour histogram can have.
+_BASE = PALETTE
 PALETTE_NAMES: tuple[str, ...] = tuple(_BASE)
 _SYNONYMS = {"gray": "grey", "violet": "purple", "navy": "blue", "blonde": "yellow",
              "blond": "yellow", "golden": "yellow", "tan": "brown", "khaki": "brown",
