@@ -87,10 +87,12 @@ class _Gather(torch.autograd.Function):
 
 
 def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "python_pos": random.getstate()[2], "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
-             "numpy_pos": int(np_state[2])}
+    """Every RNG the run draws from, as tensors and numbers (loadable with weights_only)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, mt, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "python": [version, list(mt), gauss_next],
+             "numpy": [torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -98,8 +100,10 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), state["python_pos"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    version, mt, gauss_next = state["python"]
+    random.setstate((version, tuple(mt), gauss_next))
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
@@ -119,9 +123,11 @@ def _param_groups(model: Retriever, cfg: TrainConfig) -> list[dict]:
     new = model.new_parameter_names()
     groups = []
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         lr = cfg.lr * (cfg.new_lr_factor if name in new else 1.0)
         decay = cfg.weight_decay
-        if p.ndim <= 1:  # biases, norms, embeddings scalars: no decay, IRRA's bias factor
+        if p.ndim <= 1:  # biases, norm weights, CLS embedding: no decay; IRRA's bias factor
             lr, decay = lr * cfg.bias_lr_factor if name.endswith("bias") else lr, 0.0
         groups.append({"params": [p], "lr": lr, "weight_decay": decay, "name": name})
     return groups
@@ -217,6 +223,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, is_main: bool, device: torch
     if resume_dir is not None:
         model.load_state_dict(load_file(resume_dir / "model.safetensors"))
         state = load_train_state(resume_dir)
+        if len(state["rng"]) != world:  # each process's RNG stream is part of the exact resume
+            raise ValueError(f"{resume_dir} was written by a run of {len(state['rng'])} process(es): "
+                             f"resume it with the same number, not {world}")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])

@@ -183,3 +183,19 @@ def test_torchrun_two_cpu_processes(synthetic_data, tmp_path):
     assert start["world_size"] == 2
     ckpt = load_checkpoint(out)
     assert read_config(ckpt.path)["meta"]["epoch"] == 1
+    with pytest.raises(ValueError, match="written by a run of 2 process"):
+        train(TrainConfig(data=str(synthetic_data), out=str(out), epochs=2))
+
+
+def test_rng_state_round_trips_through_weights_only_load(tmp_path):
+    import random
+    import numpy as np
+    from trainer.fit import _rng_state, _set_rng_state
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    random.gauss(0, 1), np.random.standard_normal()  # leave cached Gaussians behind
+    torch.save(_rng_state(), tmp_path / "rng.pt")
+    draw = lambda: (random.random(), random.gauss(0, 1), np.random.standard_normal(), torch.rand(2).tolist())
+    expected = draw()
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    _set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert draw() == expected
