@@ -142,14 +142,23 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     """Model (eval mode), tokenizer and config of a checkpoint; weights verified by fingerprint."""
     path = resolve_checkpoint(path)
     config = read_config(path)
+    model = build_retriever(config)
+    load_weights(path, model)
+    tokenizer = Tokenizer(path / config["tokenizer"]["file"], config["tokenizer"]["context_length"])
+    return Checkpoint(path, config, model.to(device).eval(), tokenizer)
+
+
+def load_weights(path: str | os.PathLike, model: Retriever) -> None:
+    """Load a checkpoint's weights into `model`, verified against the config's fingerprint."""
+    path = resolve_checkpoint(path)
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"checkpoint weights not found: {weights}")
+    expected = read_config(path)["fingerprint"]
     found = file_fingerprint(weights)
-    if found != config["fingerprint"]:
-        raise CheckpointError(f"{weights}: fingerprint {found} does not match {config['fingerprint']} "
+    if found != expected:
+        raise CheckpointError(f"{weights}: fingerprint {found} does not match {expected} "
                               f"in {path / CONFIG_NAME} (file changed or corrupt)")
-    model = build_retriever(config)
     try:
         result = model.load_state_dict(load_file(weights), strict=False)
     except RuntimeError as e:  # shape mismatches
@@ -157,8 +166,6 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(f"{weights}: missing keys {result.missing_keys[:10]}, "
                               f"unexpected keys {result.unexpected_keys[:10]}")
-    tokenizer = Tokenizer(path / config["tokenizer"]["file"], config["tokenizer"]["context_length"])
-    return Checkpoint(path, config, model.to(device).eval(), tokenizer)
 
 
 def load_train_state(path: str | os.PathLike) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -54,7 +55,8 @@ def cmd_train(a) -> None:
     args = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)}
     args["method_args"] = dict(a.method_args)
     best = train(TrainConfig(**args))
-    print(f"best checkpoint: {best}")
+    if os.environ.get("RANK", "0") == "0":  # one line, not one per torchrun process
+        print(f"best checkpoint: {best}")
 
 
 def cmd_eval(a) -> None:

@@ -23,8 +23,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from trainer.checkpoint import (epoch_dirs, load_train_state, read_config, save_checkpoint,
-                                TOKENIZER_NAME)
+from trainer.checkpoint import (TOKENIZER_NAME, epoch_dirs, load_train_state, load_weights,
+                                read_config, save_checkpoint)
 from trainer.data.dataset import CaptionDataset
 from trainer.data.formats import load_dataset, pid_map
 from trainer.data.sampler import IdentityBatchSampler
@@ -33,7 +33,6 @@ from trainer.data.transforms import build_transform
 from trainer.evaluate import evaluate
 from trainer.model import load_config, load_openai_clip
 from trainer.retriever import Retriever, method_args
-from safetensors.torch import load_file
 
 
 @dataclass
@@ -221,7 +220,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, is_main: bool, device: torch
 
     start_epoch, best = 0, {"epoch": -1, "val": None}
     if resume_dir is not None:
-        model.load_state_dict(load_file(resume_dir / "model.safetensors"))
+        load_weights(resume_dir, model)
         state = load_train_state(resume_dir)
         if len(state["rng"]) != world:  # each process's RNG stream is part of the exact resume
             raise ValueError(f"{resume_dir} was written by a run of {len(state['rng'])} process(es): "
