@@ -199,3 +199,36 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     _set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert draw() == expected
+
+
+def test_finetune_from_openai_format_weights(synthetic_data, tmp_path):
+    """The CUHK-PEDES path (`--init ViT-B-16.pt --bpe vocab`): an fp16 TorchScript archive
+    with a square 4x4 grid, fine-tuned at tiny's 8x4 grid with CLIP-format merges."""
+    from tests.trainer.test_model import write_weights
+    from trainer.data.formats import load_dataset
+    from trainer.data.tokenizer import Tokenizer, train_bpe
+    from trainer.model import CLIP, ClipConfig, load_config
+
+    captions = [c for e in load_dataset(synthetic_data).train for c in e.captions]
+    bpe = train_bpe(captions, 600, tmp_path / "bpe.txt.gz")
+    arch = load_config("tiny").to_dict()
+    arch["vision"]["image_size"] = [32, 32]
+    arch["text"]["vocab_size"] = Tokenizer(bpe).vocab_size
+    torch.manual_seed(0)
+    pretrained = CLIP(ClipConfig.from_dict(arch))
+    weights = tmp_path / "ViT-tiny.pt"
+    write_weights(pretrained, weights, torchscript=True, half=True)
+
+    recipe = dict(TEST_RECIPE, epochs=1)
+    with pytest.raises(ValueError, match="vocabulary of .* pass --bpe"):
+        train(TrainConfig(data=str(synthetic_data), out=str(tmp_path / "nobpe"), init=str(weights),
+                          **dict(recipe, bpe_vocab=700)))
+    out = tmp_path / "run"
+    train(TrainConfig(data=str(synthetic_data), out=str(out), init=str(weights), bpe=str(bpe), **recipe))
+    ckpt = load_checkpoint(out)
+    vision = ckpt.config["model"]["vision"]
+    assert vision["image_size"] == [64, 32] and vision["heads"] == 2  # heads inferred as width // 64
+    assert ckpt.tokenizer.vocab_size == arch["text"]["vocab_size"]
+    start = pretrained.text_projection.flatten()
+    tuned = ckpt.model.clip.text_projection.flatten()
+    assert torch.nn.functional.cosine_similarity(start, tuned, dim=0) > 0.9  # fine-tuned, not re-initialised
