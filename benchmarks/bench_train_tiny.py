@@ -54,7 +54,7 @@ def main() -> None:
     ckpt = load_checkpoint(best)
     test = load_dataset(data).test
     text, text_pids, image, image_pids = encode_split(ckpt.model, ckpt.tokenizer, test)
-    model = split_metrics(text, text_pids, image, image_pids)["t2i"]
+    model = split_metrics(text, text_pids, image, image_pids, ckpt.model.score)["t2i"]
     captions = [c for e in test for c in e.captions]
     colour = rank_metrics(colour_histogram_scores(captions, [e.path for e in test]), text_pids, image_pids)
     rows = {"tiny (trained)": model, "colour histogram": colour, "chance": chance(text_pids, image_pids)}

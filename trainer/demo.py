@@ -27,7 +27,7 @@ def run_demo(workdir: Path, fresh: bool = False, ids: int = DEMO_IDS,
     from trainer.checkpoint import load_checkpoint
     from trainer.data.formats import load_dataset
     from trainer.data.synthetic import write_synthetic
-    from trainer.evaluate import encode_split, global_cosine, split_metrics
+    from trainer.evaluate import encode_split, split_metrics
     from trainer.fit import TrainConfig, train
 
     if fresh:
@@ -48,13 +48,13 @@ def run_demo(workdir: Path, fresh: bool = False, ids: int = DEMO_IDS,
     ckpt = load_checkpoint(best)
     test = load_dataset(data_dir).test
     text, text_pids, image, image_pids = encode_split(ckpt.model, ckpt.tokenizer, test)
-    metrics = split_metrics(text, text_pids, image, image_pids)
+    metrics = split_metrics(text, text_pids, image, image_pids, ckpt.model.score)
     for direction, m in metrics.items():
         print(f"  {direction}: " + "  ".join(f"{k} {v:6.2f}" for k, v in m.items()))
     captions = [c for e in test for c in e.captions]
     print("\nexample queries (top-5 gallery person ids, * = same person as the query):")
     for q in range(0, len(captions), max(1, len(captions) // 3))[:3]:
-        top = global_cosine(text[q:q + 1], image)[0].topk(5).indices.tolist()
+        top = ckpt.model.score(text[q:q + 1], image)[0].topk(5).indices.tolist()
         marks = " ".join(f"{image_pids[g]}{'*' if image_pids[g] == text_pids[q] else ''}" for g in top)
         print(f"  \"{captions[q]}\"\n    person {text_pids[q]} -> {marks}")
     print(f"\ndone in {time.time() - t0:.0f} s; checkpoint {best}")

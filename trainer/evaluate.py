@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 BLOCK = 512
+GALLERY_BLOCK = 2048  # 512 x 2048 x (K+1)^2 set-element cosines: ~100 MB at K = 4
 
 
 class RankAccumulator:
@@ -81,13 +82,16 @@ def global_cosine(query_sets: Tensor, gallery_sets: Tensor) -> Tensor:
 
 def blocked_metrics(query_sets: Tensor, query_pids, gallery_sets: Tensor, gallery_pids,
                     score: Callable[[Tensor, Tensor], Tensor] = global_cosine,
-                    block_size: int = BLOCK) -> dict[str, float]:
-    """rank_metrics of score(query_sets, gallery_sets), one block of queries at a time."""
+                    block_size: int = BLOCK, gallery_block: int = GALLERY_BLOCK) -> dict[str, float]:
+    """rank_metrics of score(query_sets, gallery_sets), one block of queries at a time; the
+    gallery is scored in chunks too, so set-to-set intermediates stay bounded."""
     acc = RankAccumulator(gallery_pids)
     query_pids = np.asarray(query_pids)
     for start in range(0, query_sets.shape[0], block_size):
-        acc.update(score(query_sets[start:start + block_size], gallery_sets),
-                   query_pids[start:start + block_size])
+        queries = query_sets[start:start + block_size]
+        scores = torch.cat([score(queries, gallery_sets[g:g + gallery_block])
+                            for g in range(0, gallery_sets.shape[0], gallery_block)], dim=1)
+        acc.update(scores, query_pids[start:start + block_size])
     return acc.result()
 
 
@@ -126,10 +130,27 @@ def evaluate(model, tokenizer, entries: Sequence, device: torch.device | str = "
                                                           batch_size, workers, progress)
     finally:
         model.train(was_training)
-    return split_metrics(text, text_pids, image, image_pids)
+    return split_metrics(text, text_pids, image, image_pids, model.score)
 
 
-def split_metrics(text_sets: Tensor, text_pids, image_sets: Tensor, image_pids) -> dict:
-    """{"t2i": metrics, "i2t": metrics} of encoded captions and images (see encode_split)."""
-    return {"t2i": blocked_metrics(text_sets, text_pids, image_sets, image_pids),
-            "i2t": blocked_metrics(image_sets, image_pids, text_sets, text_pids)}
+def split_metrics(text_sets: Tensor, text_pids, image_sets: Tensor, image_pids,
+                  score: Callable[[Tensor, Tensor], Tensor] = global_cosine) -> dict:
+    """{"t2i": metrics, "i2t": metrics} of encoded captions and images (see encode_split);
+    `score` is the model's (Retriever.score), symmetric in its two arguments."""
+    return {"t2i": blocked_metrics(text_sets, text_pids, image_sets, image_pids, score),
+            "i2t": blocked_metrics(image_sets, image_pids, text_sets, text_pids, score)}
+
+
+def adaptive_margin(bank_sets: Tensor, gallery_sets: Tensor, score: Callable[[Tensor, Tensor], Tensor],
+                    k: int = 10, beta: float = 1.0, block_size: int = BLOCK) -> Tensor:
+    """Per-gallery-item margin b_g [N]: beta x the mean of item g's k highest scores against a
+    bank of queries that describe other people (e.g. the training captions). An image that
+    scores high for everything (a "hub") gets a large margin and is damped in the ranking."""
+    if bank_sets.shape[0] < k:
+        raise ValueError(f"a bank of {bank_sets.shape[0]} queries is smaller than k={k}")
+    top = None
+    for start in range(0, bank_sets.shape[0], block_size):
+        block = score(bank_sets[start:start + block_size], gallery_sets)  # [b, N]
+        top = block if top is None else torch.cat([top, block])
+        top = top.topk(min(k, top.shape[0]), dim=0).values  # running top-k per gallery item
+    return beta * top.mean(0)

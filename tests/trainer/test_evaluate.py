@@ -74,3 +74,18 @@ def test_bad_input():
         rank_metrics(np.zeros((2, 3)), [1, 2], [1, 2])
     with pytest.raises(ValueError, match="no queries"):
         rank_metrics(np.zeros((0, 3)), [], [1, 2, 3])
+
+
+def test_adaptive_margin_damps_hubs_and_streams_exactly():
+    from trainer.evaluate import adaptive_margin
+    torch.manual_seed(1)
+    centre = torch.nn.functional.normalize(torch.randn(8), dim=0)
+    bank = torch.nn.functional.normalize(centre + 0.7 * torch.randn(300, 1, 8), dim=-1)
+    gallery = torch.nn.functional.normalize(torch.randn(20, 1, 8), dim=-1)
+    gallery[7, 0] = centre  # near every query of the bank: a hub
+    margin = adaptive_margin(bank, gallery, global_cosine, k=10, beta=0.5, block_size=37)
+    assert margin.shape == (20,) and margin.argmax().item() == 7
+    full = global_cosine(bank, gallery).topk(10, dim=0).values.mean(0)
+    assert torch.allclose(margin, 0.5 * full)
+    with pytest.raises(ValueError, match="smaller than k"):
+        adaptive_margin(bank[:5], gallery, global_cosine, k=10)

@@ -1,0 +1,112 @@
+"""ESA against the baseline at the same budget on the synthetic data, over seeds.
+
+    .venv/bin/python benchmarks/bench_esa_vs_baseline.py [--seeds 0 1 2] [--epochs 15]
+
+Trains `tiny` with each method and seed (reusing finished runs under --out), evaluates
+text-to-image on the unseen test people without and with the gallery adaptive margin b_g
+(estimated from the training captions), and writes benchmarks/results/esa_vs_baseline.json
+and .png: mean and standard deviation over seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.checkpoint import load_checkpoint
+from trainer.data.formats import load_dataset
+from trainer.data.synthetic import write_synthetic
+from trainer.demo import DEMO_IDS, TINY_RECIPE
+from trainer.evaluate import adaptive_margin, blocked_metrics, encode_split
+from trainer.fit import TrainConfig, train
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BETAS = (0.0, 0.5, 1.0)
+
+
+@torch.no_grad()
+def evaluate_run(best: Path, data) -> dict:
+    ckpt = load_checkpoint(best)
+    model, tok = ckpt.model, ckpt.tokenizer
+    text, text_pids, image, image_pids = encode_split(model, tok, data.test)
+    bank_captions = [c for e in data.train for c in e.captions]
+    bank = torch.cat([model.encode_text(torch.from_numpy(tok(bank_captions[i:i + 256])))
+                      for i in range(0, len(bank_captions), 256)])
+    base_margin = adaptive_margin(bank, image, model.score, beta=1.0)
+    out = {}
+    for beta in BETAS:
+        score = partial(model.score, margin=beta * base_margin) if beta else model.score
+        # the margin belongs to gallery items: score whole galleries at once
+        out[f"beta={beta}"] = blocked_metrics(text, text_pids, image, image_pids, score,
+                                              gallery_block=len(image))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--methods", nargs="+", default=["baseline", "esa"])
+    parser.add_argument("--out", default="runs/bench_esa")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    work = Path(args.out)
+    data_dir = work / "data"
+    if not (data_dir / "reid_raw.json").is_file():
+        write_synthetic(data_dir, ids=DEMO_IDS, seed=0)
+    data = load_dataset(data_dir)
+    runs = {}
+    for method in args.methods:
+        for seed in args.seeds:
+            t0 = time.time()
+            best = train(TrainConfig(data=str(data_dir), out=str(work / f"{method}_s{seed}"),
+                                     **dict(TINY_RECIPE, method=method, epochs=args.epochs, seed=seed,
+                                            progress=False)))
+            runs[f"{method}_s{seed}"] = {"method": method, "seed": seed, "seconds": round(time.time() - t0, 1),
+                                         "t2i": evaluate_run(best, data)}
+            print(method, seed, {k: round(v["R1"], 2) for k, v in runs[f"{method}_s{seed}"]["t2i"].items()}, flush=True)
+    summary = {}
+    for method in args.methods:
+        for beta in BETAS:
+            rows = [r["t2i"][f"beta={beta}"] for r in runs.values() if r["method"] == method]
+            summary[f"{method} beta={beta}"] = {k: {"mean": float(np.mean([r[k] for r in rows])),
+                                                    "std": float(np.std([r[k] for r in rows]))} for k in rows[0]}
+    result = {"benchmark": "esa_vs_baseline", "machine": platform.node(), "threads": 2,
+              "recipe": dict(TINY_RECIPE, epochs=args.epochs), "seeds": args.seeds,
+              "test": {"ids": len({e.pid for e in data.test}), "images": len(data.test)},
+              "summary": summary, "runs": runs}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "esa_vs_baseline.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'t2i, mean ± std over seeds':32s}" + "".join(f"{k:>15s}" for k in ("R1", "R5", "R10", "mAP")))
+    for name, m in summary.items():
+        print(f"{name:32s}" + "".join(f"{m[k]['mean']:9.2f} ±{m[k]['std']:4.1f}" for k in ("R1", "R5", "R10", "mAP")))
+    plot(summary, RESULTS / "esa_vs_baseline.png")
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = ["R1", "R5", "R10", "mAP"]
+    x = np.arange(len(keys))
+    width = 0.8 / len(summary)
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    for i, (name, m) in enumerate(summary.items()):
+        ax.bar(x + (i - (len(summary) - 1) / 2) * width, [m[k]["mean"] for k in keys], width,
+               yerr=[m[k]["std"] for k in keys], capsize=2, label=name)
+    ax.set_xticks(x, keys)
+    ax.set_ylabel("percent (mean ± std over seeds)")
+    ax.set_title("baseline vs ESA, tiny on synthetic data, unseen test people")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Method heads on top of the CLIP towers (one module per method)."""
