@@ -13,7 +13,6 @@ import argparse
 import json
 import platform
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,29 +22,23 @@ from trainer.checkpoint import load_checkpoint
 from trainer.data.formats import load_dataset
 from trainer.data.synthetic import write_synthetic
 from trainer.demo import DEMO_IDS, TINY_RECIPE
-from trainer.evaluate import adaptive_margin, blocked_metrics, encode_split
+from trainer.evaluate import adaptive_margin, blocked_metrics, encode_captions, encode_split
 from trainer.fit import TrainConfig, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BETAS = (0.0, 0.5, 1.0)
 
 
-@torch.no_grad()
 def evaluate_run(best: Path, data) -> dict:
+    """Text-to-image metrics for each beta, the margin estimated once from the training captions."""
     ckpt = load_checkpoint(best)
     model, tok = ckpt.model, ckpt.tokenizer
     text, text_pids, image, image_pids = encode_split(model, tok, data.test)
-    bank_captions = [c for e in data.train for c in e.captions]
-    bank = torch.cat([model.encode_text(torch.from_numpy(tok(bank_captions[i:i + 256])))
-                      for i in range(0, len(bank_captions), 256)])
-    base_margin = adaptive_margin(bank, image, model.score, beta=1.0)
-    out = {}
-    for beta in BETAS:
-        score = partial(model.score, margin=beta * base_margin) if beta else model.score
-        # the margin belongs to gallery items: score whole galleries at once
-        out[f"beta={beta}"] = blocked_metrics(text, text_pids, image, image_pids, score,
-                                              gallery_block=len(image))
-    return out
+    bank = encode_captions(model, tok, [c for e in data.train for c in e.captions])
+    margin = adaptive_margin(bank, image, model.score, beta=1.0)
+    return {f"beta={beta}": blocked_metrics(text, text_pids, image, image_pids, model.score,
+                                            beta * margin if beta else None)
+            for beta in BETAS}
 
 
 def main() -> None:

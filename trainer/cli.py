@@ -66,9 +66,11 @@ def cmd_eval(a) -> None:
     from trainer.evaluate import evaluate
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = load_checkpoint(a.checkpoint, device)
-    entries = load_dataset(a.data).split(a.split)
+    data = load_dataset(a.data)
+    entries = data.split(a.split)
+    bank = [c for e in data.train for c in e.captions] if a.margin else ()
     metrics = evaluate(ckpt.model, ckpt.tokenizer, entries, device, a.batch_size, a.workers,
-                       progress=not a.json)
+                       progress=not a.json, margin_bank=bank, margin_beta=a.margin)
     if a.json:
         print(json.dumps(metrics))
         return
@@ -107,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    p.add_argument("--margin", type=float, default=0.0, metavar="BETA",
+                   help="subtract BETA x the gallery adaptive margin b_g, estimated from the "
+                        "training captions (text-to-image only; 0: off)")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("demo", help="the main job on synthetic data: synthesize, train tiny, evaluate")

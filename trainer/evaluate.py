@@ -75,24 +75,43 @@ def rank_metrics(similarity, query_pids, gallery_pids, block_size: int = BLOCK) 
     return acc.result()
 
 
-def global_cosine(query_sets: Tensor, gallery_sets: Tensor) -> Tensor:
-    """Cosine of the global rows (row 0) of L2-normalised embedding sets: [Q, N]."""
-    return query_sets[:, 0] @ gallery_sets[:, 0].T
+def global_cosine(query_sets: Tensor, gallery_sets: Tensor, margin: Tensor | None = None) -> Tensor:
+    """Cosine of the global rows (row 0) of L2-normalised embedding sets, minus the gallery
+    margin if any: [Q, N]. The signature every score function has (see Retriever.score)."""
+    score = query_sets[:, 0] @ gallery_sets[:, 0].T
+    return score if margin is None else score - margin
 
 
 def blocked_metrics(query_sets: Tensor, query_pids, gallery_sets: Tensor, gallery_pids,
-                    score: Callable[[Tensor, Tensor], Tensor] = global_cosine,
+                    score: Callable[..., Tensor] = global_cosine, margin: Tensor | None = None,
                     block_size: int = BLOCK, gallery_block: int = GALLERY_BLOCK) -> dict[str, float]:
-    """rank_metrics of score(query_sets, gallery_sets), one block of queries at a time; the
-    gallery is scored in chunks too, so set-to-set intermediates stay bounded."""
+    """rank_metrics of score(query_sets, gallery_sets, margin), one block of queries at a time;
+    the gallery (and its margin) is scored in chunks too, so set-to-set intermediates stay bounded."""
     acc = RankAccumulator(gallery_pids)
     query_pids = np.asarray(query_pids)
     for start in range(0, query_sets.shape[0], block_size):
-        queries = query_sets[start:start + block_size]
-        scores = torch.cat([score(queries, gallery_sets[g:g + gallery_block])
-                            for g in range(0, gallery_sets.shape[0], gallery_block)], dim=1)
+        scores = chunked_scores(score, query_sets[start:start + block_size], gallery_sets, margin,
+                                gallery_block)
         acc.update(scores, query_pids[start:start + block_size])
     return acc.result()
+
+
+def chunked_scores(score: Callable[..., Tensor], queries: Tensor, gallery_sets: Tensor,
+                   margin: Tensor | None = None, gallery_block: int = GALLERY_BLOCK) -> Tensor:
+    """score(queries, gallery_sets, margin) [Q, N], computed over chunks of the gallery."""
+    return torch.cat([score(queries, gallery_sets[g:g + gallery_block],
+                            None if margin is None else margin[g:g + gallery_block])
+                      for g in range(0, gallery_sets.shape[0], gallery_block)], dim=1)
+
+
+@torch.no_grad()
+def encode_captions(model, tokenizer, captions: Sequence[str], device: torch.device | str = "cpu",
+                    batch_size: int = 128, progress: bool = False) -> Tensor:
+    """Embedding sets [len(captions), K+1, D] of captions, in float32 on the CPU."""
+    device = torch.device(device)
+    sets = [model.encode_text(torch.from_numpy(tokenizer(list(captions[i:i + batch_size]))).to(device)).float().cpu()
+            for i in tqdm(range(0, len(captions), batch_size), desc="encode captions", disable=not progress)]
+    return torch.cat(sets) if sets else torch.empty(0, model.set_size, model.clip.config.embed_dim)
 
 
 @torch.no_grad()
@@ -108,19 +127,17 @@ def encode_split(model, tokenizer, entries: Sequence, device: torch.device | str
     loader = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=workers)
     image_sets = torch.cat([model.encode_image(b["pixels"].to(device)).float().cpu()
                             for b in tqdm(loader, desc="encode images", disable=not progress)])
-    captions = [(c, e.pid) for e in entries for c in e.captions]
-    text_sets = []
-    for start in tqdm(range(0, len(captions), batch_size), desc="encode captions",
-                      disable=not progress):
-        ids = torch.from_numpy(tokenizer([c for c, _ in captions[start:start + batch_size]]))
-        text_sets.append(model.encode_text(ids.to(device)).float().cpu())
-    text_sets = torch.cat(text_sets) if text_sets else torch.empty(0, model.set_size, 0)
-    return text_sets, [p for _, p in captions], image_sets, [e.pid for e in entries]
+    text_sets = encode_captions(model, tokenizer, [c for e in entries for c in e.captions], device,
+                                batch_size, progress)
+    return text_sets, [e.pid for e in entries for _ in e.captions], image_sets, [e.pid for e in entries]
 
 
 def evaluate(model, tokenizer, entries: Sequence, device: torch.device | str = "cpu",
-             batch_size: int = 128, workers: int = 0, progress: bool = False) -> dict:
-    """{"t2i": metrics, "i2t": metrics} of a model on a list of ImageEntry."""
+             batch_size: int = 128, workers: int = 0, progress: bool = False,
+             margin_bank: Sequence[str] = (), margin_beta: float = 1.0) -> dict:
+    """{"t2i": metrics, "i2t": metrics} of a model on a list of ImageEntry. With a bank of
+    captions of other people (`margin_bank`, e.g. the training captions), text-to-image
+    ranking subtracts the gallery adaptive margin b_g (see adaptive_margin)."""
     if not entries:
         raise ValueError("no images in the evaluation split")
     was_training = model.training
@@ -128,20 +145,25 @@ def evaluate(model, tokenizer, entries: Sequence, device: torch.device | str = "
     try:
         text, text_pids, image, image_pids = encode_split(model, tokenizer, entries, device,
                                                           batch_size, workers, progress)
+        margin = None
+        if margin_bank:
+            bank = encode_captions(model, tokenizer, margin_bank, device, batch_size, progress)
+            margin = adaptive_margin(bank, image, model.score, beta=margin_beta)
     finally:
         model.train(was_training)
-    return split_metrics(text, text_pids, image, image_pids, model.score)
+    return split_metrics(text, text_pids, image, image_pids, model.score, margin)
 
 
 def split_metrics(text_sets: Tensor, text_pids, image_sets: Tensor, image_pids,
-                  score: Callable[[Tensor, Tensor], Tensor] = global_cosine) -> dict:
+                  score: Callable[..., Tensor] = global_cosine, margin: Tensor | None = None) -> dict:
     """{"t2i": metrics, "i2t": metrics} of encoded captions and images (see encode_split);
-    `score` is the model's (Retriever.score), symmetric in its two arguments."""
-    return {"t2i": blocked_metrics(text_sets, text_pids, image_sets, image_pids, score),
+    `score` is the model's (Retriever.score), symmetric in its two arguments; the gallery
+    margin, if any, applies to text-to-image (images are the gallery there)."""
+    return {"t2i": blocked_metrics(text_sets, text_pids, image_sets, image_pids, score, margin),
             "i2t": blocked_metrics(image_sets, image_pids, text_sets, text_pids, score)}
 
 
-def adaptive_margin(bank_sets: Tensor, gallery_sets: Tensor, score: Callable[[Tensor, Tensor], Tensor],
+def adaptive_margin(bank_sets: Tensor, gallery_sets: Tensor, score: Callable[..., Tensor],
                     k: int = 10, beta: float = 1.0, block_size: int = BLOCK) -> Tensor:
     """Per-gallery-item margin b_g [N]: beta x the mean of item g's k highest scores against a
     bank of queries that describe other people (e.g. the training captions). An image that
@@ -150,7 +172,7 @@ def adaptive_margin(bank_sets: Tensor, gallery_sets: Tensor, score: Callable[[Te
         raise ValueError(f"a bank of {bank_sets.shape[0]} queries is smaller than k={k}")
     top = None
     for start in range(0, bank_sets.shape[0], block_size):
-        block = score(bank_sets[start:start + block_size], gallery_sets)  # [b, N]
+        block = chunked_scores(score, bank_sets[start:start + block_size], gallery_sets)  # [b, N]
         top = block if top is None else torch.cat([top, block])
         top = top.topk(min(k, top.shape[0]), dim=0).values  # running top-k per gallery item
     return beta * top.mean(0)

@@ -30,8 +30,9 @@ def test_synth_writes_dataset_and_refuses_to_overwrite(tmp_path):
     assert bad.returncode == 2 and "HxW" in bad.stderr
 
 
-def test_eval_json_keys_in_percent(tiny_run, synthetic_data):
-    done = tbps("eval", tiny_run, "--data", synthetic_data, "--split", "test", "--json")
+@pytest.mark.parametrize("margin", ["0", "0.5"])
+def test_eval_json_keys_in_percent(tiny_run, synthetic_data, margin):
+    done = tbps("eval", tiny_run, "--data", synthetic_data, "--split", "test", "--json", "--margin", margin)
     metrics = json.loads(done.stdout)
     assert set(metrics) == {"t2i", "i2t"}
     for m in metrics.values():

@@ -89,3 +89,14 @@ def test_adaptive_margin_damps_hubs_and_streams_exactly():
     assert torch.allclose(margin, 0.5 * full)
     with pytest.raises(ValueError, match="smaller than k"):
         adaptive_margin(bank[:5], gallery, global_cosine, k=10)
+
+
+def test_margin_is_sliced_with_the_gallery_chunks():
+    torch.manual_seed(2)
+    q = torch.nn.functional.normalize(torch.randn(40, 2, 8), dim=-1)
+    g = torch.nn.functional.normalize(torch.randn(23, 2, 8), dim=-1)
+    qp, gp = torch.randint(0, 6, (40,)).numpy(), torch.arange(23).numpy() % 6
+    margin = torch.rand(23)
+    chunked = blocked_metrics(q, qp, g, gp, global_cosine, margin, block_size=9, gallery_block=5)
+    assert chunked == pytest.approx(rank_metrics(global_cosine(q, g) - margin, qp, gp))
+    assert chunked != pytest.approx(rank_metrics(global_cosine(q, g), qp, gp))
