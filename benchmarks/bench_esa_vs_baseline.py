@@ -1,6 +1,7 @@
 """ESA against the baseline at the same budget on the synthetic data, over seeds.
 
     .venv/bin/python benchmarks/bench_esa_vs_baseline.py [--seeds 0 1 2] [--epochs 15]
+        [--esa-arg asm_weight=10 --tag asm10]
 
 Trains `tiny` with each method and seed (reusing finished runs under --out), evaluates
 text-to-image on the unseen test people without and with the gallery adaptive margin b_g
@@ -47,7 +48,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--methods", nargs="+", default=["baseline", "esa"])
     parser.add_argument("--out", default="runs/bench_esa")
+    parser.add_argument("--esa-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="an ESA hyper-parameter (repeatable); results go to esa_vs_baseline_TAG.json")
+    parser.add_argument("--tag", default="", help="names the ESA variant's runs and result files")
     args = parser.parse_args()
+    esa_args = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.esa_arg)}
+    suffix = f"_{args.tag}" if args.tag else ""
     torch.set_num_threads(2)
     work = Path(args.out)
     data_dir = work / "data"
@@ -58,12 +64,14 @@ def main() -> None:
     for method in args.methods:
         for seed in args.seeds:
             t0 = time.time()
-            best = train(TrainConfig(data=str(data_dir), out=str(work / f"{method}_s{seed}"),
+            variant = esa_args if method == "esa" else {}
+            name = f"{method}{suffix if variant else ''}_s{seed}"
+            best = train(TrainConfig(data=str(data_dir), out=str(work / name), method_args=variant,
                                      **dict(TINY_RECIPE, method=method, epochs=args.epochs, seed=seed,
                                             progress=False)))
-            runs[f"{method}_s{seed}"] = {"method": method, "seed": seed, "seconds": round(time.time() - t0, 1),
-                                         "t2i": evaluate_run(best, data)}
-            print(method, seed, {k: round(v["R1"], 2) for k, v in runs[f"{method}_s{seed}"]["t2i"].items()}, flush=True)
+            runs[name] = {"method": method, "method_args": variant, "seed": seed,
+                          "seconds": round(time.time() - t0, 1), "t2i": evaluate_run(best, data)}
+            print(name, {k: round(v["R1"], 2) for k, v in runs[name]["t2i"].items()}, flush=True)
     summary = {}
     for method in args.methods:
         for beta in BETAS:
@@ -71,15 +79,15 @@ def main() -> None:
             summary[f"{method} beta={beta}"] = {k: {"mean": float(np.mean([r[k] for r in rows])),
                                                     "std": float(np.std([r[k] for r in rows]))} for k in rows[0]}
     result = {"benchmark": "esa_vs_baseline", "machine": platform.node(), "threads": 2,
-              "recipe": dict(TINY_RECIPE, epochs=args.epochs), "seeds": args.seeds,
+              "recipe": dict(TINY_RECIPE, epochs=args.epochs), "esa_args": esa_args, "seeds": args.seeds,
               "test": {"ids": len({e.pid for e in data.test}), "images": len(data.test)},
               "summary": summary, "runs": runs}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "esa_vs_baseline.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"esa_vs_baseline{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'t2i, mean ± std over seeds':32s}" + "".join(f"{k:>15s}" for k in ("R1", "R5", "R10", "mAP")))
     for name, m in summary.items():
         print(f"{name:32s}" + "".join(f"{m[k]['mean']:9.2f} ±{m[k]['std']:4.1f}" for k in ("R1", "R5", "R10", "mAP")))
-    plot(summary, RESULTS / "esa_vs_baseline.png")
+    plot(summary, RESULTS / f"esa_vs_baseline{suffix}.png")
 
 
 def plot(summary: dict, path: Path) -> None:
