@@ -100,7 +100,8 @@ class Retriever(nn.Module):
             self.classifier(image_feat.float()), self.classifier(text_feat.float()), labels)}
         if gather is not None:
             image_feat, text_feat, labels = gather(image_feat), gather(text_feat), gather(labels)
-            image_sets, text_sets = gather(image_sets), gather(text_sets)
+            if self.method == "esa":  # the baseline's sets are its globals: nothing more to gather
+                image_sets, text_sets = gather(image_sets), gather(text_sets)
         out["sdm"] = sdm_loss(image_feat.float(), text_feat.float(), labels,
                               logit_scale=1.0 / a["temperature"])
         if self.method == "esa":
