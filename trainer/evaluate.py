@@ -109,8 +109,10 @@ def encode_captions(model, tokenizer, captions: Sequence[str], device: torch.dev
                     batch_size: int = 128, progress: bool = False) -> Tensor:
     """Embedding sets [len(captions), K+1, D] of captions, in float32 on the CPU."""
     device = torch.device(device)
-    sets = [model.encode_text(torch.from_numpy(tokenizer(list(captions[i:i + batch_size]))).to(device)).float().cpu()
-            for i in tqdm(range(0, len(captions), batch_size), desc="encode captions", disable=not progress)]
+    sets = []
+    for i in tqdm(range(0, len(captions), batch_size), desc="encode captions", disable=not progress):
+        ids = torch.from_numpy(tokenizer(list(captions[i:i + batch_size])))
+        sets.append(model.encode_text(ids.to(device)).float().cpu())
     return torch.cat(sets) if sets else torch.empty(0, model.set_size, model.clip.config.embed_dim)
 
 

@@ -270,11 +270,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, is_main: bool, device: torch
                     log.write(event="step", epoch=epoch + 1, step=step, loss=loss.item(),
                               lr=scheduler.get_last_lr()[0], **{k: v.item() for k, v in losses.items()})
         val_metrics = evaluate(model, tokenizer, data.val, device, cfg.eval_batch_size) if is_main else None
-        rng = [None] * world
+        rng = [_rng_state()] * world  # every process's stream goes in rank 0's checkpoint
         if world > 1:
             dist.all_gather_object(rng, _rng_state())
-        else:
-            rng = [_rng_state()]
         if is_main:
             improved = best["val"] is None or val_metrics["t2i"]["R1"] > best["val"]["t2i"]["R1"]
             if improved:
@@ -291,9 +289,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, is_main: bool, device: torch
                       val=val_metrics, checkpoint=str(path))
         if world > 1:
             dist.barrier()
-    if is_main:
-        last = val_metrics or read_config(epoch_dirs(out)[-1])["meta"]["val"]
-        log.write(event="summary", best_epoch=best["epoch"], best_val=best["val"], last_val=last)
+    if is_main:  # at least one epoch ran: a finished run returned before training
+        log.write(event="summary", best_epoch=best["epoch"], best_val=best["val"], last_val=val_metrics)
     return out / "best"
 
 
