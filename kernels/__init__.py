@@ -1,1 +1,5 @@
-"""kernels stage (see ../shared/docs/architecture.md)."""
+"""kernels stage: set similarity, adaptive margin and top-k search (see ../shared/docs/architecture.md)."""
+from kernels.dispatch import search, set_scores
+from kernels.set_similarity import set_similarity_reference
+
+__all__ = ["search", "set_scores", "set_similarity_reference"]

@@ -12,6 +12,9 @@ with the smooth Chamfer similarity over the whole sets (global row included)
 a soft "every element finds its best partner, both ways": as a grows it tends to the
 mean of the best-match cosines in both directions. weight = 0 is plain global cosine;
 with one row per set (K = 0) SC is that cosine too.
+
+mode="maxsim" replaces SC by ColBERT's late interaction, one direction and a hard max:
+MS(A, B) = 1/|A| sum_x max_y cos(x, y) (ColBERT sums; the mean keeps a cosine's scale).
 """
 from __future__ import annotations
 
@@ -27,23 +30,42 @@ def smooth_chamfer(cos: Tensor, alpha: float) -> Tensor:
     return (a_to_b + b_to_a) / (2 * alpha)
 
 
-def set_similarity_reference(query_sets: Tensor, gallery_sets: Tensor, alpha: float = 16.0,
-                             weight: float = 1.0, margin: Tensor | None = None) -> Tensor:
-    """Scores [Q, N] of query sets [Q, Kq, D] against gallery sets [N, Kg, D], in float32
-    (float64 inputs stay float64). Materialises [Q, N, Kq, Kg]: callers block large inputs."""
+MODES = ("chamfer", "maxsim")
+
+
+def max_sim(cos: Tensor) -> Tensor:
+    """MS from element cosines [..., Ka, Kb] -> [...]: each A element's best B match, averaged."""
+    return cos.amax(-1).mean(-1)
+
+
+def check_inputs(query_sets: Tensor, gallery_sets: Tensor, alpha: float, margin: Tensor | None,
+                 mode: str) -> None:
+    """The errors every scoring path (reference, CPU, Triton) gives for the same bad input."""
+    if mode not in MODES:
+        raise ValueError(f"unknown set similarity mode {mode!r}; available: {', '.join(MODES)}")
     if query_sets.ndim != 3 or gallery_sets.ndim != 3 or query_sets.shape[-1] != gallery_sets.shape[-1]:
         raise ValueError(f"expected query [Q, Kq, D] and gallery [N, Kg, D] sets, got "
                          f"{tuple(query_sets.shape)} and {tuple(gallery_sets.shape)}")
-    if alpha <= 0:
+    if min(query_sets.shape[1], gallery_sets.shape[1]) == 0:
+        raise ValueError("embedding sets need at least one row (the global feature)")
+    if not alpha > 0:
         raise ValueError(f"alpha must be positive, got {alpha}")
+    if margin is not None and margin.shape != (gallery_sets.shape[0],):
+        raise ValueError(f"margin must have shape [{gallery_sets.shape[0]}], got {tuple(margin.shape)}")
+
+
+def set_similarity_reference(query_sets: Tensor, gallery_sets: Tensor, alpha: float = 16.0,
+                             weight: float = 1.0, margin: Tensor | None = None,
+                             mode: str = "chamfer") -> Tensor:
+    """Scores [Q, N] of query sets [Q, Kq, D] against gallery sets [N, Kg, D], in float32
+    (float64 inputs stay float64). Materialises [Q, N, Kq, Kg]: callers block large inputs."""
+    check_inputs(query_sets, gallery_sets, alpha, margin, mode)
     dtype = torch.float64 if torch.float64 in (query_sets.dtype, gallery_sets.dtype) else torch.float32
     q, g = query_sets.to(dtype), gallery_sets.to(dtype)
     score = q[:, 0] @ g[:, 0].T
     if weight != 0:
         cos = torch.einsum("qkd,nld->qnkl", q, g)
-        score = score + weight * smooth_chamfer(cos, alpha)
+        score = score + weight * (smooth_chamfer(cos, alpha) if mode == "chamfer" else max_sim(cos))
     if margin is not None:
-        if margin.shape != (g.shape[0],):
-            raise ValueError(f"margin must have shape [{g.shape[0]}], got {tuple(margin.shape)}")
         score = score - margin.to(dtype)
     return score

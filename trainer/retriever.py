@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kernels import set_scores
+from kernels.fused_scores import set_scores_with_grad
 from kernels.set_similarity import set_similarity_reference
 from trainer.heads.esa import SlotSetHead
 from trainer.losses import asm_loss, id_loss, sdm_loss, semantic_margins, slot_diversity
@@ -80,10 +82,21 @@ class Retriever(nn.Module):
     def encode_image(self, pixels: Tensor) -> Tensor:
         return self._image_sets(pixels)[1]
 
+    @property
+    def score_params(self) -> dict:
+        """How this model's sets are compared: keyword arguments of kernels.search / set_scores."""
+        return {"alpha": self.args.get("alpha", 16.0), "weight": self.args.get("set_weight", 0.0)}
+
     def score(self, query_sets: Tensor, gallery_sets: Tensor, margin: Tensor | None = None) -> Tensor:
-        """Ranking scores [Q, N] of embedding sets; the baseline's is plain global cosine."""
-        return set_similarity_reference(query_sets, gallery_sets, alpha=self.args.get("alpha", 16.0),
-                                        weight=self.args.get("set_weight", 0.0), margin=margin)
+        """Ranking scores [Q, N] of embedding sets; the baseline's is plain global cosine.
+        Without gradients: the memory-bounded kernels path (blocked on CPU, Triton on GPU).
+        With gradients (training): on GPU the fused scores, whose backward recomputes in
+        blocks instead of keeping the [Q, N, Kq, Kg] graph; on CPU the torch reference."""
+        if not (torch.is_grad_enabled() and (query_sets.requires_grad or gallery_sets.requires_grad)):
+            return set_scores(query_sets, gallery_sets, margin=margin, **self.score_params)
+        if query_sets.is_cuda:
+            return set_scores_with_grad(query_sets, gallery_sets, margin=margin, **self.score_params)
+        return set_similarity_reference(query_sets, gallery_sets, margin=margin, **self.score_params)
 
     def new_parameter_names(self) -> set[str]:
         """Parameters not from the CLIP backbone: the recipe gives them a larger learning rate."""

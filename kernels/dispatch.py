@@ -1,0 +1,45 @@
+"""The one scoring entry point: the Triton kernel for CUDA tensors, blocked torch otherwise.
+
+`search` returns each query's top-k gallery items; `set_scores` the dense [Q, N] scores
+(evaluation needs every item's rank). Both compute what
+kernels.set_similarity.set_similarity_reference defines, without its Q x N x Kq x Kg memory.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from kernels import search_cpu
+from kernels.set_similarity import check_inputs
+
+
+def _backend(query_sets: Tensor, gallery_sets: Tensor):
+    if query_sets.device != gallery_sets.device:
+        raise ValueError(f"queries are on {query_sets.device} but the gallery is on {gallery_sets.device}")
+    if gallery_sets.is_cuda:
+        from kernels import search_triton  # triton is needed only where there is a GPU
+        return search_triton
+    return search_cpu
+
+
+@torch.no_grad()
+def search(query_sets: Tensor, gallery_sets: Tensor, k: int, alpha: float = 16.0, weight: float = 1.0,
+           margin: Tensor | None = None, mode: str = "chamfer") -> tuple[Tensor, Tensor]:
+    """Top-k of each query: (scores float32 [Q, k'], indices int64 [Q, k']), k' = min(k, N),
+    sorted by score, ties to the lower gallery index. Queries [Q, Kq, D] and gallery
+    [N, Kg, D] (fp32, fp16 or bf16) hold unit-norm rows, row 0 the global feature; queries
+    are cast to the gallery's dtype, products accumulate in fp32."""
+    check_inputs(query_sets, gallery_sets, alpha, margin, mode)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    query_sets = query_sets.to(gallery_sets.dtype)  # one rounding on every device: same ranking
+    return _backend(query_sets, gallery_sets).search(query_sets, gallery_sets, k, alpha, weight, margin, mode)
+
+
+@torch.no_grad()
+def set_scores(query_sets: Tensor, gallery_sets: Tensor, alpha: float = 16.0, weight: float = 1.0,
+               margin: Tensor | None = None, mode: str = "chamfer") -> Tensor:
+    """Dense scores float32 [Q, N] on the inputs' device."""
+    check_inputs(query_sets, gallery_sets, alpha, margin, mode)
+    query_sets = query_sets.to(gallery_sets.dtype)
+    return _backend(query_sets, gallery_sets).scores(query_sets, gallery_sets, alpha, weight, margin, mode)

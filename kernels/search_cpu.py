@@ -1,0 +1,83 @@
+"""Set similarity and top-k search on the CPU (the embedded default): blocked torch.
+
+Scores are computed for one block of queries against one block of the gallery at a time,
+so memory is bounded by the block budget, not by N. Per block: one GEMM of the flattened
+sets ([Qb*Kq, D] x [D, Nb*Kg]) that also scales and shifts (alpha * (cos - 1), safe because
+rows are unit-norm), one in-place exp shared by both smooth-Chamfer directions, two sums
+and logs. Large alphas, rows that are not unit-norm (detected: a non-finite result) and
+MaxSim take the general logsumexp path. Top-k keeps a running candidate list per query,
+merged block by block (kernels/topk.py).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from kernels import topk
+
+BLOCK_BYTES = 16 << 20  # the [Qb, Kq, Nb, Kg] float32 cosine block: fits a large L2/L3 share
+QUERY_BLOCK = 256
+SHARED_SHIFT_MAX_ALPHA = 40.0  # exp(-2 alpha) stays a normal float32 (> 1e-38)
+
+
+def block_scores(q: Tensor, g: Tensor, alpha: float, weight: float, mode: str) -> Tensor:
+    """Scores [Qb, Nb] of float query sets [Qb, Kq, D] against gallery sets [Nb, Kg, D]."""
+    if weight == 0:
+        return q[:, 0] @ g[:, 0].T
+    (nq, kq, d), (ng, kg) = q.shape, g.shape[:2]
+    qf, gf = q.reshape(nq * kq, d), g.reshape(ng * kg, d)
+    if mode == "chamfer" and kq * kg > 1 and alpha <= SHARED_SHIFT_MAX_ALPHA:
+        # alpha * (cos - 1) straight out of the GEMM: unit rows have cos <= 1, so exp cannot
+        # overflow, and cos >= -1 keeps it above float32's underflow while alpha <= 40
+        x = torch.addmm(qf.new_full((), -alpha), qf, gf.T, alpha=alpha).view(nq, kq, ng, kg)
+        glob = x[:, 0, :, 0] / alpha + 1
+        e = x.exp_()
+        lse = e.sum(3).log_().mean(1) + e.sum(1).log_().mean(2) + 2 * alpha
+        if torch.isfinite(lse).all():  # else rows were not unit-norm: the general path below
+            return glob.add_(lse, alpha=weight / (2 * alpha))
+    cos = (qf @ gf.T).view(nq, kq, ng, kg)
+    glob = cos[:, 0, :, 0].clone()
+    if kq * kg == 1:  # one row each: the set term is the global cosine again
+        return glob.mul_(1 + weight)
+    if mode == "maxsim":
+        return glob.add_(cos.amax(3).mean(1), alpha=weight)
+    cos.mul_(alpha)
+    return glob.add_(torch.logsumexp(cos, dim=3).mean(1) + torch.logsumexp(cos, dim=1).mean(2),
+                     alpha=weight / (2 * alpha))
+
+
+def _blocks(q: Tensor, g: Tensor):
+    """(query block start, gallery block start, block sizes) covering Q x N within BLOCK_BYTES."""
+    qb = min(max(q.shape[0], 1), QUERY_BLOCK)
+    nb = max(16, BLOCK_BYTES // (qb * q.shape[1] * g.shape[1] * 4))
+    for q0 in range(0, q.shape[0], qb):
+        for n0 in range(0, g.shape[0], nb):
+            yield q0, n0, qb, nb
+
+
+def scores(q: Tensor, g: Tensor, alpha: float, weight: float, margin: Tensor | None, mode: str) -> Tensor:
+    """Dense scores [Q, N] (evaluation ranks every gallery item), computed block by block;
+    float32, or float64 for float64 inputs (gradient checks)."""
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    out = torch.empty(q.shape[0], g.shape[0], dtype=dtype)
+    for q0, n0, qb, nb in _blocks(q, g):
+        out[q0:q0 + qb, n0:n0 + nb] = block_scores(q[q0:q0 + qb].to(dtype), g[n0:n0 + nb].to(dtype),
+                                                   alpha, weight, mode)
+    if margin is not None:
+        out -= margin.to(dtype)
+    return out
+
+
+def search(q: Tensor, g: Tensor, k: int, alpha: float, weight: float, margin: Tensor | None,
+           mode: str) -> tuple[Tensor, Tensor]:
+    """Top-k (scores [Q, k'], indices [Q, k']), k' = min(k, N), streaming over gallery blocks."""
+    keys = torch.full((q.shape[0], min(k, g.shape[0])), topk.EMPTY, dtype=torch.int64)
+    best: dict[int, Tensor] = {}
+    for q0, n0, qb, nb in _blocks(q, g):
+        s = block_scores(q[q0:q0 + qb].float(), g[n0:n0 + nb].float(), alpha, weight, mode)
+        if margin is not None:
+            s -= margin[n0:n0 + nb].float()
+        best[q0] = topk.merge(best.get(q0), topk.block_top(s, n0, k), k)
+    for q0, block in best.items():
+        keys[q0:q0 + block.shape[0]] = block
+    return topk.unpack(keys)
