@@ -41,7 +41,7 @@ class TrainConfig:
     data: str
     out: str
     config: str = "vit-b16-384x128"
-    method: str = "baseline"
+    method: str = "esa"
     method_args: dict = field(default_factory=dict)
     init: str | None = None          # OpenAI CLIP weights (ViT-B-16.pt) to fine-tune from
     bpe: str | None = None           # CLIP merges file; None: train a small BPE on the captions
