@@ -1,0 +1,58 @@
+"""The export manifest: what a consumer of the exported encoders needs besides the ONNX files.
+
+`DIR/manifest.json` is written last by export.to_onnx, so its presence marks a complete
+export. It names the checkpoint (fingerprint, method), the embedding sets (set_size,
+embed_dim), the preprocessing (image size, mean/std; tokenizer file and context length),
+each encoder's file and tensors, and the scoring parameters a gallery search needs.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+FORMAT = "tbps-onnx-export"
+VERSION = 1
+NAME = "manifest.json"
+ENCODERS = ("text_encoder", "image_encoder")
+REQUIRED_KEYS = ("format", "version", "fingerprint", "method", "set_size", "embed_dim", "image",
+                 "tokenizer", "precision", "opset", "scoring", "models")
+
+
+class ManifestError(ValueError):
+    """An export directory that cannot be used: the message names the file and what is wrong."""
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> Path:
+    path = Path(out_dir) / NAME
+    tmp = path.with_name(NAME + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_manifest(export_dir: str | os.PathLike, fingerprint: str | None = None) -> dict:
+    """The validated manifest of an export directory; with `fingerprint`, it must be that checkpoint's."""
+    export_dir = Path(export_dir)
+    path = export_dir / NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {NAME} in {export_dir}: not an ONNX export "
+                                f"(write one with: python export/to_onnx.py CKPT --out {export_dir})")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}: invalid JSON ({e})") from None
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise ManifestError(f"{path}: missing field(s) {missing}")
+    if manifest["format"] != FORMAT or manifest["version"] > VERSION:
+        raise ManifestError(f"{path}: format {manifest['format']!r} version {manifest['version']} "
+                            f"is not a {FORMAT} of version <= {VERSION}")
+    for name in ENCODERS:
+        file = export_dir / manifest["models"][name]["file"]
+        if not file.is_file():
+            raise ManifestError(f"{path}: {name} file {file} does not exist")
+    if fingerprint is not None and manifest["fingerprint"] != fingerprint:
+        raise ManifestError(f"{path}: exported from checkpoint {manifest['fingerprint']}, "
+                            f"expected checkpoint {fingerprint}")
+    return manifest

@@ -1,0 +1,140 @@
+"""ONNX encoders of a checkpoint, for ONNX Runtime, TensorRT and Triton.
+
+    python export/to_onnx.py CKPT --out DIR [--fp16] [--opset 17]
+
+writes DIR/text_encoder.onnx (`input_ids` int32 [B, context] -> `text_sets` float32 [B, K+1, D]),
+DIR/image_encoder.onnx (`pixels` float32 [B, 3, H, W] -> `image_sets` float32 [B, K+1, D]),
+a copy of the checkpoint's BPE merges (DIR/tokenizer.txt.gz) and DIR/manifest.json (see
+export/manifest.py), last. The batch is dynamic; both graphs go through Retriever.encode_text /
+encode_image, so every method exports the same way. Opset >= 17: LayerNorm is one
+LayerNormalization op. `--fp16` writes fp16 graphs with fp32 islands (export/fp16.py), I/O
+types unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from export.fp16 import convert_to_fp16
+from export.manifest import FORMAT, VERSION, write_manifest
+from trainer.checkpoint import Checkpoint, load_checkpoint
+
+OPSET = 17
+BATCH = "batch"  # the dynamic axis' name in the graphs
+TOKENIZER_FILE = "tokenizer.txt.gz"
+
+
+class _Encoder(nn.Module):
+    """One tower of a Retriever as a module of one input, for the tracer."""
+
+    def __init__(self, model: nn.Module, text: bool):
+        super().__init__()
+        self.model, self.text = model, text
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(x) if self.text else self.model.encode_image(x)
+
+
+def encoder_specs(model: nn.Module, context_length: int) -> dict[str, dict]:
+    """File and tensors (name, dtype, shape with -1 for the batch) of both encoders of a Retriever."""
+    h, w = model.clip.config.vision.image_size
+    sets = [-1, model.set_size, model.clip.config.embed_dim]
+    return {
+        "text_encoder": {"file": "text_encoder.onnx",
+                         "inputs": [{"name": "input_ids", "dtype": "int32", "shape": [-1, context_length]}],
+                         "outputs": [{"name": "text_sets", "dtype": "float32", "shape": sets}]},
+        "image_encoder": {"file": "image_encoder.onnx",
+                          "inputs": [{"name": "pixels", "dtype": "float32", "shape": [-1, 3, h, w]}],
+                          "outputs": [{"name": "image_sets", "dtype": "float32", "shape": sets}]},
+    }
+
+
+def _example(spec: dict, eot_id: int) -> torch.Tensor:
+    """A batch of 2 for the tracer (not 1: a batch of one could be specialised into the graph)."""
+    shape = [2, *spec["shape"][1:]]
+    if spec["dtype"] == "int32":
+        ids = torch.ones(shape, dtype=torch.int32)
+        ids[:, 5] = eot_id  # the graph must not depend on where the end token is: tensor ops find it
+        return ids
+    return torch.randn(shape)
+
+
+def export_encoder(model: nn.Module, name: str, spec: dict, path: Path, eot_id: int,
+                   fp16: bool = False, opset: int = OPSET) -> Path:
+    """Trace one encoder of a Retriever into `path` (atomically), checked by onnx.checker."""
+    (inp,), (out,) = spec["inputs"], spec["outputs"]
+    tmp = path.with_name(path.name + ".tmp")
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, torch.jit.TracerWarning))
+        torch.onnx.export(_Encoder(model, text=name == "text_encoder").eval(), (_example(inp, eot_id),),
+                          str(tmp), dynamo=False, opset_version=opset, do_constant_folding=True,
+                          input_names=[inp["name"]], output_names=[out["name"]],
+                          dynamic_axes={inp["name"]: {0: BATCH}, out["name"]: {0: BATCH}})
+    proto = onnx.load(str(tmp))
+    # The output's set size and width are fixed by the model: say so, for TensorRT and Triton.
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    for dim, size in zip(dims, out["shape"]):
+        if size == -1:
+            dim.dim_param = BATCH
+        else:
+            dim.dim_value = size
+    if fp16:
+        proto = convert_to_fp16(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def export_onnx(ckpt_path: str | os.PathLike | Checkpoint, out_dir: str | os.PathLike, fp16: bool = False,
+                opset: int = OPSET, progress: bool = False) -> Path:
+    """Export a checkpoint's encoders, tokenizer and manifest into `out_dir`; the manifest's path.
+    `ckpt_path` may be a loaded Checkpoint (its model must be on the CPU)."""
+    if opset < 17:
+        raise ValueError(f"opset must be >= 17 (LayerNormalization as one op), got {opset}")
+    ckpt = ckpt_path if isinstance(ckpt_path, Checkpoint) else load_checkpoint(ckpt_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "manifest.json").unlink(missing_ok=True)  # an export in progress is not complete
+    config = ckpt.config
+    context = config["tokenizer"]["context_length"]
+    specs = encoder_specs(ckpt.model, context)
+    eot = config["tokenizer"]["eot_id"]
+    with torch.no_grad():
+        for name, spec in tqdm(specs.items(), desc="export ONNX", disable=not progress):
+            export_encoder(ckpt.model, name, spec, out_dir / spec["file"], eot, fp16, opset)
+    shutil.copyfile(ckpt.tokenizer.merges_path, out_dir / TOKENIZER_FILE)
+    return write_manifest(out_dir, {
+        "format": FORMAT, "version": VERSION,
+        "fingerprint": ckpt.fingerprint, "checkpoint": str(ckpt.path.resolve()),
+        "method": config["method"], "method_args": config["method_args"],
+        "set_size": ckpt.model.set_size, "embed_dim": config["embed_dim"],
+        "image": config["image"],
+        "tokenizer": dict(config["tokenizer"], file=TOKENIZER_FILE),
+        "precision": "fp16" if fp16 else "fp32", "opset": opset,
+        "scoring": ckpt.model.score_params,
+        "models": specs,
+    })
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="checkpoint directory (or training run: its best/)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--fp16", action="store_true", help="fp16 graphs with fp32 LayerNorm, softmax, normalisation")
+    parser.add_argument("--opset", type=int, default=OPSET)
+    a = parser.parse_args(argv)
+    manifest = export_onnx(a.checkpoint, a.out, fp16=a.fp16, opset=a.opset, progress=True)
+    print(f"wrote {manifest.parent}/text_encoder.onnx, image_encoder.onnx, {TOKENIZER_FILE}, {manifest.name}")
+
+
+if __name__ == "__main__":
+    main()
