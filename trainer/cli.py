@@ -84,6 +84,33 @@ def cmd_demo(a) -> None:
     run_demo(Path(a.workdir), fresh=a.fresh, ids=a.ids, epochs=a.epochs)
 
 
+def cmd_repo(a) -> None:
+    if a.shards > 1:
+        from serving.shards import write_shard_repositories
+        repos = write_shard_repositories(a.source, a.gallery, a.shards, a.out, profile=a.profile, engines=a.engines,
+                                         max_batch_size=a.max_batch)
+    else:
+        from serving.repository import write_repository
+        repos = [write_repository(a.source, a.gallery, a.out, profile=a.profile, engines=a.engines,
+                                  max_batch_size=a.max_batch)]
+    for repo in repos:
+        print(f"wrote {a.profile} model repository {repo} (serve it with: tbps serve {repo})")
+
+
+def cmd_serve(a) -> None:
+    from serving.launch import serve
+    sys.exit(serve(a.repository, grpc_port=a.grpc_port, host=a.host))
+
+
+def cmd_search(a) -> None:
+    from serving.client import SearchClient, SearchError, print_hits
+    try:
+        with SearchClient(a.url or ["127.0.0.1:8001"]) as client:
+            print_hits(a.text, client.search(a.text, k=a.k), as_json=a.json)
+    except SearchError as e:
+        raise ValueError(f"the server refused the query: {e}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from trainer.demo import DEMO_IDS, TINY_RECIPE
     parser = argparse.ArgumentParser(prog="tbps", description="text-based person search engine")
@@ -120,6 +147,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ids", type=int, default=DEMO_IDS, help="people in the synthetic dataset")
     p.add_argument("--epochs", type=int, default=TINY_RECIPE["epochs"])
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("repo", help="write a Triton model repository for a checkpoint and a gallery")
+    p.add_argument("source", help="a checkpoint (or run directory), or an ONNX export directory")
+    p.add_argument("gallery", help="a gallery file built by the same checkpoint (export/build_gallery.py)")
+    p.add_argument("--out", required=True, help="a new folder (with --shards: one shard{i}/ per shard)")
+    p.add_argument("--profile", choices=["portable", "production"], default="portable",
+                   help="portable: encoders in ONNX Runtime inside the python backend (any tritonserver); "
+                        "production: Triton's onnxruntime / TensorRT backends on GPU")
+    p.add_argument("--engines", default=None, help="production: a folder of export/to_trt.py engines")
+    p.add_argument("--shards", type=int, default=1, help="split the gallery over this many repositories")
+    p.add_argument("--max-batch", type=int, default=64)
+    p.set_defaults(fn=cmd_repo)
+
+    p = sub.add_parser("serve", help="run the bundled Triton server on a model repository (Ctrl-C stops)")
+    p.add_argument("repository")
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback only)")
+    p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("search", help="query a running server over gRPC")
+    p.add_argument("text", nargs="+", help="one or more descriptions (quote each)")
+    p.add_argument("-k", type=int, default=10, help="results per description")
+    p.add_argument("--url", action="append", default=[],
+                   help="host:port of the server's gRPC endpoint; repeat for each shard (default 127.0.0.1:8001)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_search)
     return parser
 
 

@@ -1,0 +1,197 @@
+"""Start NVIDIA Triton Inference Server locally: the `tritonserver` bundled in nvidia-pytriton.
+
+That wheel ships a real server (python backend only) that serves any model repository.
+Its python backend runs each model in a stub process that embeds Python: the stub built
+for this interpreter's version is copied next to the backend (a private copy of the
+backend folder, so site-packages is never written), and this environment's `bin/` goes
+first on PATH so the stub finds this environment's packages (numpy, torch, the project).
+The server listens on 127.0.0.1 only unless told otherwise.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+READY_TIMEOUT_S = 180.0
+
+
+class ServerError(OSError):
+    """The server could not be started or did not become ready: the message says why."""
+
+
+def bundled_server() -> tuple[Path, Path]:
+    """(tritonserver binary, its bundled libraries folder) from the nvidia-pytriton wheel."""
+    try:
+        import pytriton
+    except ImportError:
+        raise ServerError("no tritonserver: install the serving extra (pip install -e '.[serving]'), "
+                          "or run the repository in NVIDIA's Triton container") from None
+    site = Path(pytriton.__file__).resolve().parent.parent
+    binary = site / "pytriton" / "tritonserver" / "bin" / "tritonserver"
+    if not binary.is_file():
+        raise ServerError(f"nvidia-pytriton is installed but has no server binary at {binary}")
+    return binary, site / "nvidia_pytriton.libs"
+
+
+def _backends(binary: Path, workdir: Path) -> Path:
+    """A private copy of the bundled backends with the python stub for this interpreter."""
+    root = binary.parent.parent
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"the bundled python backend has no stub for Python {version} ({stub})")
+    backends = workdir / "backends"
+    shutil.copytree(root / "backends", backends)
+    shutil.copy2(stub, backends / "python" / stub.name)
+    return backends
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class TritonServer:
+    """A running local server: `with TritonServer(repo) as server: server.grpc_url`.
+
+    `explicit=True` starts it in model-control mode "explicit" with every model loaded, so
+    models can be reloaded (new gallery versions) through the client API. Logs go to
+    `log_path` (default: a file in the work folder) or, with `log_path="-"`, to stdout.
+    """
+
+    def __init__(self, repository: str | os.PathLike, grpc_port: int | None = None,
+                 http_port: int | None = None, host: str = "127.0.0.1", explicit: bool = False,
+                 log_path: str | os.PathLike | None = None, extra_args: tuple[str, ...] = ()):
+        self.repository = Path(repository).resolve()
+        if not self.repository.is_dir():
+            raise ServerError(f"model repository {self.repository} does not exist")
+        self.host = host
+        self.grpc_port = grpc_port or free_port(host)
+        self.http_port = http_port or free_port(host)
+        self.metrics_port = free_port(host)
+        self.explicit, self.extra_args = explicit, tuple(extra_args)
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+        self._workdir: tempfile.TemporaryDirectory | None = None
+        self._log_thread: threading.Thread | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def command(self, backends: Path) -> list[str]:
+        binary, _ = bundled_server()
+        cmd = [str(binary), "--model-repository", str(self.repository), "--backend-directory", str(backends),
+               "--grpc-address", self.host, "--http-address", self.host, "--metrics-address", self.host,
+               "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
+               "--metrics-port", str(self.metrics_port), "--exit-on-error", "true"]
+        if self.explicit:
+            cmd += ["--model-control-mode", "explicit", "--load-model", "*"]
+        return cmd + list(self.extra_args)
+
+    def start(self) -> TritonServer:
+        binary, libs = bundled_server()
+        self._workdir = tempfile.TemporaryDirectory(prefix="tbps-triton-")
+        work = Path(self._workdir.name)
+        backends = _backends(binary, work)
+        env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(
+            [str(libs)] + [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]))
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        if self.log_path == "-":
+            out = None
+        else:
+            self.log_path = Path(self.log_path or work / "tritonserver.log")
+            out = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self.command(backends), env=env, stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True)  # Ctrl-C reaches us, we stop it cleanly
+        if out is not None:
+            out.close()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Until the server and every model report ready (models warm up at load time)."""
+        import tritonclient.grpc as grpcclient
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"tritonserver exited with code {self.process.returncode} while starting; "
+                                  f"its log:\n{self.log_tail()}")
+            try:
+                if client.is_server_ready():
+                    return
+            except Exception:  # not listening yet
+                pass
+            time.sleep(0.25)
+        raise ServerError(f"tritonserver was not ready after {timeout:.0f} s; its log:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not isinstance(self.log_path, Path) or not self.log_path.is_file():
+            return "(log on stdout)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def memory_bytes(self) -> int:
+        """Resident memory of the server and its model stub processes (Linux /proc)."""
+        pids, total = [self.process.pid], 0
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    pids += [int(p) for p in f.read().split()]
+                with open(f"/proc/{pid}/statm") as f:
+                    total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            except FileNotFoundError:
+                continue
+        return total
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (Triton finishes in-flight requests and unloads), SIGKILL if it hangs."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve(repository: str | os.PathLike, grpc_port: int | None = None, host: str = "127.0.0.1",
+          explicit: bool = True) -> int:
+    """`tbps serve`: run in the foreground until Ctrl-C or SIGTERM, logs on stdout."""
+    server = TritonServer(repository, grpc_port=grpc_port, host=host, explicit=explicit, log_path="-")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    print(f"Triton is ready: gRPC {server.grpc_url}, HTTP {host}:{server.http_port} "
+          f"(query with: tbps search \"a woman in a red coat\" --url {server.grpc_url}). Ctrl-C stops it.",
+          flush=True)
+    try:
+        while not stop.is_set() and server.process.poll() is None:
+            stop.wait(0.5)
+    finally:
+        code = server.process.poll()
+        server.stop()
+    return 0 if code in (None, 0) else code

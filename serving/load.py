@@ -1,0 +1,43 @@
+"""A closed-loop load generator on tritonclient's asyncio gRPC client: `concurrency` clients
+each send one query, wait for its answer, send the next, for `duration` seconds."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import numpy as np
+
+from serving.client import AsyncSearchClient
+
+
+async def _client(urls, texts, k: int, deadline: float, latencies: list, failures: list, offset: int) -> None:
+    async with AsyncSearchClient(urls) as client:
+        for text in itertools.islice(itertools.cycle(texts), offset, None):
+            if time.monotonic() >= deadline:
+                return
+            start = time.perf_counter()
+            try:
+                await client.search(text, k=k)
+                latencies.append(time.perf_counter() - start)
+            except Exception as e:  # counted, not raised: a load test reports every failure
+                failures.append(repr(e))
+
+
+def run_load(urls: str | list[str], texts: list[str], concurrency: int = 32, duration: float = 30.0,
+             k: int = 10) -> dict:
+    """{"queries", "failures", "qps", "p50_ms", "p95_ms", "p99_ms", "errors" (first 5)}."""
+    latencies: list[float] = []
+    failures: list[str] = []
+
+    async def main():
+        deadline = time.monotonic() + duration
+        await asyncio.gather(*(_client(urls, texts, k, deadline, latencies, failures, i)
+                               for i in range(concurrency)))
+    start = time.perf_counter()
+    asyncio.run(main())
+    elapsed = time.perf_counter() - start
+    ms = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
+    return {"concurrency": concurrency, "seconds": elapsed, "queries": len(latencies), "failures": len(failures),
+            "qps": len(latencies) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
+            "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)), "errors": failures[:5]}

@@ -1,0 +1,31 @@
+"""Triton models `text_encoder` / `image_encoder` of the portable profile: ONNX Runtime inside
+the python backend (the bundled server has no onnxruntime backend). Same tensor names as the
+production profile's `onnxruntime_onnx` / `tensorrt_plan` models; all requests of a dynamic
+batch go through one session run. Parameters: `threads` (intra-op threads, 0 = ORT's choice).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from serving.models.common import parameters, run_batched
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        (self.input,), (self.output,) = config["input"], config["output"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(parameters(args).get("threads", "0"))
+        path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        dtype = {"TYPE_INT32": np.int32, "TYPE_FP32": np.float32}[self.input["data_type"]]
+        self.session.run(None, {self.input["name"]: np.zeros([1, *self.input["dims"]], dtype)})  # warm-up
+
+    def execute(self, requests):
+        def encode(x):
+            return [(self.output["name"], self.session.run([self.output["name"]], {self.input["name"]: x})[0])]
+        return run_batched(requests, [self.input["name"]], encode)

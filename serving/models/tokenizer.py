@@ -1,0 +1,51 @@
+"""Triton model `tokenizer`: TEXT (BYTES, UTF-8) -> input_ids (INT32 [77]), the project's tokenizer
+(trainer/data/tokenizer.py) with the merges file of the checkpoint, next to this model.py.
+
+A request whose texts include an empty or whitespace-only caption, invalid UTF-8, or more
+than MAX_TEXT_BYTES bytes gets one error naming the text's position and the problem; the
+other requests of the batch are answered normally.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from serving.models.common import RequestError, error_response, input_array
+from trainer.data.tokenizer import Tokenizer
+
+MAX_TEXT_BYTES = 4096  # a caption is a sentence or three; the model reads 77 tokens of it
+
+
+def caption(raw, index: int) -> str:
+    """The caption in a TEXT element, or a RequestError saying what is wrong with it."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8")
+    if len(raw) > MAX_TEXT_BYTES:
+        raise RequestError(f"text {index} is {len(raw)} bytes long; at most {MAX_TEXT_BYTES} are accepted")
+    try:
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RequestError(f"text {index} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    if not text.strip():
+        raise RequestError(f"text {index} is empty: describe the person to search for")
+    return text
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.tokenizer = Tokenizer(Path(args["model_repository"]) / args["model_version"] / "tokenizer.txt.gz")
+
+    def execute(self, requests):
+        import triton_python_backend_utils as pb_utils
+        responses = []
+        for request in requests:
+            texts = input_array(request, "TEXT")
+            try:
+                ids = self.tokenizer([caption(t, i) for i, t in enumerate(texts.reshape(-1))])
+            except RequestError as e:
+                responses.append(error_response(str(e)))
+                continue
+            out = ids.reshape(texts.shape[0], -1).astype(np.int32)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("input_ids", out)]))
+        return responses

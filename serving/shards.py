@@ -1,0 +1,36 @@
+"""Shard a gallery over S servers: S contiguous slices, one model repository each.
+
+Each shard's gallery_search knows the global index of its first image (`index_offset`), so
+the INDICES it returns are global and the client's merge (serving/client.py) breaks ties
+exactly as a single search over the whole gallery does.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from export.gallery import load_gallery, save_gallery
+from serving.repository import write_repository
+
+
+def split_gallery(gallery: str | os.PathLike, shards: int, out_dir: str | os.PathLike) -> list[tuple[Path, int]]:
+    """(gallery file, index offset) of each of `shards` near-equal contiguous slices."""
+    g = load_gallery(gallery)
+    if not 1 <= shards <= len(g):
+        raise ValueError(f"cannot split a gallery of {len(g)} images into {shards} shards")
+    out_dir = Path(out_dir)
+    bounds = [round(i * len(g) / shards) for i in range(shards + 1)]
+    parts = []
+    for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        path = save_gallery(out_dir / f"gallery_shard{i}.safetensors", g.sets[a:b], g.ids[a:b], g.paths[a:b],
+                            g.fingerprint, g.alpha, g.weight, None if g.margin is None else g.margin[a:b], g.root)
+        parts.append((path, a))
+    return parts
+
+
+def write_shard_repositories(source: str | os.PathLike, gallery: str | os.PathLike, shards: int,
+                             out_dir: str | os.PathLike, **options) -> list[Path]:
+    """OUT/shard{i}/ repositories (see serving.repository.write_repository for `options`)."""
+    out_dir = Path(out_dir)
+    return [write_repository(source, path, out_dir / f"shard{i}", index_offset=offset, **options)
+            for i, (path, offset) in enumerate(split_gallery(gallery, shards, out_dir / "galleries"))]

@@ -1,0 +1,46 @@
+"""A tiny ESA checkpoint, its ONNX export and gallery, a portable model repository and a real
+local Triton server answering gRPC, built once per session (a server starts in ~5 s)."""
+import pytest
+
+from tests.conftest import TEST_RECIPE
+
+
+@pytest.fixture(scope="session")
+def esa_run(synthetic_data, tmp_path_factory):
+    from trainer.fit import TrainConfig, train
+    out = tmp_path_factory.mktemp("esa") / "run"
+    train(TrainConfig(data=str(synthetic_data), out=str(out), epochs=1, **dict(TEST_RECIPE, method="esa")))
+    return out
+
+
+@pytest.fixture(scope="session")
+def esa_export(esa_run, tmp_path_factory):
+    from export.to_onnx import export_onnx
+    return export_onnx(esa_run, tmp_path_factory.mktemp("esa-onnx")).parent
+
+
+@pytest.fixture(scope="session")
+def gallery(esa_run, synthetic_data, tmp_path_factory):
+    """The test split's images, with the adaptive margin (so the margin path is served too)."""
+    from export.build_gallery import build_gallery
+    return build_gallery(esa_run, tmp_path_factory.mktemp("gallery") / "test.safetensors", data=synthetic_data,
+                         split="test", margin_bank="train", margin_beta=0.5, progress=False)
+
+
+@pytest.fixture(scope="session")
+def repository(esa_export, gallery, tmp_path_factory):
+    from serving.repository import write_repository
+    return write_repository(esa_export, gallery, tmp_path_factory.mktemp("repo") / "repo")
+
+
+@pytest.fixture(scope="session")
+def server(repository):
+    from serving.launch import TritonServer
+    with TritonServer(repository) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def captions(synthetic_data):
+    from trainer.data.formats import load_dataset
+    return [c for e in load_dataset(synthetic_data).test for c in e.captions][:12]

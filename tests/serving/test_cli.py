@@ -1,0 +1,37 @@
+"""tbps repo / search against the real server: the commands the README shows."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def tbps(*args):
+    return subprocess.run([sys.executable, "-m", "trainer", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_search_prints_ranked_hits_as_json(server):
+    out = tbps("search", "a woman in a red coat", "a man with a backpack", "-k", 3, "--url", server.grpc_url, "--json")
+    assert out.returncode == 0, out.stderr
+    results = json.loads(out.stdout)
+    assert [r["text"] for r in results] == ["a woman in a red coat", "a man with a backpack"]
+    assert [h["rank"] for h in results[0]["hits"]] == [1, 2, 3]
+    assert results[0]["hits"][0]["score"] >= results[0]["hits"][2]["score"]
+
+
+def test_search_table_and_a_refused_query(server):
+    out = tbps("search", "a woman in a red coat", "-k", 2, "--url", server.grpc_url)
+    assert out.returncode == 0 and "rank" in out.stdout and len(out.stdout.splitlines()) == 4
+    bad = tbps("search", "   ", "--url", server.grpc_url)
+    assert bad.returncode == 2 and "text 0 is empty" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_repo_writes_shards_and_refuses_a_used_folder(esa_export, gallery, tmp_path):
+    out = tbps("repo", esa_export, gallery, "--out", tmp_path / "repos", "--shards", 2)
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "repos").iterdir()) == ["galleries", "shard0", "shard1"]
+    again = tbps("repo", esa_export, gallery, "--out", tmp_path / "repos" / "shard0")
+    assert again.returncode == 2 and "is not empty" in again.stderr
