@@ -74,22 +74,25 @@ def _ensemble_config(max_batch_size: int) -> str:
             + "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n")
 
 
-def gallery_config(manifest: dict, max_batch_size: int, index_offset: int = 0, kind: str = "KIND_CPU") -> str:
+def gallery_config(manifest: dict, max_batch_size: int, index_offset: int = 0, kind: str = "KIND_CPU",
+                   batching: bool = True) -> str:
     sets = manifest["models"]["text_encoder"]["outputs"][0]
     return _python_config(
         GALLERY_MODEL, "serving.models.gallery_search",
         [_spec("text_sets", "float32", sets["shape"]), _spec("TOPK", "int32", [-1, 1])],
         [_spec("SCORES", "float32", [-1, -1]), _spec("IDS", "int64", [-1, -1]),
          _spec("PATHS", "string", [-1, -1]), _spec("INDICES", "int64", [-1, -1])],
-        max_batch_size, {"fingerprint": manifest["fingerprint"], "index_offset": str(index_offset)}, kind=kind)
+        max_batch_size, {"fingerprint": manifest["fingerprint"], "index_offset": str(index_offset)}, kind=kind,
+        batching=batching)
 
 
 def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out: str | os.PathLike,
                      profile: str = "portable", engines: str | os.PathLike | None = None,
                      max_batch_size: int = 64, index_offset: int = 0, kind: str = "KIND_CPU",
-                     threads: int = 0) -> Path:
+                     threads: int = 0, batching: bool = True) -> Path:
     """The repository for a checkpoint or an ONNX export directory (`source`) and a gallery
-    file built by the same checkpoint. `engines`: a to_trt.py output folder (production)."""
+    file built by the same checkpoint. `engines`: a to_trt.py output folder (production).
+    `batching=False` turns dynamic batching off in the python models (for comparison)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; available: {', '.join(PROFILES)}")
     out = Path(out)
@@ -113,16 +116,17 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
         else:
             for name, spec in manifest["models"].items():
                 config = _python_config(name, "serving.models.onnx_encoder", spec["inputs"], spec["outputs"],
-                                        max_batch_size, {"threads": str(threads)})
+                                        max_batch_size, {"threads": str(threads)}, batching=batching)
                 _write_python_model(out, name, "serving.models.onnx_encoder", config, {"model.onnx": files[name]})
         tokenizer_config = _python_config("tokenizer", "serving.models.tokenizer", [_spec("TEXT", "string", [-1, 1])],
                                           [_spec("input_ids", "int32", [-1, manifest["tokenizer"]["context_length"]])],
-                                          max_batch_size)
+                                          max_batch_size, batching=batching)
         _write_python_model(out, "tokenizer", "serving.models.tokenizer", tokenizer_config,
                             {"tokenizer.txt.gz": export_dir / manifest["tokenizer"]["file"]})
         gpu = "KIND_GPU" if profile == "production" else kind
         _write_python_model(out, GALLERY_MODEL, "serving.models.gallery_search",
-                            gallery_config(manifest, max_batch_size, index_offset, gpu), {GALLERY_FILE: Path(gallery)})
+                            gallery_config(manifest, max_batch_size, index_offset, gpu, batching),
+                            {GALLERY_FILE: Path(gallery)})
         (out / ENSEMBLE / "1").mkdir(parents=True)
         (out / ENSEMBLE / "config.pbtxt").write_text(_ensemble_config(max_batch_size))
     return out

@@ -1,13 +1,16 @@
 """The main job on the embedded default: synthetic data, the `tiny` model, CPU.
 
-Stages: synthesize -> train -> evaluate on held-out identities -> show a few queries.
-Each stage reuses what an earlier run built in the work directory unless `fresh`.
+Stages: synthesize -> train -> export ONNX -> encode the gallery -> start a local Triton
+server -> send held-out captions over gRPC: their top-5 and the field's metrics. Each stage
+reuses what an earlier run built in the work directory unless `fresh`.
 """
 from __future__ import annotations
 
 import shutil
 import time
 from pathlib import Path
+
+import numpy as np
 
 # Training `tiny` from scratch on 2 CPU cores: a larger learning rate and shorter warm-up
 # than the IRRA recipe, which is meant for fine-tuning pretrained CLIP. About 6.5 minutes
@@ -22,40 +25,77 @@ def _stage(name: str) -> None:
     print(f"\n== {name} ==", flush=True)
 
 
+def _reusable(check) -> bool:
+    """Whether an earlier run's artefact passes `check` (it raises if missing or stale)."""
+    try:
+        check()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def run_demo(workdir: Path, fresh: bool = False, ids: int = DEMO_IDS,
-             epochs: int = TINY_RECIPE["epochs"]) -> dict:
+             epochs: int = TINY_RECIPE["epochs"], shown: int = 5) -> dict:
+    from export.build_gallery import build_gallery
+    from export.gallery import load_gallery
+    from export.manifest import load_manifest
+    from export.to_onnx import export_onnx
+    from serving.client import SearchClient
+    from serving.launch import TritonServer
+    from serving.repository import write_repository
     from trainer.checkpoint import load_checkpoint
     from trainer.data.formats import load_dataset
     from trainer.data.synthetic import write_synthetic
-    from trainer.evaluate import encode_split, split_metrics
+    from trainer.evaluate import rank_metrics
     from trainer.fit import TrainConfig, train
 
     if fresh:
         shutil.rmtree(workdir, ignore_errors=True)
     data_dir, run_dir = workdir / "data", workdir / "run"
+    onnx_dir, gallery_path, repo = workdir / "onnx", workdir / "gallery.safetensors", workdir / "repo"
     t0 = time.time()
 
-    _stage(f"1/3 synthesize {ids} people -> {data_dir}")
+    _stage(f"1/6 synthesize {ids} people -> {data_dir}")
     if (data_dir / "reid_raw.json").is_file():
         print("reusing the existing dataset (--fresh rebuilds it)")
     else:
         write_synthetic(data_dir, ids=ids, seed=0)
 
-    _stage(f"2/3 train tiny on CPU -> {run_dir}")
-    best = train(TrainConfig(data=str(data_dir), out=str(run_dir), **dict(TINY_RECIPE, epochs=epochs)))
+    _stage(f"2/6 train tiny ({TINY_RECIPE['method']}) on CPU -> {run_dir}")
+    ckpt = load_checkpoint(train(TrainConfig(data=str(data_dir), out=str(run_dir), **dict(TINY_RECIPE, epochs=epochs))))
 
-    _stage("3/3 evaluate on held-out identities (test split)")
-    ckpt = load_checkpoint(best)
+    _stage(f"3/6 export the encoders to ONNX -> {onnx_dir}")
+    if _reusable(lambda: load_manifest(onnx_dir, ckpt.fingerprint)):
+        print("reusing the export of this checkpoint")
+    else:
+        export_onnx(ckpt, onnx_dir, progress=True)
+
+    _stage(f"4/6 encode the gallery (test split images) -> {gallery_path}")
+    if _reusable(lambda: load_gallery(gallery_path, ckpt.fingerprint)):
+        print("reusing the gallery of this checkpoint")
+    else:
+        build_gallery(ckpt.path, gallery_path, data=data_dir, split="test", backend="onnx", onnx_dir=onnx_dir)
+    gallery = load_gallery(gallery_path)
+
+    _stage(f"5/6 start a local Triton server on {repo}")
+    shutil.rmtree(repo, ignore_errors=True)
+    write_repository(onnx_dir, gallery_path, repo)
     test = load_dataset(data_dir).test
-    text, text_pids, image, image_pids = encode_split(ckpt.model, ckpt.tokenizer, test)
-    metrics = split_metrics(text, text_pids, image, image_pids, ckpt.model.score)
-    for direction, m in metrics.items():
-        print(f"  {direction}: " + "  ".join(f"{k} {v:6.2f}" for k, v in m.items()))
-    captions = [c for e in test for c in e.captions]
-    print("\nexample queries (top-5 gallery person ids, * = same person as the query):")
-    for q in range(0, len(captions), max(1, len(captions) // 3))[:3]:
-        top = ckpt.model.score(text[q:q + 1], image)[0].topk(5).indices.tolist()
-        marks = " ".join(f"{image_pids[g]}{'*' if image_pids[g] == text_pids[q] else ''}" for g in top)
-        print(f"  \"{captions[q]}\"\n    person {text_pids[q]} -> {marks}")
-    print(f"\ndone in {time.time() - t0:.0f} s; checkpoint {best}")
+    queries = [(c, e.pid) for e in test for c in e.captions]
+    with TritonServer(repo) as server, SearchClient(server.grpc_url) as client:
+        print(f"ready: gRPC {server.grpc_url}")
+        _stage(f"6/6 {len(queries)} held-out captions over gRPC (unseen people)")
+        hits = client.search([c for c, _ in queries], k=len(gallery))  # full rankings: mAP needs them
+    # the scores of every gallery image, back in gallery order, for the field's metrics
+    scores = np.full((len(queries), len(gallery)), -np.inf, dtype=np.float32)
+    for row, ranked in enumerate(hits):
+        scores[row, [h.index for h in ranked]] = [h.score for h in ranked]
+    metrics = rank_metrics(scores, [pid for _, pid in queries], gallery.ids.numpy())
+    print("text-to-image: " + "  ".join(f"{k} {v:6.2f}" for k, v in metrics.items()))
+    print("\nexample queries (top-5: person id, * = the person described):")
+    for q in range(0, len(queries), max(1, len(queries) // shown))[:shown]:
+        caption, pid = queries[q]
+        marks = "  ".join(f"{h.person_id}{'*' if h.person_id == pid else ''}" for h in hits[q][:5])
+        print(f"  \"{caption}\"\n    person {pid} -> {marks}")
+    print(f"\ndone in {time.time() - t0:.0f} s; checkpoint {ckpt.path}")
     return metrics

@@ -35,3 +35,30 @@ def test_repo_writes_shards_and_refuses_a_used_folder(esa_export, gallery, tmp_p
     assert sorted(p.name for p in (tmp_path / "repos").iterdir()) == ["galleries", "shard0", "shard1"]
     again = tbps("repo", esa_export, gallery, "--out", tmp_path / "repos" / "shard0")
     assert again.returncode == 2 and "is not empty" in again.stderr
+
+
+def test_serve_runs_until_interrupted_and_stops_cleanly(repository):
+    import signal
+    import time
+
+    from serving.client import SearchClient
+    from serving.launch import free_port
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "serve", str(repository), "--grpc-port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "Triton is ready" in line or not line:
+                break
+        assert f"gRPC 127.0.0.1:{port}" in lines[-1], "".join(lines[-20:])
+        with SearchClient(f"127.0.0.1:{port}") as client:
+            assert len(client.search("a man in a blue shirt", k=2)[0]) == 2
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

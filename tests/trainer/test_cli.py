@@ -59,8 +59,13 @@ def test_bad_input_gives_one_clear_line(args, message, tmp_path, tiny_run, synth
 def test_demo_runs_every_stage_then_reuses_them(tmp_path):
     work = tmp_path / "demo"
     first = tbps("demo", "--workdir", work, "--ids", 8, "--epochs", 1)
-    for stage in ("1/3 synthesize", "2/3 train", "3/3 evaluate", "t2i: R1", "example queries"):
+    for stage in ("1/6 synthesize", "2/6 train", "3/6 export", "4/6 encode the gallery", "5/6 start a local Triton",
+                  "6/6 16 held-out captions over gRPC", "text-to-image: R1", "example queries"):
         assert stage in first.stdout, stage
     assert (work / "run" / "best" / "model.safetensors").is_file()
     again = tbps("demo", "--workdir", work, "--ids", 8, "--epochs", 1)
-    assert "reusing the existing dataset" in again.stdout and "nothing to train" in again.stdout
+    for reused in ("reusing the existing dataset", "nothing to train", "reusing the export", "reusing the gallery"):
+        assert reused in again.stdout, reused
+    # the same rankings from the rebuilt server
+    assert first.stdout.split("text-to-image:")[1].split("done in")[0] == \
+        again.stdout.split("text-to-image:")[1].split("done in")[0]

@@ -1,0 +1,116 @@
+"""End-to-end serving latency: text over gRPC -> tokenizer -> text encoder -> gallery search.
+
+    .venv/bin/python benchmarks/bench_serving.py [--quick] [--gallery-size 20000]
+
+A closed-loop load (serving/load.py: tritonclient's asyncio gRPC client) against the local
+Triton server and the portable repository, at concurrency 1 to 64, for three set-ups:
+dynamic batching on (the default repository), off, and the gallery split over 2 shards
+(2 servers, merged by the client). The model is `tiny` ESA trained for one epoch on a small
+synthetic set: latency depends on its shapes, not its accuracy. The gallery holds
+--gallery-size random unit embedding sets under that checkpoint's fingerprint (search cost
+depends on N, not on content). Writes benchmarks/results/serving_cpu.json and .png.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CAPTIONS = ["a woman in a red coat with a black handbag", "a man in a grey hoodie, dark jeans and a backpack",
+            "a young man wearing a white t-shirt and blue shorts", "a woman with long hair in a green dress",
+            "a person in a black jacket carrying a yellow umbrella", "a girl with a pink bag and white shoes"]
+
+
+def build(work: Path, gallery_size: int) -> tuple[Path, Path]:
+    """(ONNX export directory, gallery file) of a freshly trained tiny ESA model."""
+    from export.gallery import save_gallery
+    from export.to_onnx import export_onnx
+    from trainer.checkpoint import load_checkpoint
+    from trainer.data.synthetic import write_synthetic
+    from trainer.demo import TINY_RECIPE
+    from trainer.fit import TrainConfig, train
+    data = write_synthetic(work / "data", ids=16, seed=0, image_size=(64, 32), progress=False)
+    recipe = dict(TINY_RECIPE, epochs=1, batch_size=16, progress=False, bpe_vocab=600)
+    ckpt = load_checkpoint(train(TrainConfig(data=str(data), out=str(work / "run"), **recipe)))
+    export = export_onnx(ckpt, work / "onnx").parent
+    torch.manual_seed(0)
+    sets = F.normalize(torch.randn(gallery_size, ckpt.model.set_size, ckpt.config["embed_dim"]), dim=-1)
+    gallery = save_gallery(work / "gallery.safetensors", sets, torch.arange(gallery_size) // 4,
+                           [f"img{i:07d}.jpg" for i in range(gallery_size)], ckpt.fingerprint,
+                           **ckpt.model.score_params)
+    return export, gallery
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="concurrency 1, 8 and 32; 4 s each")
+    parser.add_argument("--gallery-size", type=int, default=20_000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    from serving.launch import TritonServer
+    from serving.load import run_load
+    from serving.repository import write_repository
+    from serving.shards import write_shard_repositories
+    levels = (1, 8, 32) if args.quick else (1, 4, 16, 64)
+    seconds = 4.0 if args.quick else args.seconds
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tbps-bench-serving-") as tmp:
+        work = Path(tmp)
+        export, gallery = build(work, args.gallery_size)
+        setups = {"batching on": [write_repository(export, gallery, work / "on")],
+                  "batching off": [write_repository(export, gallery, work / "off", batching=False)],
+                  "2 shards": write_shard_repositories(export, gallery, 2, work / "shards")}
+        for name, repos in setups.items():
+            with contextlib.ExitStack() as stack:
+                servers = [stack.enter_context(TritonServer(r)) for r in repos]
+                urls = [s.grpc_url for s in servers]
+                run_load(urls, CAPTIONS, concurrency=4, duration=2.0)  # warm-up
+                for concurrency in levels:
+                    report = run_load(urls, CAPTIONS, concurrency=concurrency, duration=seconds)
+                    row = {"setup": name, **{k: v for k, v in report.items() if k != "errors"}}
+                    rows.append(row)
+                    print(f"{name:13s} c={concurrency:3d}  {row['qps']:7.1f} q/s  p50 {row['p50_ms']:7.1f} ms  "
+                          f"p95 {row['p95_ms']:7.1f}  p99 {row['p99_ms']:7.1f}  failures {row['failures']}",
+                          flush=True)
+    base = {r["concurrency"]: r["qps"] for r in rows if r["setup"] == "batching on"}
+    for r in rows:
+        r["qps_vs_batching_on"] = r["qps"] / base[r["concurrency"]]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "serving_cpu.json").write_text(json.dumps({
+        "benchmark": "serving_cpu", "machine": platform.node(), "processor": platform.processor(),
+        "cores": torch.get_num_threads(), "gallery_size": args.gallery_size, "k": 10, "model": "tiny esa",
+        "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2) + "\n")
+    plot(rows, RESULTS / "serving_cpu.png", args.gallery_size)
+
+
+def plot(rows: list[dict], path: Path, n: int) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (lat, thr) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for setup in dict.fromkeys(r["setup"] for r in rows):
+        mine = [r for r in rows if r["setup"] == setup]
+        c = [r["concurrency"] for r in mine]
+        line = lat.plot(c, [r["p50_ms"] for r in mine], marker="o", label=f"{setup} p50")[0]
+        lat.plot(c, [r["p99_ms"] for r in mine], ls="--", color=line.get_color(), label=f"{setup} p99")
+        thr.plot(c, [r["qps"] for r in mine], marker="o", label=setup)
+    for ax, ylabel in ((lat, "latency (ms)"), (thr, "queries / s")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"person_search over gRPC, local Triton on CPU, gallery {n:,} x tiny ESA sets, top-10", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
