@@ -106,6 +106,9 @@ class TritonServer:
         env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(
             [str(libs)] + [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]))
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        # OpenMP threads (torch in gallery_search) spin ~200 ms after each op by default, which
+        # starves the other model processes, and other servers, on the same cores
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         if self.log_path == "-":
             out = None
         else:

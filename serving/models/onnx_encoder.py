@@ -20,6 +20,9 @@ class TritonPythonModel:
         (self.input,), (self.output,) = config["input"], config["output"]
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(parameters(args).get("threads", "0"))
+        # idle ORT threads spin by default: they would starve the other models and servers
+        # (the tokenizer, gallery search, other shards) sharing the same cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         dtype = {"TYPE_INT32": np.int32, "TYPE_FP32": np.float32}[self.input["data_type"]]
