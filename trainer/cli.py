@@ -111,6 +111,13 @@ def cmd_search(a) -> None:
         raise ValueError(f"the server refused the query: {e}") from None
 
 
+def cmd_report(a) -> None:
+    from serving.report import report_from_checkpoint
+    out = report_from_checkpoint(a.checkpoint, a.gallery, a.data, a.out, split=a.split, queries=a.queries,
+                                 device=a.device)
+    print(f"wrote {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from trainer.demo import DEMO_IDS, TINY_RECIPE
     parser = argparse.ArgumentParser(prog="tbps", description="text-based person search engine")
@@ -173,6 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="host:port of the server's gRPC endpoint; repeat for each shard (default 127.0.0.1:8001)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser("report", help="write an HTML results page: top-10 of sample captions and the metrics")
+    p.add_argument("checkpoint")
+    p.add_argument("gallery", help="a gallery file built by the same checkpoint (export/build_gallery.py)")
+    p.add_argument("--data", required=True, help="the dataset whose captions are the queries")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--queries", type=int, default=20, help="captions shown, spread over the split (metrics use all)")
+    p.add_argument("--out", default="report.html")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    p.set_defaults(fn=cmd_report)
     return parser
 
 

@@ -1,8 +1,9 @@
 """The main job on the embedded default: synthetic data, the `tiny` model, CPU.
 
 Stages: synthesize -> train -> export ONNX -> encode the gallery -> start a local Triton
-server -> send held-out captions over gRPC: their top-5 and the field's metrics. Each stage
-reuses what an earlier run built in the work directory unless `fresh`.
+server -> send held-out captions over gRPC: their top-5, the field's metrics and an HTML
+results page (workdir/report.html). Each stage reuses what an earlier run built in the
+work directory unless `fresh`.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ TINY_RECIPE = dict(config="tiny", method="esa", epochs=30, batch_size=64, num_in
                    lr=1e-3, new_lr_factor=1.0, warmup_epochs=2.0, bpe_vocab=1024, workers=1,
                    log_every=20)
 DEMO_IDS = 500  # the default synthetic dataset: 350 training, 50 validation, 100 test people
+REPORT_QUERIES = 20  # captions shown on the results page (the metrics use all of them)
 
 
 def _stage(name: str) -> None:
@@ -42,6 +44,7 @@ def run_demo(workdir: Path, fresh: bool = False, ids: int = DEMO_IDS,
     from export.to_onnx import export_onnx
     from serving.client import SearchClient
     from serving.launch import TritonServer
+    from serving.report import spread, write_report
     from serving.repository import write_repository
     from trainer.checkpoint import load_checkpoint
     from trainer.data.formats import load_dataset
@@ -97,5 +100,11 @@ def run_demo(workdir: Path, fresh: bool = False, ids: int = DEMO_IDS,
         caption, pid = queries[q]
         marks = "  ".join(f"{h.person_id}{'*' if h.person_id == pid else ''}" for h in hits[q][:5])
         print(f"  \"{caption}\"\n    person {pid} -> {marks}")
-    print(f"\ndone in {time.time() - t0:.0f} s; checkpoint {ckpt.path}")
+    sample = spread(len(queries), REPORT_QUERIES)
+    page = write_report(workdir / "report.html",
+                        [{"text": queries[q][0], "person_id": queries[q][1], "hits": hits[q][:10]} for q in sample],
+                        metrics, gallery.root, title="tbps demo: tiny ESA on synthetic pedestrians, served over gRPC",
+                        info={"checkpoint": ckpt.fingerprint, "queries": len(queries), "gallery images": len(gallery)})
+    print(f"\nresults page: {page}")
+    print(f"done in {time.time() - t0:.0f} s; checkpoint {ckpt.path}")
     return metrics

@@ -62,3 +62,17 @@ def test_serve_runs_until_interrupted_and_stops_cleanly(repository):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_readme_export_commands(esa_run, synthetic_data, tmp_path):
+    """python export/to_onnx.py, export/build_gallery.py as scripts, then tbps repo."""
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    for script, args in (("to_onnx.py", [esa_run, "--out", tmp_path / "onnx"]),
+                         ("build_gallery.py", [esa_run, "--data", synthetic_data, "--split", "test",
+                                               "--out", tmp_path / "gallery.safetensors"])):
+        done = subprocess.run([sys.executable, str(root / "export" / script), *map(str, args)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    out = tbps("repo", tmp_path / "onnx", tmp_path / "gallery.safetensors", "--out", tmp_path / "repo")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "repo" / "gallery_search" / "1" / "gallery.safetensors").is_file()

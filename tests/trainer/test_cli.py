@@ -63,6 +63,7 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path):
                   "6/6 16 held-out captions over gRPC", "text-to-image: R1", "example queries"):
         assert stage in first.stdout, stage
     assert (work / "run" / "best" / "model.safetensors").is_file()
+    assert "results page:" in first.stdout and "<img" in (work / "report.html").read_text()
     again = tbps("demo", "--workdir", work, "--ids", 8, "--epochs", 1)
     for reused in ("reusing the existing dataset", "nothing to train", "reusing the export", "reusing the gallery"):
         assert reused in again.stdout, reused
