@@ -10,7 +10,8 @@ each, after an untimed one per block); the median is reported. On CPU: torch fp3
 ONNX Runtime (CPU provider), both limited to `--threads`. On a GPU also: torch fp16 eager,
 torch fp16 replayed from a CUDA graph, and TensorRT (fp16 ONNX, strongly typed) when it imports.
 The machine's load matters: on a shared machine, compare the ratios rather than absolute times.
-Writes benchmarks/results/encoders_{cpu,gpu}.json and .png, and prints ONNX Runtime / torch ratios.
+Writes benchmarks/results/encoders_{cpu,gpu}.json and .png (with --quick: *_quick.*), and prints
+ONNX Runtime / torch ratios.
 """
 from __future__ import annotations
 
@@ -172,7 +173,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--method", default="esa")
     parser.add_argument("--budget", type=float, default=3.0, help="seconds of timed runs per case (at least 2 runs)")
+    parser.add_argument("--quick", action="store_true", help="tiny only, 1 s a case")
     args = parser.parse_args()
+    if args.quick:
+        args.configs, args.budget = ["tiny"], 1.0
     torch.set_num_threads(args.threads)
     gpu = torch.cuda.is_available()
     load_before = os.getloadavg()[0]
@@ -207,7 +211,7 @@ def main() -> None:
               "onnxruntime": ort.__version__, "results": rows,
               "onnxruntime_speedup_over_torch": ratios}
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"encoders_{'gpu' if gpu else 'cpu'}"
+    stem = RESULTS / f"encoders_{'gpu' if gpu else 'cpu'}{'_quick' if args.quick else ''}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, stem.with_suffix(".png"))
     print(f"\n{'config':<18}{'encoder':<15}{'batch':>6}  {'backend':<30}{'ms':>10}{'items/s':>10}")

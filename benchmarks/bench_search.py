@@ -8,7 +8,7 @@ and for K = 1 against faiss-cpu IndexFlatIP. GPU (when CUDA is present): the Tri
 for N in {100k, 1M}, Kq = Kg = 5, D = 512, fp16, Q in {1, 64}, against torch eager and
 torch.compile of the reference, with achieved bytes/s and FLOP/s next to the device's copy
 bandwidth and fp16 matmul rate measured in the same run. Writes
-benchmarks/results/search_cpu.json/.png and search_gpu_<device>.json/.png.
+benchmarks/results/search_cpu.json/.png and search_gpu_<device>.json/.png (--quick: *_quick.*).
 """
 from __future__ import annotations
 
@@ -165,17 +165,18 @@ def main() -> None:
     machine = {"machine": platform.node(), "processor": platform.processor() or platform.machine(),
                "threads": args.threads, "torch": torch.__version__}
     rows = bench_cpu(args.quick)
-    (RESULTS / "search_cpu.json").write_text(json.dumps(
+    quick = "_quick" if args.quick else ""  # quick runs never overwrite the full results
+    (RESULTS / f"search_cpu{quick}.json").write_text(json.dumps(
         {"benchmark": "search_cpu", **machine, "k": K_TOP, "alpha": ALPHA, "rows": rows}, indent=2) + "\n")
-    plot(rows, ["naive_s", "faiss_s"], RESULTS / "search_cpu.png",
+    plot(rows, ["naive_s", "faiss_s"], RESULTS / f"search_cpu{quick}.png",
          f"top-{K_TOP} search on CPU ({args.threads} threads): kernels.search vs naive torch vs faiss")
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
         gpu = bench_gpu(args.quick)
         tag = name.replace(" ", "_").replace("/", "_")
-        (RESULTS / f"search_gpu_{tag}.json").write_text(json.dumps(
+        (RESULTS / f"search_gpu_{tag}{quick}.json").write_text(json.dumps(
             {"benchmark": "search_gpu", "device": name, **machine, "k": K_TOP, **gpu}, indent=2) + "\n")
-        plot(gpu["rows"], ["eager_s", "compile_s"], RESULTS / f"search_gpu_{tag}.png",
+        plot(gpu["rows"], ["eager_s", "compile_s"], RESULTS / f"search_gpu_{tag}{quick}.png",
              f"top-{K_TOP} search on {name}, fp16: Triton kernel vs torch eager / compile")
 
 

@@ -8,7 +8,8 @@ dynamic batching on (the default repository), off, and the gallery split over 2 
 (2 servers, merged by the client). The model is `tiny` ESA trained for one epoch on a small
 synthetic set: latency depends on its shapes, not its accuracy. The gallery holds
 --gallery-size random unit embedding sets under that checkpoint's fingerprint (search cost
-depends on N, not on content). Writes benchmarks/results/serving_cpu.json and .png.
+depends on N, not on content). Writes benchmarks/results/serving_cpu.json and .png (--quick:
+serving_cpu_quick.*).
 """
 from __future__ import annotations
 
@@ -84,11 +85,12 @@ def main() -> None:
     for r in rows:
         r["qps_vs_batching_on"] = r["qps"] / base[r["concurrency"]]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "serving_cpu.json").write_text(json.dumps({
+    stem = RESULTS / f"serving_cpu{'_quick' if args.quick else ''}"  # quick runs keep the full results
+    stem.with_suffix(".json").write_text(json.dumps({
         "benchmark": "serving_cpu", "machine": platform.node(), "processor": platform.processor(),
         "cores": torch.get_num_threads(), "gallery_size": args.gallery_size, "k": 10, "model": "tiny esa",
         "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2) + "\n")
-    plot(rows, RESULTS / "serving_cpu.png", args.gallery_size)
+    plot(rows, stem.with_suffix(".png"), args.gallery_size)
 
 
 def plot(rows: list[dict], path: Path, n: int) -> None:
