@@ -32,6 +32,7 @@ from trainer.data.tokenizer import Tokenizer, train_bpe
 from trainer.data.transforms import build_transform
 from trainer.evaluate import evaluate
 from trainer.model import load_config, load_openai_clip
+from trainer.resnet import load_torchvision_resnet
 from trainer.retriever import Retriever, method_args
 
 
@@ -43,7 +44,7 @@ class TrainConfig:
     config: str = "vit-b16-384x128"
     method: str = "esa"
     method_args: dict = field(default_factory=dict)
-    init: str | None = None          # OpenAI CLIP weights (ViT-B-16.pt) to fine-tune from
+    init: str | None = None          # OpenAI CLIP weights (ViT-B-16.pt); SSAN: torchvision ResNet-50 weights
     bpe: str | None = None           # CLIP merges file; None: train a small BPE on the captions
     bpe_vocab: int = 2048
     epochs: int = 60
@@ -187,7 +188,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, is_main: bool, device: torch
     data = load_dataset(cfg.data, val_fraction=cfg.val_fraction)
     labels = pid_map(data.train)
     tokenizer = _tokenizer(cfg, out, data.train, resume_dir, is_main)
-    if cfg.init:
+    if cfg.init and cfg.method != "ssan":
         clip = load_openai_clip(cfg.init, image_size=tuple(load_config(cfg.config).vision.image_size))
         clip_config = clip.config
     else:
@@ -200,11 +201,14 @@ def _train(cfg: TrainConfig, rank: int, world: int, is_main: bool, device: torch
     model = Retriever(clip_config, cfg.method, len(labels), tokenizer.eot_id, cfg.method_args)
     if clip is not None:
         model.clip.load_state_dict(clip.state_dict())
+    elif cfg.init:  # SSAN: its ResNet-50 trunk from ImageNet weights
+        load_torchvision_resnet(model.clip.resnet, cfg.init)
     model.to(device)
 
     image_size = tuple(clip_config.vision.image_size)
     pad = max(1, round(10 * image_size[0] / 384))  # IRRA pads 10 px at 384 high
-    dataset = CaptionDataset(data.train, tokenizer, build_transform(image_size, train=True, pad=pad), labels)
+    dataset = CaptionDataset(data.train, tokenizer, build_transform(image_size, train=True, pad=pad), labels,
+                             prune_p=model.args.get("prune_p", 0.0), other_caption=cfg.method == "ssan")
     sampler = IdentityBatchSampler(dataset.labels, cfg.batch_size, cfg.num_instances, cfg.seed,
                                    rank, world)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
@@ -250,8 +254,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, is_main: bool, device: torch
         for i, batch in enumerate(bar):
             step = epoch * steps_per_epoch + i
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_cuda_amp):
+                other = {"other_ids": batch["other_ids"].to(device)} if "other_ids" in batch else {}
                 losses = net(batch["pixels"].to(device), batch["ids"].to(device),
-                             batch["label"].to(device), gather)
+                             batch["label"].to(device), gather, **other)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} step {i}: "

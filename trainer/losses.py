@@ -1,4 +1,4 @@
-"""Training objectives on the global embeddings (IRRA): SDM and ID."""
+"""Training objectives: SDM and ID (IRRA), ASM (ESA), the hardest-negative triplet (SEN), CR (SSAN)."""
 from __future__ import annotations
 
 import torch
@@ -65,3 +65,45 @@ def slot_diversity(sets: Tensor) -> Tensor:
     gram = slots @ slots.transpose(1, 2)
     off = gram - torch.diag_embed(gram.diagonal(dim1=1, dim2=2))
     return off.pow(2).sum((1, 2)).mean() / (k * (k - 1))
+
+
+def hardest_triplet_loss(scores: Tensor, pids: Tensor, margin: float) -> Tensor:
+    """SEN's cross-modal triplet, both directions: each anchor against its hardest in-batch negative
+    (another person's item of the other modality, highest cosine), distance 1 - cos, so the hinge is
+    relu(margin + s_an - s_ap). scores [B, B]: text i against image j, positives on the diagonal."""
+    other = pids.view(-1, 1) != pids.view(1, -1)
+    loss = 0.0
+    for s in (scores, scores.t()):
+        hardest = s.masked_fill(~other, float("-inf")).amax(dim=1)
+        loss = loss + F.relu(margin + hardest - s.diagonal()).mean()
+    return loss
+
+
+def _semi_hard_triplet(scores: Tensor, pids: Tensor, margins: Tensor) -> Tensor:
+    """Summed over anchors (rows; positives on the diagonal), as SSAN: each anchor's semi-hard negative,
+    one with 0 < s_an + m - s_ap < m (closer than the margin, not closer than the positive). SSAN draws
+    one at random; here the hardest of them, so the loss is deterministic. Anchors without one add 0."""
+    violation = scores + margins.view(-1, 1) - scores.diagonal().view(-1, 1)
+    semi_hard = (pids.view(-1, 1) != pids.view(1, -1)) & (violation > 0) & (violation < margins.view(-1, 1))
+    return violation.masked_fill(~semi_hard, 0.0).amax(dim=1).sum()
+
+
+def cr_margins(scores: Tensor, scores_other: Tensor, margin: float) -> Tensor:
+    """SSAN's adaptive margin per pair i: (l + 1) / 2 * margin, l = |cos(v_i, t'_i)| / |cos(v_i, t_i)|
+    clipped to 1, t' a caption of another image of the same person (detached)."""
+    ratio = scores_other.diagonal().detach().abs() / scores.diagonal().detach().abs().clamp_min(1e-8)
+    return (ratio.clamp(max=1.0) + 1) / 2 * margin
+
+
+def cr_loss(scores: Tensor, scores_other: Tensor, pids: Tensor, margin: float = 0.2,
+            other_weight: float = 0.1) -> Tensor:
+    """SSAN's compound ranking loss: a bidirectional semi-hard triplet on image-caption pairs with
+    a fixed margin, plus `other_weight` x the same on pairs of an image and a caption of another
+    image of its person, with the adaptive margin of `cr_margins`. scores / scores_other [B, B]:
+    image i against caption j (resp. the other caption of sample j)."""
+    fixed = scores.new_full((scores.shape[0],), margin)
+    adaptive = cr_margins(scores, scores_other, margin)
+    loss = 0.0
+    for s, m, w in ((scores, fixed, 1.0), (scores_other, adaptive, other_weight)):
+        loss = loss + w * (_semi_hard_triplet(s, pids, m) + _semi_hard_triplet(s.t(), pids, m))
+    return loss
