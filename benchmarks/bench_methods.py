@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_esa_vs_baseline import evaluate_run  # a sibling script: run this file as a script
+from bench_esa_vs_baseline import evaluate_run, training_seconds  # a sibling script: run this file as a script
 from trainer.checkpoint import load_checkpoint
 from trainer.data.formats import load_dataset
 from trainer.data.synthetic import write_synthetic
@@ -83,12 +83,6 @@ def main() -> None:
     for name, m in summary.items():
         print(f"{name:28s}" + "".join(f"{m[k]['mean']:9.2f} ±{m[k]['std']:4.1f}" for k in METRICS))
     plot(summary, len(args.seeds), out / "methods.png")
-
-
-def training_seconds(run: Path) -> float:
-    """Wall time of the training epochs from the run's log, so a reused run reports its real cost."""
-    events = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    return round(sum(e["seconds"] for e in events if e["event"] == "epoch"), 1)
 
 
 def plot(summary: dict, seeds: int, path: Path) -> None:
