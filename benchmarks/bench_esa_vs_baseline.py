@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.checkpoint import load_checkpoint
+from trainer.checkpoint import load_checkpoint, read_config
 from trainer.data.formats import load_dataset
 from trainer.data.synthetic import write_synthetic
 from trainer.demo import DEMO_IDS, TINY_RECIPE
@@ -52,7 +52,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--methods", nargs="+", default=["baseline", "esa"])
-    parser.add_argument("--out", default="runs/bench_esa")
+    parser.add_argument("--out", help="runs folder (default runs/bench_esa, runs/bench_esa_eN for other --epochs: "
+                                      "a finished run is reused, so budgets must not share a folder)")
     parser.add_argument("--esa-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="an ESA hyper-parameter (repeatable); results go to esa_vs_baseline_TAG.json")
     parser.add_argument("--tag", default="", help="names the ESA variant's runs and result files")
@@ -60,7 +61,7 @@ def main() -> None:
     esa_args = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.esa_arg)}
     suffix = f"_{args.tag}" if args.tag else ""
     torch.set_num_threads(2)
-    work = Path(args.out)
+    work = Path(args.out or ("runs/bench_esa" if args.epochs == 15 else f"runs/bench_esa_e{args.epochs}"))
     data_dir = work / "data"
     if not (data_dir / "reid_raw.json").is_file():
         write_synthetic(data_dir, ids=DEMO_IDS, seed=0)
@@ -73,7 +74,8 @@ def main() -> None:
             best = train(TrainConfig(data=str(data_dir), out=str(work / name), method_args=variant,
                                      **dict(TINY_RECIPE, method=method, epochs=args.epochs, seed=seed,
                                             progress=False)))
-            runs[name] = {"method": method, "method_args": variant, "seed": seed,
+            # the run's own arguments, defaults resolved: a reused run may predate a change of default
+            runs[name] = {"method": method, "method_args": read_config(best)["method_args"], "seed": seed,
                           "seconds": training_seconds(work / name), "t2i": evaluate_run(best, data)}
             print(name, {k: round(v["R1"], 2) for k, v in runs[name]["t2i"].items()}, flush=True)
     summary = {}

@@ -30,6 +30,12 @@ def smooth_chamfer(cos: Tensor, alpha: float) -> Tensor:
     return (a_to_b + b_to_a) / (2 * alpha)
 
 
+def slot_chamfer(query_sets: Tensor, gallery_sets: Tensor, alpha: float) -> Tensor:
+    """SC_alpha of the slots alone (rows 1..K, global row left out): [Q, N]. Not a ranking score
+    of its own: ESA's slot SDM trains on it and bench_set_terms.py measures what the slots carry."""
+    return smooth_chamfer(torch.einsum("qkd,nld->qnkl", query_sets[:, 1:], gallery_sets[:, 1:]), alpha)
+
+
 MODES = ("chamfer", "maxsim")
 
 

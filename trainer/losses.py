@@ -14,11 +14,16 @@ def sdm_loss(image_feats: Tensor, text_feats: Tensor, pids: Tensor, logit_scale:
     distribution (uniform over pairs of the same person). Row i of the text->image
     similarity is the text of sample i against every image in the batch.
     """
-    labels = (pids.view(-1, 1) == pids.view(1, -1)).float()
-    target = labels / labels.sum(dim=1, keepdim=True)
     image = F.normalize(image_feats, dim=-1)
     text = F.normalize(text_feats, dim=-1)
-    t2i = logit_scale * text @ image.t()
+    return sdm_from_scores(text @ image.t(), pids, logit_scale, eps)
+
+
+def sdm_from_scores(t2i: Tensor, pids: Tensor, logit_scale: float, eps: float = 1e-8) -> Tensor:
+    """SDM on a given text-to-image similarity matrix [B, B] (row i: text i against every image)."""
+    labels = (pids.view(-1, 1) == pids.view(1, -1)).float()
+    target = labels / labels.sum(dim=1, keepdim=True)
+    t2i = logit_scale * t2i
     loss = 0.0
     for logits in (t2i, t2i.t()):
         pred = logits.softmax(dim=1)

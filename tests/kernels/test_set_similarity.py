@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.set_similarity import set_similarity_reference, smooth_chamfer
+from kernels.set_similarity import set_similarity_reference, slot_chamfer, smooth_chamfer
 
 
 def random_sets(n, k, d=16, seed=0, dtype=torch.float64):
@@ -27,6 +27,17 @@ def test_invariant_to_the_order_of_set_elements():
     q, g = random_sets(4, 5, seed=5), random_sets(6, 5, seed=6)
     perm = torch.tensor([0, 3, 1, 4, 2])  # row 0 (global) stays first
     assert torch.allclose(set_similarity_reference(q, g), set_similarity_reference(q[:, perm], g[:, perm.flip(0).roll(1)]))
+
+
+def test_slot_chamfer_leaves_the_global_row_out():
+    q, g = random_sets(4, 5, seed=9), random_sets(7, 3, seed=10)
+    slots = slot_chamfer(q, g, alpha=8.0)
+    # SC over rows 1..K alone: the full score of the slot-only sets minus their first row's cosine
+    qs, gs = q[:, 1:], g[:, 1:]
+    expected = set_similarity_reference(qs, gs, alpha=8.0) - set_similarity_reference(qs, gs, weight=0.0)
+    assert slots.shape == (4, 7) and torch.allclose(slots, expected)
+    other_globals = torch.cat([random_sets(4, 1, seed=11), q[:, 1:]], dim=1)
+    assert torch.allclose(slot_chamfer(other_globals, g, alpha=8.0), slots)
 
 
 def test_approaches_best_match_as_alpha_grows():

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kernels.set_similarity import slot_chamfer
 from tests.conftest import TEST_RECIPE
 from trainer.checkpoint import load_checkpoint
 from trainer.evaluate import rank_metrics
@@ -66,23 +67,36 @@ def _tiny_esa(vocab=64, classes=6):
                      args={"slots": 2, "iterations": 2})
 
 
-def test_tiny_esa_overfits_a_handful_of_pairs():
-    torch.manual_seed(0)
-    model = _tiny_esa()
+def _overfit(model: Retriever, n: int = 6, steps: int = 40):
+    """Train on n random pairs, one person each; return (text_sets, image_sets, labels) after."""
     h, w = model.clip.config.vision.image_size
-    pixels = torch.randn(6, 3, h, w)
-    ids = torch.randint(1, 62, (6, 77))
+    pixels, ids, labels = torch.randn(n, 3, h, w), torch.randint(1, 62, (n, 77)), torch.arange(n)
     ids[:, 12] = 63
-    labels = torch.arange(6)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(40):
+    for _ in range(steps):
         opt.zero_grad()
         sum(model(pixels, ids, labels).values()).backward()
         opt.step()
     model.eval()
     with torch.no_grad():
-        scores = model.score(model.encode_text(ids), model.encode_image(pixels))
-    assert rank_metrics(scores, labels.numpy(), labels.numpy())["R1"] == 100.0
+        return model.encode_text(ids), model.encode_image(pixels), labels.numpy()
+
+
+def test_tiny_esa_overfits_a_handful_of_pairs():
+    torch.manual_seed(0)
+    model = _tiny_esa()
+    text, image, labels = _overfit(model)
+    assert rank_metrics(model.score(text, image), labels, labels)["R1"] == 100.0
+
+
+def test_slot_sdm_makes_the_slots_alone_rank_the_pairs():
+    # Without a loss on the slots alone, trained heads collapsed to the same slots for every item
+    # (benchmarks/bench_set_terms.py); slot SDM must make rows 1..K identify the person by themselves.
+    torch.manual_seed(0)
+    model = _tiny_esa()
+    assert model.args["slot_sdm_weight"] == 1.0  # the default
+    text, image, labels = _overfit(model)
+    assert rank_metrics(slot_chamfer(text, image, model.args["alpha"]), labels, labels)["R1"] == 100.0
 
 
 def test_esa_trains_saves_and_loads_as_sets(synthetic_data, tmp_path):
