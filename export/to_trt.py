@@ -1,34 +1,44 @@
-"""TensorRT engines of a checkpoint's encoders, and the production Triton model repository.
+"""TensorRT engines of a checkpoint's encoders, checked against torch, installed with their record.
 
     python export/to_trt.py CKPT [--fp16] [--max-batch 32] [--out DIR] [--timing-cache FILE]
 
 1. ONNX: DIR holds export/to_onnx.py's export (written when missing, or when it is of another
-   checkpoint or precision). DIR defaults to CKPT/trt (CKPT/trt-fp16 with --fp16).
-2. Engines DIR/text_encoder.plan and DIR/image_encoder.plan, one optimization profile each:
-   batch min 1, max --max-batch, opt min(8, max) for text (queries arrive a few at a time) and
-   max for images (gallery building runs full batches).
+   checkpoint or precision). DIR defaults to CKPT/trt (CKPT/trt-fp16 with --fp16), CKPT as
+   given: for a training run, RUN/trt-fp16 beside its checkpoints.
+2. Engines text_encoder.plan and image_encoder.plan, one optimization profile each: batch min 1,
+   max --max-batch, opt min(8, max) for text (queries arrive a few at a time) and max for
+   images (gallery building runs full batches).
 3. Precision comes from the ONNX graph and the network is strongly typed: fp32, or with
    --fp16 the fp16 graph with fp32 LayerNorm / softmax / normalisation (export/fp16.py).
    TensorRT 10 is given the STRONGLY_TYPED creation flag; TensorRT 11 has no other mode (and
    no FP16 builder flag), so the same build serves both.
-4. The timing cache (default DIR/timing.cache) is read before and written after each build:
-   rebuilds on the same GPU and TensorRT skip kernel timing.
-5. DIR/model_repository/{text_encoder,image_encoder}/: config.pbtxt (platform tensorrt_plan)
-   and 1/model.plan; then each engine is checked against torch on a random batch.
+4. The timing cache (default DIR/timing.cache) is read before each build and written back
+   after it: rebuilds on the same GPU and TensorRT skip kernel timing. TensorRT refuses a cache
+   of another GPU or TensorRT version; the build then starts a fresh one.
+5. Parity: each engine runs a random batch at both ends of its profile against the torch model
+   in fp32; a lowest cosine (over set rows) below PARITY[precision] fails the build.
+6. Install: the engines are built and checked in a staging folder inside DIR, and only when
+   both pass does DIR receive the plans, model_repository/{text_encoder,image_encoder}/
+   (config.pbtxt, platform tensorrt_plan, and 1/model.plan) and, last, engines.json
+   (export/engines.py), the record `tbps repo --engines DIR` checks. A build starts by
+   withdrawing DIR's previous install, so a failed build leaves nothing that looks installed.
 
-Without TensorRT or a CUDA GPU, step 1 still runs; then it exits with status 2 and one line
-saying what is missing and how to install it.
+Every failure is one line on stderr: exit status 2 where TensorRT or a CUDA GPU is missing
+(step 1 has run: the ONNX is there), 1 for any other.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
+from export.engines import CONTAINER, CONTAINER_TRT_MAJOR, RECORD, write_record
 from export.manifest import load_manifest
 from export.model_repository import write_encoders
 from export.to_onnx import export_onnx
@@ -36,33 +46,50 @@ from export.trt_runner import TrtRunner
 from trainer.checkpoint import Checkpoint, load_checkpoint
 
 TEXT_OPT_BATCH = 8
-EXIT_MISSING = 2
+PARITY = {"fp16": 0.999, "fp32": 0.9999}  # lowest cosine of an engine's set rows against torch fp32
+EXIT_FAILED, EXIT_MISSING = 1, 2
+REPOSITORY = "model_repository"
 
 
 class TrtUnavailable(RuntimeError):
     """This machine cannot build TensorRT engines (no tensorrt package, or no CUDA GPU)."""
 
 
-def missing_requirements() -> str | None:
-    """What this machine lacks to build engines (one line), or None."""
+class BuildError(RuntimeError):
+    """TensorRT refused a graph or a build, or an engine failed its parity check."""
+
+
+def missing_requirements(device: str = "cuda") -> str | None:
+    """What this machine lacks to build engines on `device` (one line), or None. A CPU device is
+    the tests' seam (tests/export/trt_stub); the CLI always builds on CUDA."""
     missing = []
     try:
         importlib.import_module("tensorrt")
     except ImportError:
-        missing.append("the `tensorrt` Python package (pip install 'tensorrt>=10', or pip install -e '.[trt]')")
-    if not torch.cuda.is_available():
+        missing.append(f"the `tensorrt` Python package (pip install -e '.[trt]': the TensorRT of the "
+                       f"Triton {CONTAINER} container)")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         missing.append("a CUDA GPU visible to torch (torch.cuda.is_available() is False: TensorRT needs an "
                        "NVIDIA GPU, its driver and a CUDA build of torch)")
     return " and ".join(missing) or None
 
 
-def profile_shapes(manifest: dict, max_batch: int) -> dict[str, dict[str, tuple[tuple, tuple, tuple]]]:
-    """Encoder name -> {input name: (min, opt, max) shapes} of its optimization profile."""
+def default_out_dir(checkpoint: str | os.PathLike, fp16: bool) -> Path:
+    """CKPT/trt or CKPT/trt-fp16, CKPT as given (a run directory, not the best/ it resolves to)."""
+    return Path(checkpoint) / ("trt-fp16" if fp16 else "trt")
+
+
+def profile_batches(max_batch: int) -> dict[str, tuple[int, int, int]]:
+    """Encoder name -> (min, opt, max) batch of its optimization profile."""
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-    opt = {"text_encoder": min(TEXT_OPT_BATCH, max_batch), "image_encoder": max_batch}
-    return {name: {i["name"]: tuple((b, *i["shape"][1:]) for b in (1, opt[name], max_batch))
-                   for i in spec["inputs"]}
+    return {"text_encoder": (1, min(TEXT_OPT_BATCH, max_batch), max_batch), "image_encoder": (1, max_batch, max_batch)}
+
+
+def profile_shapes(manifest: dict, max_batch: int) -> dict[str, dict[str, tuple[tuple, tuple, tuple]]]:
+    """Encoder name -> {input name: (min, opt, max) shapes} of its optimization profile."""
+    batches = profile_batches(max_batch)
+    return {name: {i["name"]: tuple((b, *i["shape"][1:]) for b in batches[name]) for i in spec["inputs"]}
             for name, spec in manifest["models"].items()}
 
 
@@ -78,6 +105,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _attach_timing_cache(config, path: Path) -> None:
+    """The persisted cache, or a fresh one where TensorRT refuses it (another GPU or TensorRT version:
+    its timings would not hold here)."""
+    data = path.read_bytes() if path.is_file() else b""
+    if config.set_timing_cache(config.create_timing_cache(data), ignore_mismatch=False) or not data:
+        return
+    print(f"{path} is of another GPU or TensorRT version: starting a fresh one", flush=True)
+    config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+
 def build_engine(onnx_path: Path, plan_path: Path, shapes: dict[str, tuple], timing_cache: Path,
                  workspace_gib: float = 4.0) -> Path:
     """Parse an ONNX file into a strongly typed network and build a serialized engine with one
@@ -89,20 +126,22 @@ def build_engine(onnx_path: Path, plan_path: Path, shapes: dict[str, tuple], tim
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
+        raise BuildError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    _attach_timing_cache(config, timing_cache)
     profile = builder.create_optimization_profile()
     for name, (low, opt, high) in shapes.items():
         profile.set_shape(name, low, opt, high)
     config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise RuntimeError(f"{onnx_path}: TensorRT could not build an engine (see the log above)")
+        raise BuildError(f"{onnx_path}: TensorRT could not build an engine (build_serialized_network returned "
+                         f"None; TensorRT's log above says why)")
     _write_atomic(plan_path, bytes(plan))
-    _write_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
+    merged = config.get_timing_cache()  # the attached cache, this build's timings added; None if none was taken
+    if merged is not None:
+        _write_atomic(timing_cache, bytes(merged.serialize()))
     return plan_path
 
 
@@ -119,46 +158,97 @@ def ensure_onnx(ckpt: Checkpoint, out_dir: Path, fp16: bool) -> dict:
 
 
 @torch.no_grad()
-def engine_parity(runner, model, spec: dict, batch: int = 2) -> float:
-    """Lowest cosine, over set rows, between an engine's and the torch model's (fp32) output on a random batch."""
+def engine_parity(runner, model, spec: dict, batches: tuple[int, ...], device: str = "cuda") -> float:
+    """Lowest cosine, over set rows, between an engine's and the torch model's (fp32) output on
+    seeded random batches of the given sizes."""
     (inp,), (out,) = spec["inputs"], spec["outputs"]
-    shape = (batch, *inp["shape"][1:])
-    if inp["dtype"] == "int32":  # random ids with an end token in the middle
-        x = torch.randint(1, model.eot_id, shape, dtype=torch.int32)
-        x[:, shape[1] // 2] = model.eot_id
-    else:
-        x = torch.randn(shape)
-    x = x.cuda()
-    want = model.cuda().encode_text(x) if inp["dtype"] == "int32" else model.cuda().encode_image(x)
-    got = runner(**{inp["name"]: x})[out["name"]].float()
-    return torch.nn.functional.cosine_similarity(got, want, dim=-1).min().item()
+    generator = torch.Generator().manual_seed(0)
+    model = model.to(device)
+    lowest = 1.0
+    for batch in batches:
+        shape = (batch, *inp["shape"][1:])
+        if inp["dtype"] == "int32":  # random ids with an end token in the middle
+            x = torch.randint(1, model.eot_id, shape, dtype=torch.int32, generator=generator)
+            x[:, shape[1] // 2] = model.eot_id
+        else:
+            x = torch.randn(shape, generator=generator)
+        x = x.to(device)
+        want = model.encode_text(x) if inp["dtype"] == "int32" else model.encode_image(x)
+        got = runner(**{inp["name"]: x})[out["name"]].float()
+        lowest = min(lowest, torch.nn.functional.cosine_similarity(got, want, dim=-1).min().item())
+    return lowest
+
+
+def gpu_facts(device: str) -> dict:
+    """The GPU the engines are built for: they run only on GPUs of its compute capability."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return {"name": device.type, "compute_capability": None}
+    major, minor = torch.cuda.get_device_capability(device)
+    return {"name": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
+
+
+def _withdraw(out_dir: Path, names) -> None:
+    """Remove a previous install, record first: from then on nothing in DIR passes check_engines."""
+    (out_dir / RECORD).unlink(missing_ok=True)
+    for name in names:
+        (out_dir / f"{name}.plan").unlink(missing_ok=True)
+    shutil.rmtree(out_dir / REPOSITORY, ignore_errors=True)
 
 
 def build_trt(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None = None, fp16: bool = False,
               max_batch: int = 32, timing_cache: str | os.PathLike | None = None,
-              workspace_gib: float = 4.0) -> Path:
-    """Steps 1-5 of the module docstring; the model repository's path. Raises TrtUnavailable
-    (after writing the ONNX) where TensorRT or CUDA is missing."""
+              workspace_gib: float = 4.0, device: str = "cuda") -> Path:
+    """Steps 1-6 of the module docstring; the engine folder (what `tbps repo --engines` takes).
+    Raises TrtUnavailable (after writing the ONNX) where TensorRT or CUDA is missing, BuildError
+    where TensorRT or a parity check fails (nothing installed)."""
     ckpt = load_checkpoint(checkpoint)
-    out_dir = Path(out_dir) if out_dir else ckpt.path / ("trt-fp16" if fp16 else "trt")
+    out_dir = Path(out_dir) if out_dir else default_out_dir(checkpoint, fp16)
     manifest = ensure_onnx(ckpt, out_dir, fp16)
-    shapes = profile_shapes(manifest, max_batch)
-    reason = missing_requirements()
+    batches, shapes = profile_batches(max_batch), profile_shapes(manifest, max_batch)
+    reason = missing_requirements(device)
     if reason:
         raise TrtUnavailable(f"ONNX encoders written to {out_dir}, but no TensorRT engine built: missing {reason}")
+    import tensorrt as trt
+    if int(trt.__version__.split(".")[0]) != CONTAINER_TRT_MAJOR:
+        print(f"note: TensorRT {trt.__version__}: the Triton {CONTAINER} container runs TensorRT "
+              f"{CONTAINER_TRT_MAJOR}.x, which cannot load these engines (pip install -e '.[trt]' installs its "
+              f"TensorRT)", flush=True)
     cache = Path(timing_cache) if timing_cache else out_dir / "timing.cache"
-    plans = {}
-    for name, spec in manifest["models"].items():
-        print(f"building {name} ({manifest['precision']}, batch 1..{max_batch}) ...", flush=True)
-        plans[name] = build_engine(out_dir / spec["file"], out_dir / f"{name}.plan", shapes[name], cache, workspace_gib)
-        cosine = engine_parity(TrtRunner(plans[name]), ckpt.model, spec)
-        print(f"{name}: {plans[name]} (TensorRT vs torch fp32: lowest cosine {cosine:.6f})")
-    repo = out_dir / "model_repository"
-    write_encoders(repo, manifest, plans, "tensorrt_plan", max_batch)
-    return repo
+    precision, names = manifest["precision"], list(manifest["models"])
+    _withdraw(out_dir, names)
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=out_dir) as tmp:
+        stage = Path(tmp)
+        parity = {}
+        for name, spec in manifest["models"].items():
+            low, opt, high = batches[name]
+            print(f"building {name} ({precision}, batch {low}..{high}, opt {opt}) ...", flush=True)
+            plan = build_engine(out_dir / spec["file"], stage / f"{name}.plan", shapes[name], cache, workspace_gib)
+            parity[name] = engine_parity(TrtRunner(plan, device), ckpt.model, spec, (low, high), device)
+            if parity[name] < PARITY[precision]:
+                raise BuildError(f"{name}: TensorRT engine against torch fp32: lowest cosine {parity[name]:.6f}, "
+                                 f"below {PARITY[precision]} ({precision}): nothing installed in {out_dir}")
+            print(f"{name}: lowest cosine against torch fp32 {parity[name]:.6f} (>= {PARITY[precision]})", flush=True)
+        plans = {name: stage / f"{name}.plan" for name in names}
+        write_encoders(stage / REPOSITORY, manifest, plans, "tensorrt_plan", max_batch)
+        for plan in plans.values():
+            os.replace(plan, out_dir / plan.name)
+        os.replace(stage / REPOSITORY, out_dir / REPOSITORY)
+        write_record(out_dir, {
+            "fingerprint": manifest["fingerprint"], "precision": precision, "tensorrt": trt.__version__,
+            "gpu": gpu_facts(device),
+            "models": {name: {"plan": f"{name}.plan", "min_batch": low, "opt_batch": opt, "max_batch": high}
+                       for name, (low, opt, high) in batches.items()},
+            "parity": parity,
+        })
+    return out_dir
 
 
-def main(argv: list[str] | None = None) -> int:
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def main(argv: list[str] | None = None, device: str = "cuda") -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="checkpoint directory (or training run: its best/)")
     parser.add_argument("--out", help="output directory (default: CKPT/trt or CKPT/trt-fp16)")
@@ -168,14 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace-gib", type=float, default=4.0, help="builder workspace limit")
     a = parser.parse_args(argv)
     try:
-        repo = build_trt(a.checkpoint, a.out, a.fp16, a.max_batch, a.timing_cache, a.workspace_gib)
+        out = build_trt(a.checkpoint, a.out, a.fp16, a.max_batch, a.timing_cache, a.workspace_gib, device)
     except TrtUnavailable as e:
-        print(f"to_trt: {e}", file=sys.stderr)
+        print(f"to_trt: {_one_line(e)}", file=sys.stderr)
         return EXIT_MISSING
-    except RuntimeError as e:  # TensorRT refused the graph or the build
-        print(f"to_trt: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote the Triton model repository {repo}")
+    except (RuntimeError, ValueError, OSError) as e:  # TensorRT, a parity check, the checkpoint or a file refused
+        print(f"to_trt: {_one_line(e)}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"wrote {out}/text_encoder.plan, image_encoder.plan, {RECORD} and {REPOSITORY}/ "
+          f"(for tbps repo ... --profile production --engines {out})")
     return 0
 
 

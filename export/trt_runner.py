@@ -40,7 +40,7 @@ class TrtRunner:
         self.inputs = [n for n in names if is_input[n]]
         self.outputs = [n for n in names if not is_input[n]]
         self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
-        self.stream = torch.cuda.Stream(self.device)
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         if sorted(inputs) != sorted(self.inputs):
@@ -58,6 +58,10 @@ class TrtRunner:
         for name, t in tensors.items():
             self.context.set_tensor_address(name, t.data_ptr())
         # The engine's stream waits for the inputs' producers; the caller's stream for the engine.
+        if self.stream is None:  # host memory: the tests' CPU stand-in for TensorRT (tests/export/trt_stub)
+            if not self.context.execute_async_v3(0):
+                raise RuntimeError("TensorRT execute_async_v3 failed")
+            return {name: tensors[name] for name in self.outputs}
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError("TensorRT execute_async_v3 failed")

@@ -1,17 +1,68 @@
-"""TensorRT: graph preparation without TensorRT (profiles, fp16 ONNX written by the CLI), the
-CLI's failure where TensorRT or CUDA is missing, and the engine build where both are present."""
+"""TensorRT: graph preparation (profiles), the CLI where TensorRT or a GPU is missing, and the whole
+build on CPU through tests/export/trt_stub (TensorRT 10 and 11 bindings, engines run by ONNX
+Runtime): engines, their record, the timing cache, parity and failures. Where TensorRT and CUDA
+are really present, the last test builds real engines."""
+import importlib.util
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 
+from export import to_trt
+from export.engines import CONTAINER, RECORD, check_engines
 from export.manifest import load_manifest
 from export.to_trt import missing_requirements, profile_shapes
+from export.trt_runner import TrtRunner
+from trainer.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
+STUB = Path(__file__).parent / "trt_stub" / "tensorrt.py"
 MISSING = missing_requirements()
+TRT10, TRT11 = "10.8.0.43", "11.1.0.6"
+
+
+@pytest.fixture
+def trt_stub(monkeypatch):
+    """load(version, gpu=..., build="ok" | "none") -> the stub, importable as `tensorrt` in this test."""
+    def load(version: str = TRT10, gpu: str = "Stub GPU", build: str = "ok"):
+        monkeypatch.setenv("TBPS_TRT_STUB_VERSION", version)
+        monkeypatch.setenv("TBPS_TRT_STUB_GPU", gpu)
+        monkeypatch.setenv("TBPS_TRT_STUB_BUILD", build)
+        spec = importlib.util.spec_from_file_location("tensorrt", STUB)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        monkeypatch.setitem(sys.modules, "tensorrt", module)
+        return module
+    return load
+
+
+def copy_export(source: Path, out: Path) -> Path:
+    """A copy of a session ONNX export where to_trt will find it (so it does not export again)."""
+    shutil.copytree(source, out)
+    return out
+
+
+def build(ckpt, out, *args: str) -> int:
+    """The CLI, on the CPU (the stub's engines run on host memory)."""
+    return to_trt.main([str(ckpt), "--out", str(out), *args], device="cpu")
+
+
+def assert_nothing_installed(out: Path):
+    assert not (out / RECORD).exists() and not list(out.glob("*.plan")) and not (out / "model_repository").exists()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
 
 
 def test_profile_shapes(exported):
@@ -30,28 +81,159 @@ def test_cli_without_tensorrt_writes_onnx_and_fails_with_one_line(method_checkpo
     run = subprocess.run([sys.executable, str(ROOT / "export" / "to_trt.py"), str(method_checkpoints["esa"]),
                           "--fp16", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert run.returncode == 2, run.stderr
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"to_trt: ONNX encoders written to {out}, but no TensorRT engine")
+    line = one_line(run.stderr)
+    assert line.startswith(f"to_trt: ONNX encoders written to {out}, but no TensorRT engine")
     if "tensorrt" in MISSING:
-        assert "the `tensorrt` Python package (pip install 'tensorrt>=10'" in lines[0]
+        assert "the `tensorrt` Python package (pip install -e '.[trt]'" in line
     if not torch.cuda.is_available():
-        assert "a CUDA GPU visible to torch" in lines[0]
+        assert "a CUDA GPU visible to torch" in line
     manifest = load_manifest(out)
     assert manifest["precision"] == "fp16"
     assert (out / "text_encoder.onnx").is_file() and (out / "image_encoder.onnx").is_file()
     assert not (out / "model_repository").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_with_tensorrt_but_no_gpu_the_cli_still_refuses(trt_stub, method_checkpoints, exported, tmp_path, capsys):
+    """The CPU device is a test seam only: the CLI's default device still needs CUDA."""
+    trt_stub()
+    out = copy_export(exported("esa"), tmp_path / "trt")
+    assert to_trt.main([str(method_checkpoints["esa"]), "--out", str(out)]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "a CUDA GPU visible to torch" in line and "tensorrt" not in line.split("missing", 1)[1]
+    assert_nothing_installed(out)
+
+
+@pytest.mark.parametrize("version", [TRT10, TRT11], ids=["trt10", "trt11"])
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+def test_build_installs_checked_engines_and_their_record(trt_stub, method_checkpoints, exported, tmp_path, capsys,
+                                                         version, fp16):
+    trt = trt_stub(version)
+    out = copy_export(exported("esa", fp16), tmp_path / "trt")
+    assert build(method_checkpoints["esa"], out, "--max-batch", "16", *(["--fp16"] if fp16 else [])) == 0
+    stdout = capsys.readouterr().out
+    assert f"wrote {out}/text_encoder.plan, image_encoder.plan, {RECORD}" in stdout
+    ckpt = load_checkpoint(method_checkpoints["esa"])
+    record = json.loads((out / RECORD).read_text())
+    assert record["tensorrt"] == version and record["precision"] == ("fp16" if fp16 else "fp32")
+    assert record["fingerprint"] == ckpt.fingerprint == load_manifest(out)["fingerprint"]
+    assert set(record["gpu"]) == {"name", "compute_capability"}
+    assert record["models"] == {"text_encoder": {"plan": "text_encoder.plan", "min_batch": 1, "opt_batch": 8,
+                                                 "max_batch": 16},
+                                "image_encoder": {"plan": "image_encoder.plan", "min_batch": 1, "opt_batch": 16,
+                                                  "max_batch": 16}}
+    threshold = to_trt.PARITY[record["precision"]]
+    assert all(record["parity"][name] >= threshold for name in record["models"])
+    for name, model in record["models"].items():
+        plan = (out / model["plan"]).read_bytes()
+        header = trt.plan_header(plan)
+        assert header["tensorrt"] == version and header["strongly_typed"]  # TensorRT 10 by its flag, 11 always
+        (profile,) = header["profiles"]
+        (shapes,) = profile.values()
+        assert [s[0] for s in shapes] == [model["min_batch"], model["opt_batch"], model["max_batch"]]
+        assert (out / "model_repository" / name / "1" / "model.plan").read_bytes() == plan
+    major = int(version.split(".")[0])
+    assert check_engines(out, ckpt.fingerprint, trt_major=major) == record
+    if major != 10:  # fault 1: what the container's TensorRT 10 cannot load is refused, and the build says so
+        assert f"the Triton {CONTAINER} container runs TensorRT 10" in stdout
+        with pytest.raises(ValueError, match=f"built by TensorRT {version} do not load in a TensorRT 10.x runtime"):
+            check_engines(out, ckpt.fingerprint)
+    # the installed engine computes what torch computes, inside and at the edge of its profile
+    runner = TrtRunner(out / "image_encoder.plan", "cpu")
+    for batch in (1, 16):
+        pixels = torch.randn(batch, 3, 64, 32)
+        with torch.no_grad():
+            want = ckpt.model.encode_image(pixels)
+        got = runner(pixels=pixels)["image_sets"]
+        assert torch.nn.functional.cosine_similarity(got, want, dim=-1).min() >= threshold
+    with pytest.raises(ValueError, match="outside the engine's optimization profile"):
+        runner(pixels=torch.randn(17, 3, 64, 32))
+
+
+def test_a_run_directory_gets_its_engines_where_the_readme_says(trt_stub, tiny_run, exported, tmp_path, capsys):
+    """Fault 3: `to_trt.py RUN --fp16` writes RUN/trt-fp16 (the README's --engines folder), not RUN/best/trt-fp16."""
+    trt_stub()
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert to_trt.main([str(run), "--fp16", "--max-batch", "2"], device="cpu") == 0
+    assert f"wrote {run / 'trt-fp16'}/text_encoder.plan" in capsys.readouterr().out
+    check_engines(run / "trt-fp16", load_checkpoint(run).fingerprint)
+    assert not (run / "best" / "trt-fp16").exists()
+
+
+@pytest.mark.parametrize("cache", ["another GPU", "not a cache"])
+def test_a_foreign_timing_cache_is_replaced_by_a_fresh_one(trt_stub, method_checkpoints, exported, tmp_path, capsys,
+                                                           cache):
+    """Fault 6: set_timing_cache refuses the file; the build starts a fresh cache and writes it back."""
+    foreign = trt_stub(gpu="Another GPU")
+    config = foreign.Builder(foreign.Logger()).create_builder_config()
+    timing = tmp_path / "timing.cache"
+    timing.write_bytes(bytes(config.create_timing_cache(b"").serialize()) if cache == "another GPU" else b"junk")
+    trt = trt_stub()
+    out = copy_export(exported("esa"), tmp_path / "trt")
+    assert build(method_checkpoints["esa"], out, "--max-batch", "2", "--timing-cache", str(timing)) == 0
+    assert f"{timing} is of another GPU or TensorRT version: starting a fresh one" in capsys.readouterr().out
+    check_engines(out, load_checkpoint(method_checkpoints["esa"]).fingerprint)
+    config = trt.Builder(trt.Logger()).create_builder_config()
+    mine = config.create_timing_cache(timing.read_bytes())
+    assert config.set_timing_cache(mine, ignore_mismatch=False)  # now this GPU's, holding both builds' timings
+    assert len(mine.entries) == 2
+
+
+def perturb_weights(onnx_file: Path) -> None:
+    """Noise on the graph's largest weight: an engine that no longer computes the checkpoint's model."""
+    model = onnx.load(str(onnx_file))
+    weight = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    value = numpy_helper.to_array(weight)
+    noise = np.random.default_rng(0).normal(0, float(value.std()), value.shape).astype(value.dtype)
+    weight.CopyFrom(numpy_helper.from_array(value + noise, weight.name))
+    onnx.save(model, str(onnx_file))
+
+
+def test_parity_failure_installs_nothing(trt_stub, method_checkpoints, exported, tmp_path, capsys):
+    """Fault 7: an engine below the parity threshold fails the build; the previous install is withdrawn."""
+    trt_stub()
+    ckpt = method_checkpoints["esa"]
+    out = copy_export(exported("esa"), tmp_path / "trt")
+    assert build(ckpt, out, "--max-batch", "2") == 0
+    perturb_weights(out / "text_encoder.onnx")
+    capsys.readouterr()
+    assert build(ckpt, out, "--max-batch", "2") == 1
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("to_trt: text_encoder: TensorRT engine against torch fp32: lowest cosine ")
+    assert f"below {to_trt.PARITY['fp32']} (fp32): nothing installed in {out}" in line
+    assert_nothing_installed(out)
+    with pytest.raises(ValueError, match=f"no {RECORD} in"):
+        check_engines(out, load_checkpoint(ckpt).fingerprint)
+
+
+@pytest.mark.parametrize("fault", ["no engine", "parser"])
+def test_tensorrt_failures_are_one_line_and_install_nothing(trt_stub, method_checkpoints, exported, tmp_path, capsys,
+                                                            fault):
+    trt_stub(build="none" if fault == "no engine" else "ok")
+    out = copy_export(exported("esa"), tmp_path / "trt")
+    if fault == "parser":  # the image encoder fails after the text encoder was built and checked
+        (out / "image_encoder.onnx").write_bytes(b"not an onnx graph\n\nat all")
+    assert build(method_checkpoints["esa"], out, "--max-batch", "2") == 1
+    line = one_line(capsys.readouterr().err)
+    if fault == "no engine":
+        assert line == (f"to_trt: {out / 'text_encoder.onnx'}: TensorRT could not build an engine "
+                        f"(build_serialized_network returned None; TensorRT's log above says why)")
+    else:
+        assert line.startswith(f"to_trt: {out / 'image_encoder.onnx'}: TensorRT's ONNX parser failed: ")
+    assert_nothing_installed(out)
+
+
 @pytest.mark.skipif(MISSING is not None, reason=f"no engine build on this machine: missing {MISSING}")
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
 def test_engine_build_profiles_and_parity(method_checkpoints, tmp_path, fp16):
-    from export.to_trt import build_trt
-    from export.trt_runner import TrtRunner
-    from trainer.checkpoint import load_checkpoint
     out = tmp_path / "trt"
-    repo = build_trt(method_checkpoints["esa"], out, fp16=fp16, max_batch=4)
-    assert (repo / "text_encoder" / "1" / "model.plan").is_file() and (out / "timing.cache").stat().st_size > 0
+    assert to_trt.build_trt(method_checkpoints["esa"], out, fp16=fp16, max_batch=4) == out
+    assert (out / "model_repository" / "text_encoder" / "1" / "model.plan").is_file()
+    assert (out / "timing.cache").stat().st_size > 0
     ckpt = load_checkpoint(method_checkpoints["esa"], "cuda")
+    record = check_engines(out, ckpt.fingerprint)
+    assert record["gpu"]["name"] == torch.cuda.get_device_name()
     runner = TrtRunner(out / "image_encoder.plan")
     for batch in (1, 3, 4):
         pixels = torch.randn(batch, 3, 64, 32, device="cuda")

@@ -1,0 +1,74 @@
+"""The engine record: what a folder of TensorRT engines was built from, by what, for what.
+
+`DIR/engines.json` is written last by export/to_trt.py, once every engine has passed its
+parity check, so its presence marks a complete, checked build:
+
+    {"format": "tbps-trt-engines", "version": 1,
+     "fingerprint": the checkpoint's (the export manifest's "fingerprint"),
+     "precision": "fp32" | "fp16", "tensorrt": "10.8.0.43",
+     "gpu": {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"},
+     "models": {"text_encoder": {"plan": "text_encoder.plan", "min_batch": 1, "opt_batch": 8, "max_batch": 32},
+                "image_encoder": {...}},
+     "parity": {"text_encoder": lowest cosine against torch fp32, ...}}
+
+A plan runs only under the TensorRT it was built by (engines of TensorRT 11 do not load in a
+TensorRT 10 runtime) and on GPUs of its compute capability, so the record names both, and the
+deployment target is named here once: the Triton container the Dockerfile starts from.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from export.manifest import ENCODERS
+
+RECORD = "engines.json"
+CONTAINER = "25.01"      # nvcr.io/nvidia/tritonserver:25.01-py3: CUDA 12.8, TensorRT 10.8.0.43, Python 3.12
+CONTAINER_TRT_MAJOR = 10  # the `trt` extra pins the same TensorRT (pyproject.toml)
+_FORMAT, _VERSION = "tbps-trt-engines", 1
+_KEYS = ("format", "version", "fingerprint", "precision", "tensorrt", "gpu", "models")
+_MODEL_KEYS = ("plan", "min_batch", "opt_batch", "max_batch")
+
+
+def write_record(folder: str | os.PathLike, record: dict) -> Path:
+    """DIR/engines.json, atomically (a reader sees the old record or the new one, never half)."""
+    path = Path(folder) / RECORD
+    tmp = path.with_name(RECORD + ".tmp")
+    tmp.write_text(json.dumps(dict({"format": _FORMAT, "version": _VERSION}, **record), indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def check_engines(folder: str | os.PathLike, fingerprint: str, trt_major: int = CONTAINER_TRT_MAJOR) -> dict:
+    """The record of an engine folder whose engines a TensorRT `trt_major` runtime can serve for
+    the checkpoint `fingerprint`; ValueError (one line) otherwise."""
+    folder = Path(folder)
+    path = folder / RECORD
+    if not path.is_file():
+        raise ValueError(f"no {RECORD} in {folder}: not a checked engine build "
+                         f"(build one with: python export/to_trt.py CKPT --out {folder})")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from None
+    missing = [k for k in _KEYS if k not in record]
+    missing += [f"models.{n}.{k}" for n in ENCODERS for k in _MODEL_KEYS if k not in record.get("models", {}).get(n, {})]
+    if missing:
+        raise ValueError(f"{path}: missing field(s) {missing}")
+    if record["format"] != _FORMAT or record["version"] > _VERSION:
+        raise ValueError(f"{path}: format {record['format']!r} version {record['version']} "
+                         f"is not a {_FORMAT} of version <= {_VERSION}")
+    if record["fingerprint"] != fingerprint:
+        raise ValueError(f"{path}: engines built from checkpoint {record['fingerprint']}, expected checkpoint "
+                         f"{fingerprint} (rebuild them with export/to_trt.py)")
+    built_by = str(record["tensorrt"])
+    if int(built_by.split(".")[0]) != trt_major:
+        raise ValueError(f"{path}: engines built by TensorRT {built_by} do not load in a TensorRT {trt_major}.x "
+                         f"runtime (the Triton {CONTAINER} container runs TensorRT {CONTAINER_TRT_MAJOR}.x: "
+                         f"pip install -e '.[trt]' and rebuild)")
+    for name in ENCODERS:
+        plan = folder / record["models"][name]["plan"]
+        if not plan.is_file() or plan.stat().st_size == 0:
+            raise ValueError(f"{path}: {name} engine {plan} is {'empty' if plan.is_file() else 'missing'}")
+    return record
