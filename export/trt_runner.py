@@ -22,7 +22,8 @@ def _torch_dtype(trt, dtype) -> torch.dtype:
 class TrtRunner:
     """One engine and one execution context. `runner(name=tensor, ...)` -> {output name: tensor}.
     Inputs are moved to the engine's device and dtype; outputs are new CUDA tensors, ready on
-    the caller's current stream."""
+    the caller's current stream. `device="cpu"` passes host pointers, for tests/export/trt_stub
+    (TensorRT itself needs CUDA)."""
 
     def __init__(self, plan: str | os.PathLike, device: str | torch.device = "cuda"):
         import tensorrt as trt
@@ -57,11 +58,11 @@ class TrtRunner:
             tensors[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
         for name, t in tensors.items():
             self.context.set_tensor_address(name, t.data_ptr())
-        # The engine's stream waits for the inputs' producers; the caller's stream for the engine.
         if self.stream is None:  # host memory: the tests' CPU stand-in for TensorRT (tests/export/trt_stub)
             if not self.context.execute_async_v3(0):
                 raise RuntimeError("TensorRT execute_async_v3 failed")
             return {name: tensors[name] for name in self.outputs}
+        # The engine's stream waits for the inputs' producers; the caller's stream for the engine.
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError("TensorRT execute_async_v3 failed")
