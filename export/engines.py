@@ -53,7 +53,8 @@ def check_engines(folder: str | os.PathLike, fingerprint: str, trt_major: int = 
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: invalid JSON ({e})") from None
     missing = [k for k in _KEYS if k not in record]
-    missing += [f"models.{n}.{k}" for n in ENCODERS for k in _MODEL_KEYS if k not in record.get("models", {}).get(n, {})]
+    models = record.get("models", {})
+    missing += [f"models.{n}.{k}" for n in ENCODERS for k in _MODEL_KEYS if k not in models.get(n, {})]
     if missing:
         raise ValueError(f"{path}: missing field(s) {missing}")
     if record["format"] != _FORMAT or record["version"] > _VERSION:

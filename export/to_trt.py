@@ -94,7 +94,8 @@ def profile_shapes(manifest: dict, max_batch: int) -> dict[str, dict[str, tuple[
 
 
 def network_flags(trt) -> int:
-    """Strongly typed: the flag on TensorRT 10; TensorRT 11 networks are strongly typed anyway."""
+    """Strongly typed: STRONGLY_TYPED is bit 1 on TensorRT 10, bit 0 (deprecated, ignored: networks are
+    always strongly typed) on TensorRT 11, so the bit comes from the bindings, never a literal."""
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     return 0 if flag is None else 1 << int(flag)
 

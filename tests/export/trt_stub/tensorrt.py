@@ -2,8 +2,9 @@
 
 It implements the subset export/to_trt.py and export/trt_runner.py call, with the behaviour the
 TensorRT 10.x / 11.x Python API documents:
-- `__version__`; TensorRT 10 has NetworkDefinitionCreationFlag.STRONGLY_TYPED and the FP16/INT8
-  builder flags, TensorRT 11 neither (its networks are always strongly typed);
+- `__version__`; TensorRT 10 has the FP16/INT8 builder flags and NetworkDefinitionCreationFlag
+  EXPLICIT_BATCH = 0 (ignored), STRONGLY_TYPED = 1; TensorRT 11 has no precision flags and only
+  STRONGLY_TYPED = 0, deprecated and ignored: its networks are always strongly typed;
 - IBuilderConfig.set_timing_cache(cache, ignore_mismatch) returns False for a cache made by another
   TensorRT version or device, and get_timing_cache() is then None (no cache set);
 - Builder.build_serialized_network returns None when the build fails;
@@ -59,14 +60,13 @@ class MemoryPoolType(enum.IntEnum):
     WORKSPACE = 0
 
 
-if MAJOR >= 11:  # weak typing removed: no precision flags, no STRONGLY_TYPED creation flag
-    NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {"PREFER_AOT_PYTHON_PLUGINS": 0,
-                                                                                   "PREFER_JIT_PYTHON_PLUGINS": 1})
+if MAJOR >= 11:  # weak typing removed: no precision flags; STRONGLY_TYPED kept (renumbered) but ignored
+    NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {"STRONGLY_TYPED": 0})
     BuilderFlag = enum.IntEnum("BuilderFlag", {"DEBUG": 0, "GPU_FALLBACK": 1, "REFIT": 2, "DISABLE_TIMING_CACHE": 3,
                                                "TF32": 4})
 else:
-    NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0,
-                                                                                   "STRONGLY_TYPED": 1})
+    NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {
+        "EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1, "PREFER_AOT_PYTHON_PLUGINS": 2, "PREFER_JIT_PYTHON_PLUGINS": 3})
     BuilderFlag = enum.IntEnum("BuilderFlag", {"FP16": 0, "INT8": 1, "DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4,
                                                "DISABLE_TIMING_CACHE": 5, "TF32": 6})
 
@@ -199,7 +199,8 @@ class Builder:
         strongly_typed = MAJOR >= 11 or bool(network.flags & (1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
         if config._cache is not None:  # the build adds its tactic timings to the attached cache
             config._cache.entries.append(network.model.graph.name or "graph")
-        return IHostMemory(_pack(_PLAN_MAGIC, {"tensorrt": __version__, "strongly_typed": strongly_typed,
+        return IHostMemory(_pack(_PLAN_MAGIC, {"tensorrt": __version__, "flags": network.flags,
+                                               "strongly_typed": strongly_typed,
                                                "profiles": [p.shapes for p in config.profiles]},
                                  network.model.SerializeToString()))
 
