@@ -161,7 +161,7 @@ def ensure_onnx(ckpt: Checkpoint, out_dir: Path, fp16: bool) -> dict:
 @torch.no_grad()
 def engine_parity(runner, model, spec: dict, batches: tuple[int, ...], device: str = "cuda") -> float:
     """Lowest cosine, over set rows, between an engine's and the torch model's (fp32) output on
-    seeded random batches of the given sizes."""
+    seeded random batches of the given sizes; -1 where the engine's output is NaN."""
     (inp,), (out,) = spec["inputs"], spec["outputs"]
     generator = torch.Generator().manual_seed(0)
     model = model.to(device)
@@ -176,7 +176,8 @@ def engine_parity(runner, model, spec: dict, batches: tuple[int, ...], device: s
         x = x.to(device)
         want = model.encode_text(x) if inp["dtype"] == "int32" else model.encode_image(x)
         got = runner(**{inp["name"]: x})[out["name"]].float()
-        lowest = min(lowest, torch.nn.functional.cosine_similarity(got, want, dim=-1).min().item())
+        cosine = torch.nn.functional.cosine_similarity(got, want, dim=-1)
+        lowest = min(lowest, torch.nan_to_num(cosine, nan=-1.0).min().item())  # a NaN row is the worst row
     return lowest
 
 
@@ -203,10 +204,11 @@ def build_trt(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None =
     """Steps 1-6 of the module docstring; the engine folder (what `tbps repo --engines` takes).
     Raises TrtUnavailable (after writing the ONNX) where TensorRT or CUDA is missing, BuildError
     where TensorRT or a parity check fails (nothing installed)."""
+    batches = profile_batches(max_batch)  # a bad --max-batch fails before the export
     ckpt = load_checkpoint(checkpoint)
     out_dir = Path(out_dir) if out_dir else default_out_dir(checkpoint, fp16)
     manifest = ensure_onnx(ckpt, out_dir, fp16)
-    batches, shapes = profile_batches(max_batch), profile_shapes(manifest, max_batch)
+    shapes = profile_shapes(manifest, max_batch)
     reason = missing_requirements(device)
     if reason:
         raise TrtUnavailable(f"ONNX encoders written to {out_dir}, but no TensorRT engine built: missing {reason}")

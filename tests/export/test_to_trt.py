@@ -182,27 +182,33 @@ def test_a_foreign_timing_cache_is_replaced_by_a_fresh_one(trt_stub, method_chec
     assert len(mine.entries) == 2
 
 
-def perturb_weights(onnx_file: Path) -> None:
-    """Noise on the graph's largest weight: an engine that no longer computes the checkpoint's model."""
+def perturb_weights(onnx_file: Path, how: str) -> None:
+    """Noise (or NaN) in the graph's largest weight: an engine that no longer computes the checkpoint's model."""
     model = onnx.load(str(onnx_file))
     weight = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
     value = numpy_helper.to_array(weight)
-    noise = np.random.default_rng(0).normal(0, float(value.std()), value.shape).astype(value.dtype)
-    weight.CopyFrom(numpy_helper.from_array(value + noise, weight.name))
+    if how == "noise":
+        value = value + np.random.default_rng(0).normal(0, float(value.std()), value.shape).astype(value.dtype)
+    else:
+        value = np.full_like(value, np.nan)
+    weight.CopyFrom(numpy_helper.from_array(value, weight.name))
     onnx.save(model, str(onnx_file))
 
 
-def test_parity_failure_installs_nothing(trt_stub, method_checkpoints, exported, tmp_path, capsys):
-    """Fault 7: an engine below the parity threshold fails the build; the previous install is withdrawn."""
+@pytest.mark.parametrize("how", ["noise", "nan"])
+def test_parity_failure_installs_nothing(trt_stub, method_checkpoints, exported, tmp_path, capsys, how):
+    """Fault 7: an engine below the parity threshold (NaN outputs included) fails the build, and the
+    previous install is withdrawn."""
     trt_stub()
     ckpt = method_checkpoints["esa"]
     out = copy_export(exported("esa"), tmp_path / "trt")
     assert build(ckpt, out, "--max-batch", "2") == 0
-    perturb_weights(out / "text_encoder.onnx")
+    perturb_weights(out / "text_encoder.onnx", how)
     capsys.readouterr()
     assert build(ckpt, out, "--max-batch", "2") == 1
     line = one_line(capsys.readouterr().err)
-    assert line.startswith("to_trt: text_encoder: TensorRT engine against torch fp32: lowest cosine ")
+    assert line.startswith("to_trt: text_encoder: TensorRT engine against torch fp32: lowest cosine "
+                           + ("-1.000000," if how == "nan" else ""))
     assert f"below {to_trt.PARITY['fp32']} (fp32): nothing installed in {out}" in line
     assert_nothing_installed(out)
     with pytest.raises(ValueError, match=f"no {RECORD} in"):
