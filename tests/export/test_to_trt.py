@@ -152,6 +152,16 @@ def test_build_installs_checked_engines_and_their_record(trt_stub, method_checkp
         runner(pixels=torch.randn(17, 3, 64, 32))
 
 
+def test_a_plan_loads_only_under_the_tensorrt_that_built_it(trt_stub, method_checkpoints, exported, tmp_path):
+    """Why the record names the TensorRT version: a runtime of another version cannot deserialize the plan."""
+    trt_stub(TRT10)
+    out = copy_export(exported("esa"), tmp_path / "trt")
+    assert build(method_checkpoints["esa"], out, "--max-batch", "2") == 0
+    trt_stub("10.9.0.34")
+    with pytest.raises(RuntimeError, match="could not deserialize the engine"):
+        TrtRunner(out / "text_encoder.plan", "cpu")
+
+
 def test_a_run_directory_gets_its_engines_where_the_readme_says(trt_stub, tiny_run, exported, tmp_path, capsys):
     """Fault 3: `to_trt.py RUN --fp16` writes RUN/trt-fp16 (the README's --engines folder), not RUN/best/trt-fp16."""
     trt_stub()
