@@ -14,8 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-MODEL = "person_search"
-MAX_BATCH = 64  # the repository's max_batch_size: longer lists are sent in several requests
+from export.triton_config import ENSEMBLE as MODEL
 
 
 @dataclass(frozen=True)
@@ -60,9 +59,10 @@ def merge(per_shard: list[list[list[Hit]]], k: int) -> list[list[Hit]]:
     return merged
 
 
-def _chunks(texts: list[str]):
-    for start in range(0, len(texts), MAX_BATCH):
-        yield texts[start:start + MAX_BATCH]
+def _chunks(texts: list[str], max_batch: int):
+    """The server's max_batch_size (its model config's) bounds a request: longer lists take several."""
+    for start in range(0, len(texts), max_batch):
+        yield texts[start:start + max_batch]
 
 
 class SearchClient:
@@ -74,18 +74,22 @@ class SearchClient:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         self.timeout = timeout
         self.clients = [grpcclient.InferenceServerClient(u) for u in self.urls]
+        self._max_batch: dict = {}  # client -> the ensemble's max_batch_size, asked once
         self._pool = ThreadPoolExecutor(max(1, len(self.clients)))
 
     def _search_one(self, client, texts: list[str], k: int) -> list[list[Hit]]:
         from tritonclient.utils import InferenceServerException
         hits = []
-        for chunk in _chunks(texts):
-            try:
+        try:
+            if client not in self._max_batch:
+                config = client.get_model_config(MODEL, client_timeout=self.timeout).config
+                self._max_batch[client] = config.max_batch_size
+            for chunk in _chunks(texts, self._max_batch[client]):
                 result = client.infer(MODEL, _inputs(self._module, chunk, k), outputs=_outputs(self._module),
                                       client_timeout=self.timeout)
-            except InferenceServerException as e:
-                raise SearchError(e.message()) from None
-            hits += _hits(result)
+                hits += _hits(result)
+        except InferenceServerException as e:
+            raise SearchError(e.message()) from None
         return hits
 
     def search(self, texts: str | list[str], k: int = 10) -> list[list[Hit]]:
@@ -115,17 +119,21 @@ class AsyncSearchClient:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         self.timeout = timeout
         self.clients = [aioclient.InferenceServerClient(u) for u in self.urls]
+        self._max_batch: dict = {}  # client -> the ensemble's max_batch_size, asked once
 
     async def _search_one(self, client, texts: list[str], k: int) -> list[list[Hit]]:
         from tritonclient.utils import InferenceServerException
         hits = []
-        for chunk in _chunks(texts):
-            try:
+        try:
+            if client not in self._max_batch:
+                config = (await client.get_model_config(MODEL, client_timeout=self.timeout)).config
+                self._max_batch[client] = config.max_batch_size
+            for chunk in _chunks(texts, self._max_batch[client]):
                 result = await client.infer(MODEL, _inputs(self._module, chunk, k), outputs=_outputs(self._module),
                                             client_timeout=self.timeout)
-            except InferenceServerException as e:
-                raise SearchError(e.message()) from None
-            hits += _hits(result)
+                hits += _hits(result)
+        except InferenceServerException as e:
+            raise SearchError(e.message()) from None
         return hits
 
     async def search(self, texts: str | list[str], k: int = 10) -> list[list[Hit]]:

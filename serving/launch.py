@@ -69,7 +69,8 @@ class TritonServer:
     """
 
     def __init__(self, repository: str | os.PathLike, grpc_port: int | None = None,
-                 http_port: int | None = None, host: str = "127.0.0.1", explicit: bool = False,
+                 http_port: int | None = None, metrics_port: int | None = None, host: str = "127.0.0.1",
+                 explicit: bool = False,
                  log_path: str | os.PathLike | None = None, extra_args: tuple[str, ...] = ()):
         self.repository = Path(repository).resolve()
         if not self.repository.is_dir():
@@ -77,7 +78,7 @@ class TritonServer:
         self.host = host
         self.grpc_port = grpc_port or free_port(host)
         self.http_port = http_port or free_port(host)
-        self.metrics_port = free_port(host)
+        self.metrics_port = metrics_port or free_port(host)
         self.explicit, self.extra_args = explicit, tuple(extra_args)
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
@@ -87,6 +88,11 @@ class TritonServer:
     @property
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Triton's Prometheus metrics: per-model request counts, queue and compute time."""
+        return f"http://{self.host}:{self.metrics_port}/metrics"
 
     def command(self, backends: Path) -> list[str]:
         binary, _ = bundled_server()
@@ -181,14 +187,15 @@ class TritonServer:
 
 
 def serve(repository: str | os.PathLike, grpc_port: int | None = None, host: str = "127.0.0.1",
-          explicit: bool = True) -> int:
+          explicit: bool = True, metrics_port: int | None = None) -> int:
     """`tbps serve`: run in the foreground until Ctrl-C or SIGTERM, logs on stdout."""
-    server = TritonServer(repository, grpc_port=grpc_port, host=host, explicit=explicit, log_path="-")
+    server = TritonServer(repository, grpc_port=grpc_port, metrics_port=metrics_port, host=host, explicit=explicit,
+                          log_path="-")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
-    print(f"Triton is ready: gRPC {server.grpc_url}, HTTP {host}:{server.http_port} "
+    print(f"Triton is ready: gRPC {server.grpc_url}, HTTP {host}:{server.http_port}, metrics {server.metrics_url} "
           f"(query with: tbps search \"a woman in a red coat\" --url {server.grpc_url}). Ctrl-C stops it.",
           flush=True)
     try:

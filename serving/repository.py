@@ -22,79 +22,57 @@ from pathlib import Path
 
 from export.gallery import load_gallery
 from export.manifest import load_manifest
-from export.model_repository import tensors_config, write_encoders
+from export.model_repository import write_encoders, write_model
+from export.triton_config import (ENSEMBLE, GALLERY_MODEL, TEXT_ENCODER, ensemble_config, gallery_config,
+                                  parameter, python_config, read_config, tokenizer_config, write_config)
 
 PROFILES = ("portable", "production")
-GALLERY_MODEL, ENSEMBLE = "gallery_search", "person_search"
 GALLERY_FILE = "gallery.safetensors"
+DEFAULT_MAX_BATCH = 64
 
 
-def _python_config(name: str, module: str, inputs: list[dict], outputs: list[dict], max_batch_size: int,
-                   parameters: dict[str, str] | None = None, instances: int = 1, kind: str = "KIND_CPU",
-                   batching: bool = True) -> str:
-    params = "".join(f'parameters {{\n  key: "{k}"\n  value: {{ string_value: "{v}" }}\n}}\n'
-                     for k, v in (parameters or {}).items())
-    return (f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch_size}\n'
-            + tensors_config("input", inputs) + tensors_config("output", outputs)
-            + ("dynamic_batching {\n  max_queue_delay_microseconds: 500\n}\n" if batching else "")
-            + f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]\n" + params
-            + f"# implementation: {module}\n")
-
-
-def _write_python_model(repo: Path, name: str, module: str, config: str, files: dict[str, Path],
+def _write_python_model(repo: Path, module: str, files: dict[str, Path], config=None, name: str | None = None,
                         version: int = 1) -> Path:
-    folder = repo / name / str(version)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "model.py").write_text(f"# Written by tbps (serving/repository.py): the code is the installed "
-                                     f"package's.\nfrom {module} import TritonPythonModel  # noqa: F401\n")
-    for target, source in files.items():
-        shutil.copyfile(source, folder / target)
-    if version == 1:
-        (repo / name / "config.pbtxt").write_text(config)
-    return repo / name
+    """A python model whose code is the installed package's `module`: model.py is one import."""
+    folder = write_model(repo, name or config.name, files, config, version)
+    (folder / str(version) / "model.py").write_text(
+        f"# Written by tbps (serving/repository.py): the code is the installed package's.\n"
+        f"from {module} import TritonPythonModel  # noqa: F401\n")
+    return folder
 
 
-def _spec(name: str, dtype: str, shape: list) -> dict:
-    return {"name": name, "dtype": dtype, "shape": shape}
-
-
-def _ensemble_config(max_batch_size: int) -> str:
-    def step(model, inputs, outputs):
-        maps = "".join(f'      input_map {{ key: "{k}" value: "{v}" }}\n' for k, v in inputs.items())
-        maps += "".join(f'      output_map {{ key: "{k}" value: "{v}" }}\n' for k, v in outputs.items())
-        return f'    {{\n      model_name: "{model}"\n      model_version: -1\n{maps}    }}'
-    results = {n: n for n in ("SCORES", "IDS", "PATHS", "INDICES")}
-    steps = [step("tokenizer", {"TEXT": "TEXT"}, {"input_ids": "ids"}),
-             step("text_encoder", {"input_ids": "ids"}, {"text_sets": "sets"}),
-             step(GALLERY_MODEL, {"text_sets": "sets", "TOPK": "TOPK"}, results)]
-    return (f'name: "{ENSEMBLE}"\nplatform: "ensemble"\nmax_batch_size: {max_batch_size}\n'
-            + tensors_config("input", [_spec("TEXT", "string", [-1, 1]), _spec("TOPK", "int32", [-1, 1])])
-            + tensors_config("output", [_spec("SCORES", "float32", [-1, -1]), _spec("IDS", "int64", [-1, -1]),
-                                  _spec("PATHS", "string", [-1, -1]), _spec("INDICES", "int64", [-1, -1])])
-            + "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n")
-
-
-def gallery_config(manifest: dict, max_batch_size: int, index_offset: int = 0, kind: str = "KIND_CPU",
-                   batching: bool = True) -> str:
-    sets = manifest["models"]["text_encoder"]["outputs"][0]
-    return _python_config(
-        GALLERY_MODEL, "serving.models.gallery_search",
-        [_spec("text_sets", "float32", sets["shape"]), _spec("TOPK", "int32", [-1, 1])],
-        [_spec("SCORES", "float32", [-1, -1]), _spec("IDS", "int64", [-1, -1]),
-         _spec("PATHS", "string", [-1, -1]), _spec("INDICES", "int64", [-1, -1])],
-        max_batch_size, {"fingerprint": manifest["fingerprint"], "index_offset": str(index_offset)}, kind=kind,
-        batching=batching)
+def _engine_batches(engines: Path, manifest: dict, max_batch_size: int | None) -> tuple[dict, dict[str, int]]:
+    """(encoder -> plan file, encoder -> max_batch_size) from the engines' record, checked
+    against the checkpoint and the container's TensorRT before anything is written."""
+    from export.engines import check_engines
+    record = check_engines(engines, manifest["fingerprint"])
+    models = {name: record["models"][name] for name in manifest["models"]}
+    for name, m in models.items():
+        if m["min_batch"] != 1:
+            raise ValueError(f"{engines}: the {name} engine's profile starts at batch {m['min_batch']}; "
+                             f"Triton sends batches from 1: rebuild it with export/to_trt.py")
+    text_max = models[TEXT_ENCODER]["max_batch"]
+    if max_batch_size is not None and max_batch_size > text_max:
+        raise ValueError(f"--max-batch {max_batch_size} exceeds the engines' max batch {text_max} ({engines}): "
+                         f"omit --max-batch, or rebuild the engines with export/to_trt.py --max-batch {max_batch_size}")
+    return ({name: engines / m["plan"] for name, m in models.items()},
+            {name: m["max_batch"] for name, m in models.items()})
 
 
 def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out: str | os.PathLike,
                      profile: str = "portable", engines: str | os.PathLike | None = None,
-                     max_batch_size: int = 64, index_offset: int = 0, kind: str = "KIND_CPU",
-                     threads: int = 0, batching: bool = True) -> Path:
+                     max_batch_size: int | None = None, index_offset: int = 0, kind: str = "KIND_CPU",
+                     threads: int = 1, batching: bool = True) -> Path:
     """The repository for a checkpoint or an ONNX export directory (`source`) and a gallery
-    file built by the same checkpoint. `engines`: a to_trt.py output folder (production).
-    `batching=False` turns dynamic batching off in the python models (for comparison)."""
+    file built by the same checkpoint. `engines`: a to_trt.py output folder (production); the
+    encoders' max_batch_size is then the engines', and `max_batch_size` (default: theirs, else
+    DEFAULT_MAX_BATCH) may only lower the other models'. `threads`: ONNX Runtime's intra-op
+    threads per portable encoder. `batching=False` turns dynamic batching off in the python
+    models (for comparison)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; available: {', '.join(PROFILES)}")
+    if engines is not None and profile != "production":
+        raise ValueError("engines are served by the production profile: add --profile production")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty: choose a new folder for the repository")
@@ -105,30 +83,27 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
             export_dir = export_onnx(source, tmp).parent
         manifest = load_manifest(export_dir)
         load_gallery(gallery, fingerprint=manifest["fingerprint"])  # refuse another model's gallery now
-        out.mkdir(parents=True, exist_ok=True)
         files = {name: export_dir / spec["file"] for name, spec in manifest["models"].items()}
+        encoder_batch = dict.fromkeys(files, max_batch_size or DEFAULT_MAX_BATCH)
+        if engines is not None:  # every check before the first file is written
+            files, encoder_batch = _engine_batches(Path(engines), manifest, max_batch_size)
+        batch = min(max_batch_size or encoder_batch[TEXT_ENCODER], encoder_batch[TEXT_ENCODER])
+        delay = {} if batching else {"max_queue_delay_us": None}
+        out.mkdir(parents=True, exist_ok=True)
         if profile == "production":
-            platform = "onnxruntime_onnx"
-            if engines is not None:
-                platform = "tensorrt_plan"
-                files = {name: Path(engines) / f"{name}.plan" for name in files}
-            write_encoders(out, manifest, files, platform, max_batch_size, kind="KIND_GPU")
+            write_encoders(out, manifest, files, "tensorrt_plan" if engines else "onnxruntime_onnx", encoder_batch)
         else:
             for name, spec in manifest["models"].items():
-                config = _python_config(name, "serving.models.onnx_encoder", spec["inputs"], spec["outputs"],
-                                        max_batch_size, {"threads": str(threads)}, batching=batching)
-                _write_python_model(out, name, "serving.models.onnx_encoder", config, {"model.onnx": files[name]})
-        tokenizer_config = _python_config("tokenizer", "serving.models.tokenizer", [_spec("TEXT", "string", [-1, 1])],
-                                          [_spec("input_ids", "int32", [-1, manifest["tokenizer"]["context_length"]])],
-                                          max_batch_size, batching=batching)
-        _write_python_model(out, "tokenizer", "serving.models.tokenizer", tokenizer_config,
-                            {"tokenizer.txt.gz": export_dir / manifest["tokenizer"]["file"]})
-        gpu = "KIND_GPU" if profile == "production" else kind
-        _write_python_model(out, GALLERY_MODEL, "serving.models.gallery_search",
-                            gallery_config(manifest, max_batch_size, index_offset, gpu, batching),
-                            {GALLERY_FILE: Path(gallery)})
-        (out / ENSEMBLE / "1").mkdir(parents=True)
-        (out / ENSEMBLE / "config.pbtxt").write_text(_ensemble_config(max_batch_size))
+                _write_python_model(out, "serving.models.onnx_encoder", {"model.onnx": files[name]}, python_config(
+                    name, spec["inputs"], spec["outputs"], encoder_batch[name], {"threads": threads}, **delay))
+        tokenizer = tokenizer_config(manifest, batch, **delay)
+        vocabulary = export_dir / manifest["tokenizer"]["file"]
+        _write_python_model(out, "serving.models.tokenizer", {"tokenizer.txt.gz": vocabulary}, tokenizer)
+        search = gallery_config(manifest, batch, index_offset, kind="KIND_GPU" if profile == "production" else kind,
+                                **delay)
+        _write_python_model(out, "serving.models.gallery_search", {GALLERY_FILE: Path(gallery)}, search)
+        write_config(out / ENSEMBLE, ensemble_config(tokenizer, read_config(out / TEXT_ENCODER), search))
+        (out / ENSEMBLE / "1").mkdir()
     return out
 
 
@@ -143,7 +118,7 @@ def stage_gallery(repo: str | os.PathLike, gallery: str | os.PathLike, fingerpri
     load_gallery(gallery, fingerprint=fingerprint)
     repo = Path(repo)
     version = gallery_versions(repo)[-1] + 1
-    _write_python_model(repo, GALLERY_MODEL, "serving.models.gallery_search", "", {GALLERY_FILE: Path(gallery)},
+    _write_python_model(repo, "serving.models.gallery_search", {GALLERY_FILE: Path(gallery)}, name=GALLERY_MODEL,
                         version=version)
     return version
 
@@ -154,18 +129,9 @@ def publish_gallery(repo: str | os.PathLike, gallery: str | os.PathLike, url: st
     (latest 1) serves the new version once it is ready; requests already running finish on the
     old one, which is then unloaded. Versions before the previous one are deleted."""
     import tritonclient.grpc as grpcclient
-    fingerprint = _served_fingerprint(Path(repo))
+    fingerprint = parameter(read_config(Path(repo) / GALLERY_MODEL), "fingerprint")
     version = stage_gallery(repo, gallery, fingerprint)
     grpcclient.InferenceServerClient(url).load_model(GALLERY_MODEL)
     for old in gallery_versions(repo)[:-2]:
         shutil.rmtree(Path(repo) / GALLERY_MODEL / str(old))
     return version
-
-
-def _served_fingerprint(repo: Path) -> str:
-    text = (repo / GALLERY_MODEL / "config.pbtxt").read_text()
-    marker = 'key: "fingerprint"\n  value: { string_value: "'
-    if marker not in text:
-        raise ValueError(f"{repo / GALLERY_MODEL / 'config.pbtxt'} names no checkpoint fingerprint")
-    return text.split(marker, 1)[1].split('"', 1)[0]
-

@@ -99,7 +99,7 @@ def cmd_repo(a) -> None:
 
 def cmd_serve(a) -> None:
     from serving.launch import serve
-    sys.exit(serve(a.repository, grpc_port=a.grpc_port, host=a.host))
+    sys.exit(serve(a.repository, grpc_port=a.grpc_port, host=a.host, metrics_port=a.metrics_port))
 
 
 def cmd_search(a) -> None:
@@ -164,13 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "production: Triton's onnxruntime / TensorRT backends on GPU")
     p.add_argument("--engines", default=None, help="production: a folder of export/to_trt.py engines")
     p.add_argument("--shards", type=int, default=1, help="split the gallery over this many repositories")
-    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="largest batch of the models (default 64; with --engines: the engines' own, "
+                        "which it may lower, not raise)")
     p.set_defaults(fn=cmd_repo)
 
     p = sub.add_parser("serve", help="run the bundled Triton server on a model repository (Ctrl-C stops)")
     p.add_argument("repository")
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback only)")
+    p.add_argument("--metrics-port", type=int, default=8002,
+                   help="port of Triton's Prometheus metrics, http://HOST:PORT/metrics")
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("search", help="query a running server over gRPC")

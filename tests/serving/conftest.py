@@ -4,6 +4,9 @@ import pytest
 
 from tests.conftest import TEST_RECIPE
 
+# the session server's batch limit: below the 12 captions, so every multi-text query is split
+MAX_BATCH = 8
+
 
 @pytest.fixture(scope="session")
 def esa_run(synthetic_data, tmp_path_factory):
@@ -30,7 +33,7 @@ def gallery(esa_run, synthetic_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def repository(esa_export, gallery, tmp_path_factory):
     from serving.repository import write_repository
-    return write_repository(esa_export, gallery, tmp_path_factory.mktemp("repo") / "repo")
+    return write_repository(esa_export, gallery, tmp_path_factory.mktemp("repo") / "repo", max_batch_size=MAX_BATCH)
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +47,20 @@ def server(repository):
 def captions(synthetic_data):
     from trainer.data.formats import load_dataset
     return [c for e in load_dataset(synthetic_data).test for c in e.captions][:12]
+
+
+@pytest.fixture(scope="session")
+def engines(esa_export, tmp_path_factory):
+    """A to_trt.py output folder as tbps repo reads it: engines.json and non-empty plans (no
+    TensorRT here; the repository never opens a plan). Text engine batch 1..32, image 1..16."""
+    from export.engines import write_record
+    from export.manifest import load_manifest
+    folder = tmp_path_factory.mktemp("engines")
+    batches = {"text_encoder": 32, "image_encoder": 16}
+    for name in batches:
+        (folder / f"{name}.plan").write_bytes(b"a serialized engine")
+    write_record(folder, {"fingerprint": load_manifest(esa_export)["fingerprint"], "precision": "fp16",
+                          "tensorrt": "10.8.0.43", "gpu": {"name": "NVIDIA H100", "compute_capability": "9.0"},
+                          "models": {name: {"plan": f"{name}.plan", "min_batch": 1, "opt_batch": min(8, b),
+                                            "max_batch": b} for name, b in batches.items()}})
+    return folder

@@ -1,41 +1,173 @@
-"""Repository layout and configs for both profiles (no server needed)."""
+"""Repository layout and configs for both profiles (no server needed): every config.pbtxt parsed
+with protobuf's text format and the ensemble cross-checked against the models it chains."""
+import json
+import shutil
+import subprocess
+import sys
+
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 from export.gallery import GalleryError, load_gallery, save_gallery
-from serving.repository import write_repository
+from export.triton_config import ENSEMBLE, read_config, write_config
+from serving.repository import publish_gallery, write_repository
+
+MODELS = ["gallery_search", "image_encoder", "person_search", "text_encoder", "tokenizer"]
 
 
-def test_portable_profile_runs_everything_in_the_python_backend(repository):
-    models = sorted(p.name for p in repository.iterdir())
-    assert models == ["gallery_search", "image_encoder", "person_search", "text_encoder", "tokenizer"]
-    for name in ("tokenizer", "text_encoder", "image_encoder", "gallery_search"):
-        assert 'backend: "python"' in (repository / name / "config.pbtxt").read_text()
-        assert "import TritonPythonModel" in (repository / name / "1" / "model.py").read_text()
+def ensemble_problems(repo) -> list[str]:
+    """What Triton would refuse, or serve wrongly, in the ensemble: a step's batch below the
+    ensemble's, an input not fed or fed a tensor of another type or shape, an output not made."""
+    configs = {p.parent.name: read_config(p.parent) for p in repo.glob("*/config.pbtxt")}
+    ensemble = configs[ENSEMBLE]
+
+    def io(tensors):
+        return {t.name: (mc.DataType.Name(t.data_type), list(t.dims)) for t in tensors}
+    made, problems = io(ensemble.input), []
+    for step in ensemble.ensemble_scheduling.step:
+        model = configs[step.model_name]
+        inputs, outputs = io(model.input), io(model.output)
+        if model.max_batch_size < ensemble.max_batch_size:
+            problems.append(f"{model.name}: max_batch_size {model.max_batch_size} < the ensemble's "
+                            f"{ensemble.max_batch_size}")
+        if set(step.input_map) != set(inputs):
+            problems.append(f"{model.name}: inputs {sorted(inputs)} mapped as {sorted(step.input_map)}")
+        for name, tensor in step.input_map.items():
+            if tensor not in made:
+                problems.append(f"{model.name}.{name}: {tensor} is not made before this step")
+            elif name in inputs and made[tensor] != inputs[name]:
+                problems.append(f"{model.name}.{name} {inputs[name]} is fed {tensor} {made[tensor]}")
+        for name, tensor in step.output_map.items():
+            if name not in outputs:
+                problems.append(f"{model.name} has no output {name}")
+            else:
+                made[tensor] = outputs[name]
+    for name, spec in io(ensemble.output).items():
+        if made.get(name) != spec:
+            problems.append(f"ensemble output {name} {spec} is made as {made.get(name)}")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def production(esa_export, gallery, engines, tmp_path_factory):
+    root = tmp_path_factory.mktemp("production")
+    return {"onnx": write_repository(esa_export, gallery, root / "onnx", profile="production"),
+            "trt": write_repository(esa_export, gallery, root / "trt", profile="production", engines=engines)}
+
+
+def test_every_config_parses_and_the_ensemble_fits_its_steps(repository, production):
+    repos = {"portable": repository, **production}
+    for profile, repo in repos.items():
+        assert sorted(p.name for p in repo.iterdir()) == MODELS, profile
+        configs = {name: read_config(repo / name) for name in MODELS}
+        assert all(c.name == name for name, c in configs.items())
+        assert ensemble_problems(repo) == [], profile
+        steps = [s.model_name for s in configs[ENSEMBLE].ensemble_scheduling.step]
+        assert steps == ["tokenizer", "text_encoder", "gallery_search"]
+        assert configs[ENSEMBLE].max_batch_size == min(configs[s].max_batch_size for s in steps)
+    portable = {name: read_config(repository / name) for name in MODELS if name != ENSEMBLE}
+    assert {c.backend for c in portable.values()} == {"python"}
+    assert {c.max_batch_size for c in portable.values()} == {8}  # the fixture's max_batch_size
     assert (repository / "text_encoder" / "1" / "model.onnx").is_file()
-    ensemble = (repository / "person_search" / "config.pbtxt").read_text()
-    assert 'platform: "ensemble"' in ensemble and ensemble.count("model_name:") == 3
+    assert "import TritonPythonModel" in (repository / "tokenizer" / "1" / "model.py").read_text()
+    gpu = mc.ModelInstanceGroup.KIND_GPU
+    for kind, platform, file in (("onnx", "onnxruntime_onnx", "model.onnx"), ("trt", "tensorrt_plan", "model.plan")):
+        for name in ("text_encoder", "image_encoder"):
+            config = read_config(production[kind] / name)
+            assert config.platform == platform and config.instance_group[0].kind == gpu
+            assert (production[kind] / name / "1" / file).is_file()
+        assert read_config(production[kind] / "gallery_search").instance_group[0].kind == gpu
 
 
-def test_production_profile_uses_triton_backends(esa_export, gallery, tmp_path):
-    repo = write_repository(esa_export, gallery, tmp_path / "onnx", profile="production")
-    text = (repo / "text_encoder" / "config.pbtxt").read_text()
-    assert 'platform: "onnxruntime_onnx"' in text and "KIND_GPU" in text and "dynamic_batching" in text
-    assert (repo / "text_encoder" / "1" / "model.onnx").is_file()
-    assert "KIND_GPU" in (repo / "gallery_search" / "config.pbtxt").read_text()
-    engines = tmp_path / "engines"
-    engines.mkdir()
-    for name in ("text_encoder", "image_encoder"):
-        (engines / f"{name}.plan").write_bytes(b"plan")
-    repo = write_repository(esa_export, gallery, tmp_path / "trt", profile="production", engines=engines)
-    assert 'platform: "tensorrt_plan"' in (repo / "image_encoder" / "config.pbtxt").read_text()
-    assert (repo / "image_encoder" / "1" / "model.plan").read_bytes() == b"plan"
+def test_the_cross_check_finds_a_broken_ensemble(repository, tmp_path):
+    """The check above can fail: a gallery_search expecting sets of another shape, a smaller batch."""
+    repo = shutil.copytree(repository, tmp_path / "repo")
+    config = read_config(repo / "gallery_search")
+    config.input[0].dims[0] += 1
+    config.max_batch_size = 4
+    write_config(repo / "gallery_search", config)
+    problems = ensemble_problems(repo)
+    assert len(problems) == 2 and "max_batch_size 4 < the ensemble's 8" in problems[0]
+    assert "gallery_search.text_sets ('TYPE_FP32', [6, 128]) is fed sets ('TYPE_FP32', [5, 128])" in problems[1]
 
 
-def test_bad_profile_used_folder_and_foreign_gallery_are_refused(esa_export, gallery, tmp_path):
+def test_engines_set_every_batch_size(esa_export, gallery, engines, production, tmp_path):
+    """The engines' profiles (text 32, image 16) are the encoders' max_batch_size; the python
+    models and the ensemble take the text engine's, or a smaller --max-batch."""
+    def batches(repo):
+        return {name: read_config(repo / name).max_batch_size for name in MODELS}
+    assert batches(production["trt"]) == {"text_encoder": 32, "image_encoder": 16, "tokenizer": 32,
+                                          "gallery_search": 32, "person_search": 32}
+    assert (production["trt"] / "text_encoder" / "1" / "model.plan").read_bytes() == b"a serialized engine"
+    smaller = write_repository(esa_export, gallery, tmp_path / "16", profile="production", engines=engines,
+                               max_batch_size=16)
+    assert batches(smaller) == {"text_encoder": 32, "image_encoder": 16, "tokenizer": 16, "gallery_search": 16,
+                                "person_search": 16}
+    with pytest.raises(ValueError, match="--max-batch 64 exceeds the engines' max batch 32"):
+        write_repository(esa_export, gallery, tmp_path / "64", profile="production", engines=engines,
+                         max_batch_size=64)
+    assert not (tmp_path / "64").exists()
+
+
+def edit_record(engines, tmp_path, **changes):
+    folder = shutil.copytree(engines, tmp_path / "engines")
+    record = json.loads((folder / "engines.json").read_text())
+    (folder / "engines.json").write_text(json.dumps(dict(record, **changes)))
+    return folder
+
+
+@pytest.mark.parametrize("case,message", [
+    ("no record", "no engines.json in .*: not a checked engine build"),
+    ("other checkpoint", "engines built from checkpoint 0000000000000000, expected checkpoint"),
+    ("TensorRT 11", "engines built by TensorRT 11.0.0.12 do not load in a TensorRT 10.x runtime"),
+    ("empty plan", "text_encoder engine .*text_encoder.plan is empty"),
+])
+def test_engines_that_cannot_serve_this_checkpoint_are_refused(esa_export, gallery, engines, tmp_path, case,
+                                                               message):
+    folder = {"no record": lambda: shutil.copytree(engines, tmp_path / "engines",
+                                                   ignore=shutil.ignore_patterns("engines.json")),
+              "other checkpoint": lambda: edit_record(engines, tmp_path, fingerprint="0" * 16),
+              "TensorRT 11": lambda: edit_record(engines, tmp_path, tensorrt="11.0.0.12"),
+              "empty plan": lambda: edit_record(engines, tmp_path)}[case]()
+    if case == "empty plan":
+        (folder / "text_encoder.plan").write_bytes(b"")
+    with pytest.raises(ValueError, match=message):
+        write_repository(esa_export, gallery, tmp_path / "repo", profile="production", engines=folder)
+    assert not (tmp_path / "repo").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_tbps_repo_refuses_foreign_engines_in_one_line(esa_export, gallery, engines, tmp_path):
+    folder = edit_record(engines, tmp_path, fingerprint="0" * 16)
+    done = subprocess.run([sys.executable, "-m", "trainer", "repo", str(esa_export), str(gallery), "--profile",
+                           "production", "--engines", str(folder), "--out", str(tmp_path / "repo")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1 and "expected checkpoint" in done.stderr, done.stderr
+    assert not (tmp_path / "repo").exists()
+
+
+def test_the_served_fingerprint_is_parsed_not_split(esa_export, gallery, tmp_path):
+    """Any valid text format of the config (here one line, as Triton's tools may write it)
+    names the checkpoint: another checkpoint's gallery is still refused before any change."""
+    repo = write_repository(esa_export, gallery, tmp_path / "repo")
+    config = read_config(repo / "gallery_search")
+    (repo / "gallery_search" / "config.pbtxt").write_text(text_format.MessageToString(config, as_one_line=True))
+    g = load_gallery(gallery)
+    other = save_gallery(tmp_path / "other.safetensors", g.sets, g.ids, g.paths, "0" * 16, g.alpha, g.weight)
+    with pytest.raises(GalleryError, match=f"built by checkpoint 0000000000000000.*{g.fingerprint}"):
+        publish_gallery(repo, other, "127.0.0.1:1")  # refused before any server is contacted
+    assert sorted(p.name for p in (repo / "gallery_search").iterdir()) == ["1", "config.pbtxt"]
+
+
+def test_bad_profile_used_folder_and_foreign_gallery_are_refused(esa_export, gallery, engines, tmp_path):
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         write_repository(esa_export, gallery, tmp_path / "a", profile="fast")
+    with pytest.raises(ValueError, match="engines are served by the production profile"):
+        write_repository(esa_export, gallery, tmp_path / "a", engines=engines)
     g = load_gallery(gallery)
     other = save_gallery(tmp_path / "other.safetensors", g.sets, g.ids, g.paths, "f" * 16, g.alpha, g.weight)
     with pytest.raises(GalleryError, match="rebuild the gallery"):
         write_repository(esa_export, other, tmp_path / "b")
-    assert not (tmp_path / "b").exists()  # nothing half-written
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing half-written

@@ -43,8 +43,10 @@ def test_serve_runs_until_interrupted_and_stops_cleanly(repository):
 
     from serving.client import SearchClient
     from serving.launch import free_port
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", "serve", str(repository), "--grpc-port", str(port)],
+    import urllib.request
+    port, metrics = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "serve", str(repository), "--grpc-port", str(port),
+                             "--metrics-port", str(metrics)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -55,8 +57,11 @@ def test_serve_runs_until_interrupted_and_stops_cleanly(repository):
             if "Triton is ready" in line or not line:
                 break
         assert f"gRPC 127.0.0.1:{port}" in lines[-1], "".join(lines[-20:])
+        assert f"metrics http://127.0.0.1:{metrics}/metrics" in lines[-1]
         with SearchClient(f"127.0.0.1:{port}") as client:
             assert len(client.search("a man in a blue shirt", k=2)[0]) == 2
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
+        assert 'nv_inference_request_success{model="person_search",version="1"} 1' in text
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     finally:

@@ -33,6 +33,51 @@ def test_results_equal_kernels_search_in_process(server, esa_export, gallery, ca
     assert results[0][0].path == g.paths[index[0, 0]] and results[0][0].rank == 1
 
 
+def test_a_list_longer_than_the_servers_batch_limit_is_split_by_the_client(server, esa_export, gallery, captions):
+    """The client reads max_batch_size from the server's ensemble config (here 8), whatever the
+    repository was written with: 20 texts go as 8 + 8 + 4, sync and async alike."""
+    import tritonclient.grpc as grpcclient
+    texts = (captions * 2)[:20]
+    config = grpcclient.InferenceServerClient(server.grpc_url).get_model_config("person_search").config
+    assert config.max_batch_size == 8
+    (scores, index), _ = in_process(esa_export, gallery, texts, 3)
+    with SearchClient(server.grpc_url) as client:
+        results = client.search(texts, k=3)
+
+    async def run():
+        async with AsyncSearchClient(server.grpc_url) as client:
+            return await client.search(texts, k=3)
+    for hits in (results, asyncio.run(run())):
+        assert [[h.index for h in row] for row in hits] == index.tolist()
+        np.testing.assert_allclose([[h.score for h in row] for row in hits], scores.numpy(), atol=1e-6)
+
+
+def test_metrics_count_the_ensembles_requests(server):
+    """Triton's Prometheus endpoint (on loopback): one success per request of the ensemble, and
+    the counters the README says to watch."""
+    import re
+    import urllib.request
+
+    def counters():
+        text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+        found = re.findall(r'^(nv_inference_\w+)\{model="person_search",(?:reason="(\w+)",)?version="1"\} (\d+)',
+                           text, re.M)
+        return {(name, reason): int(value) for name, reason, value in found}
+    assert server.metrics_url.startswith("http://127.0.0.1:")
+    before = counters()
+    with SearchClient(server.grpc_url) as client:
+        for _ in range(3):
+            client.search("a man in a blue shirt", k=2)
+        with pytest.raises(SearchError):
+            client.search(" ", k=2)
+    after = counters()
+    grown = {key: after[key] - before.get(key, 0) for key in after}
+    failures = sum(n for (name, _), n in grown.items() if name == "nv_inference_request_failure")
+    # (server 2.51 counts a request refused inside the ensemble twice, as reason OTHER)
+    assert grown[("nv_inference_request_success", "")] == 3 and failures >= 1
+    assert ("nv_inference_queue_duration_us", "") in grown and grown[("nv_inference_compute_infer_duration_us", "")] > 0
+
+
 def test_async_client_gives_the_same_answers(server, captions):
     async def run():
         async with AsyncSearchClient(server.grpc_url) as client:

@@ -1,0 +1,66 @@
+"""gallery_search's start-up decisions, on CPU: which device an instance takes (KIND_GPU never
+falls back to the CPU; cuda:N is made current), and the shapes it warms up at."""
+import json
+import sys
+
+import pytest
+import torch
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from tests.serving.conftest import MAX_BATCH
+
+
+@pytest.fixture(scope="module")
+def gallery_search():
+    """The model module, importable outside Triton through the bundled backend's utils module."""
+    from serving.launch import bundled_server
+    sys.path.insert(0, str(bundled_server()[0].parent.parent / "backends" / "python"))
+    from serving.models import gallery_search
+    return gallery_search
+
+
+def instance_args(repository, kind: str, device_id: int = 0) -> dict:
+    """What Triton's python backend passes to initialize()."""
+    config = (repository / "gallery_search" / "config.pbtxt").read_text()
+    as_json = json_format.MessageToDict(text_format.Parse(config, mc.ModelConfig()), preserving_proto_field_name=True)
+    return {"model_config": json.dumps(as_json), "model_instance_kind": kind,
+            "model_instance_device_id": str(device_id), "model_repository": str(repository / "gallery_search"),
+            "model_version": "1"}
+
+
+def test_a_gpu_instance_without_cuda_refuses_to_start(gallery_search, repository):
+    assert not torch.cuda.is_available()  # this machine: what a container whose torch cannot use the driver sees
+    model = gallery_search.TritonPythonModel()
+    with pytest.raises(RuntimeError, match="instance kind KIND_GPU but no usable CUDA device"):
+        model.initialize(instance_args(repository, "GPU"))
+
+
+def test_ready_means_warmed_up_at_every_shape_it_serves(gallery_search, repository, monkeypatch):
+    searched = []
+    search = gallery_search.kernels.search
+    monkeypatch.setattr(gallery_search.kernels, "search", lambda q, g, k, **kw: searched.append((len(q), k))
+                        or search(q, g, k, **kw))
+    model = gallery_search.TritonPythonModel()
+    model.initialize(instance_args(repository, "CPU"))
+    assert model.device == torch.device("cpu") and model.sets.dtype == torch.float32
+    assert searched == gallery_search.warmup_shapes(MAX_BATCH)
+    assert {b for b, _ in searched} == {1, 2, 4, 8} and {k for _, k in searched} == {1, 2, 4, 8, 16, 32, 64, 128}
+
+
+def test_a_gpu_instance_takes_its_own_device(gallery_search, monkeypatch):
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    assert gallery_search.claim_device("GPU", 1) == torch.device("cuda", 1) and current == [1]
+    with pytest.raises(RuntimeError, match="instance on GPU 2, but torch sees 2 CUDA device"):
+        gallery_search.claim_device("GPU", 2)
+    assert gallery_search.claim_device("CPU", 0) == torch.device("cpu") and current == [1]
+
+
+def test_warmup_covers_every_batch_size_and_k_bucket(gallery_search):
+    shapes = gallery_search.warmup_shapes(24, max_k=16)
+    assert sorted({b for b, _ in shapes}) == [1, 2, 4, 8, 16, 24]
+    assert sorted({k for _, k in shapes}) == [1, 2, 4, 8, 16]
+    assert len(shapes) == 30
