@@ -1,7 +1,7 @@
-"""Backward of the set-similarity scores as OpenAI Triton kernels (kernels/fused_scores.py).
+"""Backward of the set-similarity scores as OpenAI Triton kernels (kernels/scores_autograd.py).
 
 Given dL/dS [Q, N], the set gradients are dq = sum_n W_qn g_n and dg = sum_q W_qn^T q_q
-with W_qn = dL/dS_qn x dS_qn/dc [Kq, Kg] (formulas in fused_scores.py). Two kernels, so
+with W_qn = dL/dS_qn x dS_qn/dc [Kq, Kg] (formulas in scores_autograd.py). Two kernels, so
 that neither needs atomics: one program per query block walks every gallery tile and
 accumulates dq; one program per gallery tile walks every query block and accumulates dg.
 Each recomputes the tile's cosines with `tl.dot` over the whole (padded) D, forms W in
@@ -54,14 +54,15 @@ def _load_sets(ptr, offs, count, K, stride_item, stride_row, D, KP: tl.constexpr
     """Rows [len(offs) * KP, DP] of sets, zero where the item, row or column does not exist."""
     rows = tl.arange(0, KP)
     d = tl.arange(0, DP)
-    ptrs = ptr + (offs[:, None, None] * stride_item + rows[None, :, None] * stride_row).to(tl.int64) + d[None, None, :]
+    # cast before multiplying: item * stride passes 2**31 at 1M x 5 x 512
+    ptrs = ptr + offs[:, None, None].to(tl.int64) * stride_item + rows[None, :, None] * stride_row + d[None, None, :]
     mask = (offs[:, None, None] < count) & (rows[None, :, None] < K) & (d[None, None, :] < D)
     x = tl.load(ptrs, mask=mask, other=0.0)
     return tl.reshape(x, (offs.shape[0] * KP, DP))
 
 
 @triton.jit
-def _dq_kernel(q_ptr, g_ptr, grad_ptr, dq_ptr, Q, N, D, Kq, Kg, stride_qq, stride_qk, stride_gn, stride_gk,
+def dq_kernel(q_ptr, g_ptr, grad_ptr, out_ptr, Q, N, D, Kq, Kg, stride_qq, stride_qk, stride_gn, stride_gk,
                alpha_log2, weight, MAXSIM: tl.constexpr, IEEE: tl.constexpr, BQ: tl.constexpr,
                BN: tl.constexpr, KQP: tl.constexpr, KGP: tl.constexpr, DP: tl.constexpr):
     offs_q = tl.program_id(0) * BQ + tl.arange(0, BQ)
@@ -76,11 +77,11 @@ def _dq_kernel(q_ptr, g_ptr, grad_ptr, dq_ptr, Q, N, D, Kq, Kg, stride_qq, strid
             acc = tl.dot(tl.trans(w), g2, acc, input_precision="ieee")
         else:
             acc = tl.dot(tl.trans(w), g2, acc)
-    _store_sets(dq_ptr, acc, offs_q, Q, Kq, D, KQP, DP)
+    _store_sets(out_ptr, acc, offs_q, Q, Kq, D, KQP, DP)
 
 
 @triton.jit
-def _dg_kernel(q_ptr, g_ptr, grad_ptr, dg_ptr, Q, N, D, Kq, Kg, stride_qq, stride_qk, stride_gn, stride_gk,
+def dg_kernel(q_ptr, g_ptr, grad_ptr, out_ptr, Q, N, D, Kq, Kg, stride_qq, stride_qk, stride_gn, stride_gk,
                alpha_log2, weight, MAXSIM: tl.constexpr, IEEE: tl.constexpr, BQ: tl.constexpr,
                BN: tl.constexpr, KQP: tl.constexpr, KGP: tl.constexpr, DP: tl.constexpr):
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
@@ -95,7 +96,7 @@ def _dg_kernel(q_ptr, g_ptr, grad_ptr, dg_ptr, Q, N, D, Kq, Kg, stride_qq, strid
             acc = tl.dot(w, q2, acc, input_precision="ieee")
         else:
             acc = tl.dot(w, q2, acc)
-    _store_sets(dg_ptr, acc, offs_n, N, Kg, D, KGP, DP)
+    _store_sets(out_ptr, acc, offs_n, N, Kg, D, KGP, DP)
 
 
 @triton.jit
@@ -104,7 +105,7 @@ def _store_sets(ptr, acc, offs, count, K, D, KP: tl.constexpr, DP: tl.constexpr)
     x = tl.reshape(acc, (offs.shape[0], KP, DP))
     rows = tl.arange(0, KP)
     d = tl.arange(0, DP)
-    ptrs = ptr + ((offs[:, None, None] * K + rows[None, :, None]) * D).to(tl.int64) + d[None, None, :]
+    ptrs = ptr + (offs[:, None, None].to(tl.int64) * K + rows[None, :, None]) * D + d[None, None, :]
     mask = (offs[:, None, None] < count) & (rows[None, :, None] < K) & (d[None, None, :] < D)
     tl.store(ptrs, x, mask=mask)
 
@@ -123,11 +124,17 @@ def set_scores_grad(q: Tensor, g: Tensor, grad: Tensor, alpha: float, weight: fl
     dg = torch.zeros(n, kg, d, dtype=torch.float32, device=q.device)
     if nq == 0 or n == 0:
         return dq, dg
-    kqp, kgp, dp = triton.next_power_of_2(kq), triton.next_power_of_2(kg), max(16, triton.next_power_of_2(d))
-    bq, bn = max(1, 16 // kqp), max(1, 16 // kgp)  # tl.dot's 16-wide minimum, rows held whole
-    args = (q, g, grad)
-    rest = (nq, n, d, kq, kg, q.stride(0), q.stride(1), g.stride(0), g.stride(1), alpha * LOG2E, float(weight))
-    meta = dict(MAXSIM=mode == "maxsim", IEEE=q.dtype == torch.float32, BQ=bq, BN=bn, KQP=kqp, KGP=kgp, DP=dp)
-    _dq_kernel[(triton.cdiv(nq, bq),)](*args, dq, *rest, **meta)
-    _dg_kernel[(triton.cdiv(n, bn),)](*args, dg, *rest, **meta)
+    meta = launch_meta(nq, kq, kg, d, q.dtype, mode)
+    kw = dict(q_ptr=q, g_ptr=g, grad_ptr=grad, Q=nq, N=n, D=d, Kq=kq, Kg=kg, stride_qq=q.stride(0), stride_qk=q.stride(1),
+              stride_gn=g.stride(0), stride_gk=g.stride(1), alpha_log2=alpha * LOG2E, weight=float(weight), **meta)
+    dq_kernel[(triton.cdiv(nq, meta["BQ"]),)](out_ptr=dq, **kw)
+    dg_kernel[(triton.cdiv(n, meta["BN"]),)](out_ptr=dg, **kw)
     return dq, dg
+
+
+def launch_meta(nq: int, kq: int, kg: int, d: int, dtype: torch.dtype, mode: str) -> dict:
+    """Constexprs and launch options of both kernels (shared with the compile gate)."""
+    kqp, kgp = triton.next_power_of_2(kq), triton.next_power_of_2(kg)
+    # tl.dot's 16-wide minimum, rows held whole; triton's default warps and stages
+    return dict(MAXSIM=mode == "maxsim", IEEE=dtype == torch.float32, BQ=max(1, 16 // kqp), BN=max(1, 16 // kgp),
+                KQP=kqp, KGP=kgp, DP=max(16, triton.next_power_of_2(d)), num_warps=4, num_stages=3)

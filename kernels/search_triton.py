@@ -1,18 +1,43 @@
-"""Set similarity and top-k search as one OpenAI Triton kernel (the GPU path).
+"""Set similarity, adaptive margin and top-k search fused in one OpenAI Triton scan (GPU path).
 
-Each program scores a block of BQ queries against tiles of BN gallery items and never
-writes the Q x N x Kq x Kg cosines anywhere: the set rows are padded to powers of two
-(KQP, KGP), one `tl.dot` of the flattened tiles [BN*KGP, BD] x [BD, BQ*KQP] accumulates
-the element cosines in fp32 over D, and the smooth Chamfer (or MaxSim) reductions, the
-global term and the margin run in registers. Then either
-  - dense: the [BQ, BN] scores are stored (evaluation ranks every item), or
-  - top-k: each program walks a strided share of the tiles keeping its KP best (score,
-    index) keys (kernels/topk.py packing) in registers, merged tile by tile with tl.topk;
-    the host merges the few per-program lists with one torch top-k.
-Nothing of size Q x N exists in device memory in the top-k mode.
+What one program computes (kernels/set_similarity.py defines the scores): for a block of BQ
+queries and a tile of BN gallery items, the element cosines of every (query row i, gallery
+row j) pair, then, in registers,
 
-Exactness: keys order ties by the lower gallery index, as the reference's stable ranking.
-fp32 galleries use IEEE fp32 dot products (no TF32) so scores match the reference to fp32
+    glob      = cos[i=0, j=0]
+    a2b       = mean_i log sum_j exp(alpha cos_ij) / alpha      (smooth Chamfer, both ways)
+    b2a       = mean_j log sum_i exp(alpha cos_ij) / alpha
+    score     = glob + weight (a2b + b2a) / 2 - margin           (MaxSim: mean_i max_j cos)
+
+Tiling. The query block is the dot's N side: its BQ x Kq rows padded to C = BQ * KQP
+columns (KQP = Kq rounded up to a power of two; C >= 8, the narrowest 16-bit MMA). The
+gallery is the M side, one set row at a time: `for j in static_range(Kg)` loads row j of
+BN items ([BN, BD] per D step) and accumulates cos_j [BN, C] in fp32. So the real Kg rows
+are looped over (5 stays 5, not 8), and every reduction over gallery rows (a2b's sum,
+MaxSim's max) is an elementwise update of a [BN, C] register tile; the reduction over
+query rows (b2a) is a sum over KQP adjacent columns of the MMA layout (a reshape, no data
+movement). No [Q, N, Kq, Kg] tensor exists anywhere.
+
+Numerics. In the log2 domain (exp2/log2 are single MUFU instructions). For unit-norm rows
+and alpha <= 40 the shift is a constant, alpha log2(e): cos <= 1 keeps exp2 <= 1 and cos >= -1
+keeps it a normal float32, so one exp2 per cosine serves both directions (FIXED_SHIFT). Rows
+that are not unit-norm can overflow or underflow it; the program then raises a flag in
+device memory and a second, guarded launch recomputes everything with the general online
+logsumexp (its programs return at once when the flag is clear), so the result is exact
+either way without a device-to-host sync. Larger alphas always take the general path.
+
+Top-k. A program walks tiles split, split + SPLITS, ... keeping its best KP (score, index)
+keys (kernels/topk.py packing: exact, ties to the lower index) in registers. A tile changes
+them only when one of its keys beats the lowest key held (FAISS's k-selection idea); then
+keys are inserted one at a time, replacing the lowest, with no sort. The steady state costs
+one max per query per tile. The host merges the SPLITS lists with one torch top-k.
+
+Sizes. 64-bit offsets everywhere an offset can pass 2**31 elements (indices are cast before
+they are multiplied by a stride); the top-k grid is (query blocks, splits), the dense grid
+one axis over (gallery tile, query block) pairs, so no grid dimension nears a CUDA limit
+for any gallery that the key packing allows (2**32 items).
+
+fp32 galleries use IEEE fp32 products (no TF32) so scores match the reference to fp32
 rounding; fp16/bf16 galleries multiply in their dtype with fp32 accumulation.
 """
 from __future__ import annotations
@@ -23,185 +48,323 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.language.extra import libdevice
 
 from kernels import topk
 
 LOG2E = 1.4426950408889634
-SHARED_SHIFT_MAX_ALPHA = 40.0  # as in search_cpu: unit-norm cosines span 2, exp2 stays normal
+FIXED_SHIFT_MAX_ALPHA = 40.0  # as in search_cpu: exp2(alpha log2e (cos - 1)) stays normal for cos >= -1
 MAX_TOPK_PER_TILE = 64  # larger k: dense scores in gallery chunks, merged on the host
+EMPTY_KEY = tl.constexpr(-9223372036854775808)  # topk.EMPTY
+MAX_GRID_X = 2**31 - 1  # CUDA's limit on grid axis 0 (axes 1 and 2: 65,535)
+MAX_GRID_YZ = 65535
+SMEM_LIMIT = 227 * 1024  # dynamic shared memory one block may use on sm_90 (sm_80: 163 KB)
 
 
-ACC_BUDGET = 16384  # fp32 cosines held per program ([BN*KGP, BQ*KQP]): ~64 registers a thread at 8 warps
-CONFIGS = [triton.Config({"BN": bn, "BD": bd}, num_warps=w, num_stages=st)
-           for bn, bd, w, st in ((16, 64, 4, 3), (32, 64, 4, 3), (64, 64, 4, 3), (64, 128, 8, 3),
-                                 (128, 64, 8, 3), (256, 64, 8, 2))]
+def _configs():
+    return [triton.Config({"BN": bn, "BD": bd}, num_warps=w, num_stages=st)
+            for bn, bd, w, st in ((32, 64, 4, 3), (64, 64, 4, 3), (64, 128, 4, 2), (64, 64, 8, 3), (64, 128, 8, 2), (128, 64, 8, 3),
+                                  (128, 128, 8, 2))]
 
 
-def _prune(configs, named_args, **meta):
-    """Tiles that fit the register budget and hold the tile's top-k (tl.topk needs KP <= BN).
-    The interpreter (CI, no GPU) cannot time configs: it runs the smallest valid tile."""
-    cols, kgp, kp = meta["BQ"] * meta["KQP"], meta["KGP"], meta.get("KP", 1)
-    valid = [c for c in configs if c.kwargs["BN"] >= max(kp, 16 // kgp)]
-    fitting = [c for c in valid if c.kwargs["BN"] * kgp * cols <= ACC_BUDGET] or valid[:1]
-    return fitting[:1] if os.environ.get("TRITON_INTERPRET") == "1" else fitting
+CONFIGS = _configs()
+ACC_BUDGET = 512  # fp32 elements of one [BN, C] tile per warp (16 a thread): more spills at C = 64
+MAX_COLS = 64  # query columns a program holds: 8 sets of 5 rows padded to 8 at Q >= 8
+
+
+def smem_bytes(bn: int, bd: int, cols: int, stages: int, elsize: int) -> int:
+    """Shared memory the pipelined loads of one D loop take: gallery [BN, BD] and query
+    [BD, C] buffers per stage (upper bound: triton reuses them across the Kg loops)."""
+    return stages * (bn + cols) * bd * elsize
+
+
+def prune(configs, named_args, **meta):
+    """Configs that can launch and run without spilling: [BN, C] tiles within ACC_BUDGET per
+    warp and shared memory under SMEM_LIMIT. The interpreter (CI, no GPU) cannot time
+    configs: it runs the first valid one."""
+    cols = meta["BQ"] * meta["KQP"]
+    elsize = 4 if meta["IEEE"] else 2
+    kept = [c for c in configs
+            if c.kwargs["BN"] * cols <= ACC_BUDGET * c.num_warps
+            and smem_bytes(c.kwargs["BN"], c.kwargs["BD"], cols, c.num_stages, elsize) <= SMEM_LIMIT]
+    if not kept:
+        raise ValueError(f"no search kernel config fits C={cols} query columns")
+    return kept[:1] if os.environ.get("TRITON_INTERPRET") == "1" else kept
 
 
 @triton.jit
-def _set_scores_tile(q_ptr, g_ptr, margin_ptr, pid_q, pid_n, Q, N, D, Kq, Kg,
-                     stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight,
-                     HAS_MARGIN: tl.constexpr, MAXSIM: tl.constexpr, SHARED_SHIFT: tl.constexpr,
-                     IEEE: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
-                     KQP: tl.constexpr, KGP: tl.constexpr):
-    """Scores [BQ, BN] of one query block against one gallery tile (invalid rows: -inf)."""
-    offs_q = pid_q * BQ + tl.arange(0, BQ)
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    ki = tl.arange(0, KQP)
-    kj = tl.arange(0, KGP)
-    offs_d = tl.arange(0, BD)
-    q_rows = (offs_q[:, None] * stride_qq + ki[None, :] * stride_qk).to(tl.int64)
-    g_rows = (offs_n[:, None] * stride_gn + kj[None, :] * stride_gk).to(tl.int64)
-    q_ok = (offs_q[:, None] < Q) & (ki[None, :] < Kq)
-    g_ok = (offs_n[:, None] < N) & (kj[None, :] < Kg)
-    acc = tl.zeros((BN * KGP, BQ * KQP), dtype=tl.float32)
-    for d0 in range(0, D, BD):
-        d = d0 + offs_d
-        d_ok = d[None, None, :] < D
-        g = tl.load(g_ptr + g_rows[:, :, None] + d[None, None, :], mask=g_ok[:, :, None] & d_ok, other=0.0)
-        q = tl.load(q_ptr + q_rows[:, :, None] + d[None, None, :], mask=q_ok[:, :, None] & d_ok, other=0.0)
-        g2 = tl.reshape(g, (BN * KGP, BD))
-        q2 = tl.reshape(q, (BQ * KQP, BD))
-        if IEEE:
-            acc = tl.dot(g2, tl.trans(q2), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(g2, tl.trans(q2), acc)
-    cos = tl.reshape(acc, (BN, KGP, BQ, KQP))
-    j4 = kj[None, :, None, None]
-    i4 = ki[None, None, None, :]
-    valid = (j4 < Kg) & (i4 < Kq)
-    glob = tl.sum(tl.sum(tl.where((j4 == 0) & (i4 == 0), cos, 0.0), axis=3), axis=1)  # [BN, BQ]
-    if MAXSIM:
-        best = tl.max(tl.where(valid, cos, float("-inf")), axis=1)  # [BN, BQ, KQP]
-        set_term = tl.sum(tl.where(ki[None, None, :] < Kq, best, 0.0), axis=2) / Kq
+def _log2(x, HW_LOG2: tl.constexpr):
+    """log2 as one MUFU.LG2 (lg2.approx, relative error ~2**-22) on the GPU; tl.log2 is a
+    ~20-instruction software routine there. The interpreter has no libdevice: tl.log2."""
+    if HW_LOG2:
+        return libdevice.fast_log2f(x)
     else:
-        # log2 domain (exp2 is one instruction); padding gets a finite floor, not -inf, so an
-        # all-padding row reduces to a finite value (masked below) instead of inf - inf = nan
-        x = tl.where(valid, cos * alpha_log2, -1e30)
-        if SHARED_SHIFT:
-            m = tl.max(tl.max(x, axis=3), axis=1)  # [BN, BQ]
-            e = tl.exp2(x - m[:, None, :, None])
-            a2b = tl.log2(tl.sum(e, axis=1)) + m[:, :, None]  # [BN, BQ, KQP]
-            b2a = tl.log2(tl.sum(e, axis=3)) + m[:, None, :]  # [BN, KGP, BQ]
-        else:
-            ma = tl.max(x, axis=1)
-            a2b = tl.log2(tl.sum(tl.exp2(x - ma[:, None, :, :]), axis=1)) + ma
-            mb = tl.max(x, axis=3)
-            b2a = tl.log2(tl.sum(tl.exp2(x - mb[:, :, :, None]), axis=3)) + mb
-        a2b = tl.sum(tl.where(ki[None, None, :] < Kq, a2b, 0.0), axis=2) / Kq
-        b2a = tl.sum(tl.where(kj[None, :, None] < Kg, b2a, 0.0), axis=1) / Kg
-        set_term = (a2b + b2a) / (2.0 * alpha_log2)  # log2-domain / (alpha log2 e) = natural / alpha
+        return tl.log2(x)
+
+
+@triton.jit
+def _tile_scores(q_ptr, g_ptr, margin_ptr, q0, n0, Q, N, D,
+                 stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight,
+                 KQ: tl.constexpr, KG: tl.constexpr, KQP: tl.constexpr, BQ: tl.constexpr,
+                 BN: tl.constexpr, BD: tl.constexpr, HAS_MARGIN: tl.constexpr, MAXSIM: tl.constexpr,
+                 FIXED_SHIFT: tl.constexpr, IEEE: tl.constexpr, HW_LOG2: tl.constexpr,
+                 D_ALIGNED: tl.constexpr):
+    """Scores [BN, BQ] of queries q0 .. q0+BQ against gallery items n0 .. n0+BN (-inf where
+    either does not exist)."""
+    C: tl.constexpr = BQ * KQP
+    offs_n = n0 + tl.arange(0, BN)
+    cols = tl.arange(0, C)
+    col_q = q0 + cols // KQP  # column c holds row c % KQP of query c // KQP
+    col_i = cols % KQP
+    q_rows = col_q.to(tl.int64) * stride_qq + col_i * stride_qk
+    q_ok = (col_q < Q) & (col_i < KQ)
+    g_items = offs_n.to(tl.int64) * stride_gn  # cast first: n * stride passes 2**31 at 1M x 5 x 512
+    n_ok = offs_n < N
+    offs_d = tl.arange(0, BD)
+    row_ok = (col_i < KQ)[None, :]  # [1, C]: which columns are real query rows
+    glob = tl.zeros((BN, BQ), dtype=tl.float32)
+    b2a = tl.zeros((BN, BQ), dtype=tl.float32)
+    run = tl.zeros((BN, C), dtype=tl.float32)  # a2b's sum over j (FIXED_SHIFT) / MaxSim's max
+    top = tl.zeros((BN, C), dtype=tl.float32)  # the general path's running max over j
+    for j in tl.static_range(KG):
+        cos = tl.zeros((BN, C), dtype=tl.float32)
+        for d0 in range(0, D, BD):
+            d = d0 + offs_d
+            d_ok = (d < D) | D_ALIGNED  # constant true when every block divides D: no mask to build
+            g = tl.load(g_ptr + (g_items + j * stride_gk)[:, None] + d[None, :],
+                        mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+            q = tl.load(q_ptr + q_rows[None, :] + d[:, None], mask=q_ok[None, :] & d_ok[:, None], other=0.0)
+            if IEEE:
+                cos = tl.dot(g, q, cos, input_precision="ieee")
+            else:
+                cos = tl.dot(g, q, cos)
+        if j == 0:
+            glob = tl.sum(tl.reshape(tl.where(col_i[None, :] == 0, cos, 0.0), (BN, BQ, KQP)), axis=2)
+        if MAXSIM:
+            if j == 0:
+                run = cos
+            else:
+                run = tl.maximum(run, cos)
+        elif FIXED_SHIFT:
+            e = tl.where(row_ok, tl.exp2(cos * alpha_log2 - alpha_log2), 0.0)
+            run += e
+            b2a += _log2(tl.sum(tl.reshape(e, (BN, BQ, KQP)), axis=2), HW_LOG2)
+        else:  # online logsumexp over j; an exact logsumexp over the KQP columns of row j
+            x = tl.where(row_ok, cos * alpha_log2, -1e30)  # finite floor: no inf - inf = nan
+            if j == 0:
+                top = x
+                run = tl.full((BN, C), 1.0, dtype=tl.float32)
+            else:
+                new_top = tl.maximum(top, x)
+                run = run * tl.exp2(top - new_top) + tl.exp2(x - new_top)
+                top = new_top
+            x3 = tl.reshape(x, (BN, BQ, KQP))
+            m = tl.max(x3, axis=2)
+            b2a += _log2(tl.sum(tl.exp2(x3 - m[:, :, None]), axis=2), HW_LOG2) + m
+    if MAXSIM:
+        set_term = tl.sum(tl.reshape(tl.where(row_ok, run, 0.0), (BN, BQ, KQP)), axis=2) / KQ
+    else:
+        lse = _log2(run, HW_LOG2)
+        if not FIXED_SHIFT:
+            lse += top
+        a2b = tl.sum(tl.reshape(tl.where(row_ok, lse, 0.0), (BN, BQ, KQP)), axis=2)
+        set_term = (a2b / KQ + b2a / KG) / (2.0 * alpha_log2)
+        if FIXED_SHIFT:
+            set_term += 1.0  # the constant shift, alpha log2(e), added back: / (alpha log2 e) = 1
     score = glob + weight * set_term
     if HAS_MARGIN:
-        score -= tl.load(margin_ptr + offs_n, mask=offs_n < N, other=0.0)[:, None]
-    score = tl.trans(score)  # [BQ, BN]
-    ok = (offs_q[:, None] < Q) & (offs_n[None, :] < N)
-    return tl.where(ok, score, float("-inf")), offs_q, offs_n, ok
+        score -= tl.load(margin_ptr + offs_n, mask=n_ok, other=0.0)[:, None]
+    offs_q = q0 + tl.arange(0, BQ)
+    ok = n_ok[:, None] & (offs_q < Q)[None, :]
+    return tl.where(ok, score, float("-inf")), ok
 
 
-@triton.autotune(configs=CONFIGS, key=["D", "KQP", "KGP", "BQ", "MAXSIM", "IEEE"],
-                 prune_configs_by={"early_config_prune": _prune})
 @triton.jit
-def _dense_kernel(q_ptr, g_ptr, margin_ptr, out_ptr, Q, N, D, Kq, Kg,
+def _not_finite(score, ok):
+    """1 if a real item's score is inf or nan (the fixed shift overflowed or underflowed)."""
+    return tl.max(tl.where(ok & ~(tl.abs(score) < float("inf")), 1, 0))
+
+
+@triton.autotune(configs=CONFIGS, key=["D", "KQ", "KG", "KQP", "BQ", "MAXSIM", "FIXED_SHIFT", "IEEE", "GUARDED"],
+                 prune_configs_by={"early_config_prune": prune})
+@triton.jit
+def _dense_kernel(q_ptr, g_ptr, margin_ptr, out_ptr, flag_ptr, Q, N, D,
                   stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight,
-                  HAS_MARGIN: tl.constexpr, MAXSIM: tl.constexpr, SHARED_SHIFT: tl.constexpr,
-                  IEEE: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
-                  KQP: tl.constexpr, KGP: tl.constexpr):
-    score, offs_q, offs_n, ok = _set_scores_tile(
-        q_ptr, g_ptr, margin_ptr, tl.program_id(0), tl.program_id(1), Q, N, D, Kq, Kg,
-        stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight,
-        HAS_MARGIN, MAXSIM, SHARED_SHIFT, IEEE, BQ, BN, BD, KQP, KGP)
-    tl.store(out_ptr + offs_q[:, None].to(tl.int64) * N + offs_n[None, :], score, mask=ok)
+                  KQ: tl.constexpr, KG: tl.constexpr, KQP: tl.constexpr, BQ: tl.constexpr,
+                  HAS_MARGIN: tl.constexpr, MAXSIM: tl.constexpr, FIXED_SHIFT: tl.constexpr,
+                  IEEE: tl.constexpr, HW_LOG2: tl.constexpr, D_ALIGNED: tl.constexpr, GUARDED: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+    """out[q, n] for one (gallery tile, query block) pair; consecutive programs share a
+    gallery tile, so it is read from HBM once and from L2 by the other query blocks."""
+    q_blocks = tl.cdiv(Q, BQ)
+    pid = tl.program_id(0)
+    n0 = (pid // q_blocks) * BN
+    q0 = (pid % q_blocks) * BQ
+    go = True
+    if GUARDED:  # the general-path rerun: only where the fixed-shift launch raised the flag
+        go = tl.load(flag_ptr) != 0
+    if go:
+        score, ok = _tile_scores(q_ptr, g_ptr, margin_ptr, q0, n0, Q, N, D,
+                                 stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight,
+                                 KQ, KG, KQP, BQ, BN, BD, HAS_MARGIN, MAXSIM, FIXED_SHIFT, IEEE, HW_LOG2, D_ALIGNED)
+        offs_n = n0 + tl.arange(0, BN)
+        offs_q = q0 + tl.arange(0, BQ)
+        tl.store(out_ptr + offs_q[None, :].to(tl.int64) * N + offs_n[:, None], score, mask=ok)
+        if FIXED_SHIFT:
+            if _not_finite(score, ok) != 0:
+                tl.store(flag_ptr, 1)
 
 
-@triton.autotune(configs=CONFIGS, key=["D", "KQP", "KGP", "BQ", "MAXSIM", "IEEE", "KP"],
-                 prune_configs_by={"early_config_prune": _prune})
 @triton.jit
-def _topk_kernel(q_ptr, g_ptr, margin_ptr, cand_ptr, Q, N, D, Kq, Kg,
+def _keys(score, offs_n, ok):
+    """kernels/topk.py keys of scores [BN, BQ]: order-preserving score bits high, 2**32 - 1 -
+    index low (so a key orders by score, then by the lower index); EMPTY where not ok."""
+    score = tl.where(score == 0.0, 0.0, score)  # -0.0 and 0.0 are one score
+    bits = score.to(tl.int32, bitcast=True)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    low = 4294967295 - offs_n.to(tl.int64)
+    return tl.where(ok, (ordered.to(tl.int64) << 32) + low[:, None], EMPTY_KEY)
+
+
+@triton.autotune(configs=CONFIGS,
+                 key=["D", "KQ", "KG", "KQP", "BQ", "MAXSIM", "FIXED_SHIFT", "IEEE", "GUARDED", "KP"],
+                 prune_configs_by={"early_config_prune": prune})
+@triton.jit
+def _topk_kernel(q_ptr, g_ptr, margin_ptr, cand_ptr, flag_ptr, Q, N, D,
                  stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight, SPLITS,
-                 HAS_MARGIN: tl.constexpr, MAXSIM: tl.constexpr, SHARED_SHIFT: tl.constexpr,
-                 IEEE: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
-                 KQP: tl.constexpr, KGP: tl.constexpr, KP: tl.constexpr):
-    """Program (query block, split) walks gallery tiles split, split + SPLITS, ... keeping its
-    running top-KP keys in registers, and writes them to cand[q, split * KP : (split + 1) * KP]."""
+                 KQ: tl.constexpr, KG: tl.constexpr, KQP: tl.constexpr, BQ: tl.constexpr,
+                 HAS_MARGIN: tl.constexpr, MAXSIM: tl.constexpr, FIXED_SHIFT: tl.constexpr,
+                 IEEE: tl.constexpr, HW_LOG2: tl.constexpr, D_ALIGNED: tl.constexpr, GUARDED: tl.constexpr, KP: tl.constexpr,
+                 BN: tl.constexpr, BD: tl.constexpr):
+    """Program (query block, split) writes its top-KP keys, unsorted, to
+    cand[q, split*KP : (split+1)*KP].
+
+    `best` [KP, BQ] is a bounded set, not a sorted list: while some query's best key in the
+    tile beats the lowest key it holds (`floor`), that key replaces it. Keys are unique (the
+    index is in them), so each pass inserts one key per query that needs it. The loop runs
+    once per new entry: KP times on the first tile, then ever more rarely (the chance that an
+    item is among the best KP seen so far falls as KP / items seen)."""
     pid_q = tl.program_id(0)
     split = tl.program_id(1)
-    best = tl.full((BQ, KP), -9223372036854775808, dtype=tl.int64)
-    for tile in range(split, tl.cdiv(N, BN), SPLITS):
-        score, offs_q, offs_n, ok = _set_scores_tile(
-            q_ptr, g_ptr, margin_ptr, pid_q, tile, Q, N, D, Kq, Kg,
-            stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight,
-            HAS_MARGIN, MAXSIM, SHARED_SHIFT, IEEE, BQ, BN, BD, KQP, KGP)
-        # the kernels/topk.py key: order-preserving score bits high, 2**32 - 1 - index low
-        score = tl.where(score == 0.0, 0.0, score)
-        bits = score.to(tl.int32, bitcast=True)
-        ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-        low = (4294967295 - offs_n.to(tl.int64))[None, :]
-        keys = tl.where(ok, (ordered.to(tl.int64) << 32) + low, -9223372036854775808)
-        both = tl.reshape(tl.join(best, tl.topk(keys, KP)), (BQ, 2 * KP))
-        best = tl.topk(both, KP)
-    offs_q = pid_q * BQ + tl.arange(0, BQ)
-    slots = split * KP + tl.arange(0, KP)
-    tl.store(cand_ptr + offs_q[:, None].to(tl.int64) * (SPLITS * KP) + slots[None, :], best,
-             mask=offs_q[:, None] < Q)
+    q0 = pid_q * BQ
+    offs_q = q0 + tl.arange(0, BQ)
+    slots = tl.arange(0, KP)
+    best = tl.full((KP, BQ), EMPTY_KEY, dtype=tl.int64)
+    floor = tl.full((BQ,), EMPTY_KEY, dtype=tl.int64)
+    bad = 0
+    go = True
+    if GUARDED:
+        go = tl.load(flag_ptr) != 0
+    if go:
+        for tile in range(split, tl.cdiv(N, BN), SPLITS):
+            n0 = tile * BN
+            score, ok = _tile_scores(q_ptr, g_ptr, margin_ptr, q0, n0, Q, N, D,
+                                     stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight,
+                                     KQ, KG, KQP, BQ, BN, BD, HAS_MARGIN, MAXSIM, FIXED_SHIFT, IEEE, HW_LOG2, D_ALIGNED)
+            if FIXED_SHIFT:
+                bad = tl.maximum(bad, _not_finite(score, ok))
+            keys = _keys(score, n0 + tl.arange(0, BN), ok)
+            top = tl.max(keys, axis=0)  # [BQ]
+            while tl.max((top > floor).to(tl.int32)) != 0:
+                take = top > floor
+                slot = tl.min(tl.where(best == floor[None, :], slots[:, None], KP), axis=0)
+                best = tl.where((slots[:, None] == slot[None, :]) & take[None, :], top[None, :], best)
+                keys = tl.where((keys == top[None, :]) & take[None, :], EMPTY_KEY, keys)
+                top = tl.max(keys, axis=0)
+                floor = tl.min(best, axis=0)
+        cand = cand_ptr + offs_q[None, :].to(tl.int64) * (SPLITS * KP) + (split * KP + slots)[:, None]
+        tl.store(cand, best, mask=(offs_q < Q)[None, :])
+        if FIXED_SHIFT:
+            if bad != 0:
+                tl.store(flag_ptr, 1)
 
 
-def _launch_args(q: Tensor, g: Tensor, alpha: float, weight: float, margin: Tensor | None, mode: str):
-    kq, kg = q.shape[1], g.shape[1]
-    kqp, kgp = triton.next_power_of_2(kq), triton.next_power_of_2(kg)
-    # tl.dot needs >= 16 columns; with many queries, more per program reuse each gallery tile
-    bq = max(1, (64 if q.shape[0] >= 32 else 16) // kqp)
-    args = (q, g, margin if margin is not None else g, *([q.shape[0], g.shape[0], g.shape[2], kq, kg]),
-            q.stride(0), q.stride(1), g.stride(0), g.stride(1), alpha * LOG2E, float(weight))
-    meta = dict(HAS_MARGIN=margin is not None, MAXSIM=mode == "maxsim",
-                SHARED_SHIFT=alpha <= SHARED_SHIFT_MAX_ALPHA, IEEE=g.dtype == torch.float32,
-                BQ=bq, KQP=kqp, KGP=kgp)
-    return args, meta
+def launch_meta(nq: int, kq: int, kg: int, d: int, dtype: torch.dtype, alpha: float, margin: bool, mode: str,
+                compiled: bool = True) -> dict:
+    """The constexprs of a launch (everything but the autotuned BN, BD and the general-path
+    GUARDED rerun): one definition for the launchers and the ahead-of-time compile gate."""
+    kqp = triton.next_power_of_2(kq)
+    # C = BQ * KQP columns: >= 8 (narrowest 16-bit MMA), 16 for fp32's FMA dot; up to 64 with
+    # many queries, so one gallery tile is reused by more of them
+    cols = MAX_COLS if nq * kqp >= MAX_COLS else max(8 if dtype != torch.float32 else 16, triton.next_power_of_2(nq * kqp))
+    return dict(KQ=kq, KG=kg, KQP=kqp, BQ=max(1, cols // kqp), HAS_MARGIN=margin, MAXSIM=mode == "maxsim",
+                FIXED_SHIFT=mode == "chamfer" and alpha <= FIXED_SHIFT_MAX_ALPHA, IEEE=dtype == torch.float32,
+                HW_LOG2=compiled, D_ALIGNED=d % max(c.kwargs["BD"] for c in CONFIGS) == 0)
 
 
-def _prepare(q: Tensor, g: Tensor, margin: Tensor | None):
-    g = g.contiguous()
-    q = q.to(g.dtype).contiguous()  # tl.dot multiplies in one dtype
+def splits_for(q_blocks: int, n: int, sms: int) -> int:
+    """Programs per query block: enough (with the query blocks) for ~4 resident CTAs per SM."""
+    return max(1, min(4 * sms // q_blocks, triton.cdiv(n, 32), MAX_GRID_YZ))
+
+
+def _prepare(q: Tensor, g: Tensor, margin: Tensor | None, weight: float):
+    """Views as the kernels read them. Rows need a unit stride along D only: a strided gallery
+    (a slice, a memory-mapped file) is read in place, not copied. weight = 0 scores the
+    global rows alone."""
+    if weight == 0:
+        q, g = q[:, :1], g[:, :1]
+    if g.stride(-1) != 1:
+        g = g.contiguous()
+    q = q.to(g.dtype)  # tl.dot multiplies in one dtype
+    if q.stride(-1) != 1:
+        q = q.contiguous()
     return q, g, None if margin is None else margin.float().contiguous()
+
+
+def _scalars(q: Tensor, g: Tensor, alpha: float, weight: float) -> dict:
+    return dict(Q=q.shape[0], N=g.shape[0], D=g.shape[2], stride_qq=q.stride(0), stride_qk=q.stride(1),
+                stride_gn=g.stride(0), stride_gk=g.stride(1), alpha_log2=alpha * LOG2E, weight=float(weight))
+
+
+def dense_grid(nq: int, n: int, bq: int, bn: int) -> tuple[int]:
+    programs = triton.cdiv(nq, bq) * triton.cdiv(n, bn)
+    if programs > MAX_GRID_X:
+        raise ValueError(f"{nq} queries x {n} items need {programs} programs, over CUDA's {MAX_GRID_X}")
+    return (programs,)
 
 
 def scores(q: Tensor, g: Tensor, alpha: float, weight: float, margin: Tensor | None, mode: str) -> Tensor:
     """Dense scores [Q, N] float32 on the tensors' device."""
-    q, g, margin = _prepare(q, g, margin)
+    q, g, margin = _prepare(q, g, margin, weight)
     out = torch.empty(q.shape[0], g.shape[0], dtype=torch.float32, device=g.device)
-    if out.numel():
-        args, meta = _launch_args(q, g, alpha, weight, margin, mode)
-        grid = lambda m: (triton.cdiv(q.shape[0], m["BQ"]), triton.cdiv(g.shape[0], m["BN"]))  # noqa: E731
-        _dense_kernel[grid](*args[:3], out, *args[3:], **meta)
+    if out.numel() == 0:
+        return out
+    meta = launch_meta(q.shape[0], q.shape[1], g.shape[1], g.shape[2], g.dtype, alpha, margin is not None, mode,
+                       compiled=g.is_cuda)
+    flag = torch.zeros(1, dtype=torch.int32, device=g.device)
+    grid = lambda m: dense_grid(q.shape[0], g.shape[0], m["BQ"], m["BN"])  # noqa: E731
+    for guarded in (False, True) if meta["FIXED_SHIFT"] else (False,):
+        _dense_kernel[grid](q_ptr=q, g_ptr=g, margin_ptr=g if margin is None else margin, out_ptr=out,
+                            flag_ptr=flag, **_scalars(q, g, alpha, weight), **dict(meta, FIXED_SHIFT=not guarded
+                                                                                    and meta["FIXED_SHIFT"]),
+                            GUARDED=guarded)
     return out
 
 
 def search(q: Tensor, g: Tensor, k: int, alpha: float, weight: float, margin: Tensor | None,
            mode: str) -> tuple[Tensor, Tensor]:
     """Top-k (scores [Q, k'], indices [Q, k']), k' = min(k, N)."""
-    q, g, margin = _prepare(q, g, margin)
     nq, n = q.shape[0], g.shape[0]
     k = min(k, n)
     if nq == 0 or k == 0:
         return torch.empty(nq, k, device=g.device), torch.empty(nq, k, dtype=torch.int64, device=g.device)
     if k > MAX_TOPK_PER_TILE:
         return _search_chunked(q, g, k, alpha, weight, margin, mode)
+    q, g, margin = _prepare(q, g, margin, weight)
     kp = triton.next_power_of_2(k)
-    args, meta = _launch_args(q, g, alpha, weight, margin, mode)
+    meta = launch_meta(nq, q.shape[1], g.shape[1], g.shape[2], g.dtype, alpha, margin is not None, mode,
+                       compiled=g.is_cuda)
     q_blocks = triton.cdiv(nq, meta["BQ"])
-    # enough programs to fill the GPU (each walks several tiles); few under the interpreter
-    programs = 4 * torch.cuda.get_device_properties(g.device).multi_processor_count if g.is_cuda else 4
-    splits = max(1, min(programs // q_blocks, triton.cdiv(n, 16)))
+    if q_blocks > MAX_GRID_X:
+        raise ValueError(f"{nq} queries need {q_blocks} query blocks, over CUDA's {MAX_GRID_X}")
+    sms = torch.cuda.get_device_properties(g.device).multi_processor_count if g.is_cuda else 1
+    splits = splits_for(q_blocks, n, sms)
     cand = torch.empty((nq, splits * kp), dtype=torch.int64, device=g.device)
-    _topk_kernel[(q_blocks, splits)](*args[:3], cand, *args[3:], splits, **meta, KP=kp)
+    flag = torch.zeros(1, dtype=torch.int32, device=g.device)
+    for guarded in (False, True) if meta["FIXED_SHIFT"] else (False,):
+        _topk_kernel[(q_blocks, splits)](
+            q_ptr=q, g_ptr=g, margin_ptr=g if margin is None else margin, cand_ptr=cand, flag_ptr=flag,
+            **_scalars(q, g, alpha, weight), SPLITS=splits,
+            **dict(meta, FIXED_SHIFT=not guarded and meta["FIXED_SHIFT"]), GUARDED=guarded, KP=kp)
     return topk.unpack(topk.top_keys(cand, k))
 
 

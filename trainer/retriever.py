@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kernels import set_scores
-from kernels.fused_scores import set_scores_with_grad
+from kernels.scores_autograd import set_scores_with_grad
 from kernels.set_similarity import set_similarity_reference, slot_chamfer
 from trainer.heads.esa import SlotSetHead
 from trainer.heads.sen import (RestorationDecoder, grayscale, masked_image_tokens, patchify,

@@ -1,10 +1,10 @@
-"""kernels.fused_scores: the memory-bounded differentiable scores against the reference."""
+"""kernels.scores_autograd: the memory-bounded differentiable scores against the reference."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import fused_scores
-from kernels.fused_scores import set_scores_with_grad
+from kernels import scores_autograd
+from kernels.scores_autograd import set_scores_with_grad
 from kernels.set_similarity import set_similarity_reference
 
 
@@ -25,7 +25,7 @@ def test_gradients_match_finite_differences_in_float64(mode):
 @pytest.mark.parametrize("mode,alpha,weight", [("chamfer", 16.0, 1.0), ("chamfer", 64.0, 0.5),
                                                ("maxsim", 16.0, 1.0), ("chamfer", 16.0, 0.0)])
 def test_matches_the_reference_through_a_loss_over_many_blocks(monkeypatch, mode, alpha, weight):
-    monkeypatch.setattr(fused_scores, "BLOCK_BYTES", 4096)  # a handful of gallery items per block
+    monkeypatch.setattr(scores_autograd, "BLOCK_BYTES", 4096)  # a handful of gallery items per block
     q, g = unit_sets(9, 5, 32, seed=3, dtype=torch.float32), unit_sets(61, 5, 32, seed=4, dtype=torch.float32)
     target = torch.randn(9, 61, generator=torch.Generator().manual_seed(5))
     grads = []
@@ -58,5 +58,5 @@ def test_triton_backward_matches_the_torch_blocks(mode, shape):
     q, g = unit_sets(nq, kq, d, seed=8, dtype=torch.float32), unit_sets(n, kg, d, seed=9, dtype=torch.float32)
     grad = torch.randn(nq, n, generator=torch.Generator().manual_seed(10))
     dq, dg = grad_triton.set_scores_grad(q.to(device), g.to(device), grad.to(device), 16.0, 0.8, mode)
-    ref_dq, ref_dg = fused_scores._backward(q, g, grad, 16.0, 0.8, mode)
+    ref_dq, ref_dg = scores_autograd._backward(q, g, grad, 16.0, 0.8, mode)
     assert torch.allclose(dq.cpu(), ref_dq, atol=1e-5) and torch.allclose(dg.cpu(), ref_dg, atol=1e-5)
