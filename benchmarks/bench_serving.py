@@ -2,14 +2,16 @@
 
     .venv/bin/python benchmarks/bench_serving.py [--quick] [--gallery-size 20000]
 
-A closed-loop load (serving/load.py: tritonclient's asyncio gRPC client) against the local
-Triton server and the portable repository, at concurrency 1 to 64, for three set-ups:
+The floor first: the same tokenizer + ONNX Runtime text encoder + kernels.search in this
+process, one query at a time (what the server adds is measured against it: `p50_vs_floor`).
+Then a closed-loop load (serving/load.py: tritonclient's asyncio gRPC client) against the
+local Triton server and the portable repository, at concurrency 1 to 64, for three set-ups:
 dynamic batching on (the default repository), off, and the gallery split over 2 shards
 (2 servers, merged by the client). The model is `tiny` ESA trained for one epoch on a small
 synthetic set: latency depends on its shapes, not its accuracy. The gallery holds
 --gallery-size random unit embedding sets under that checkpoint's fingerprint (search cost
-depends on N, not on content). Writes benchmarks/results/serving_cpu.json and .png (--quick:
-serving_cpu_quick.*).
+depends on N, not on content; the demo's gallery is 401 images). Writes
+benchmarks/results/serving_cpu[_n<N> unless N is 20000][_quick].json and .png.
 """
 from __future__ import annotations
 
@@ -50,6 +52,34 @@ def build(work: Path, gallery_size: int) -> tuple[Path, Path]:
     return export, gallery
 
 
+def in_process(export: Path, gallery: Path, texts: list[str], seconds: float, k: int = 10) -> dict:
+    """p50/p95/p99 and q/s of tokenizer -> ONNX Runtime -> kernels.search, one query at a time."""
+    import kernels
+    from export.gallery import load_gallery
+    from export.ort_encoders import OnnxEncoders
+    from trainer.data.tokenizer import Tokenizer
+    encoders = OnnxEncoders(export, threads=1)  # on 2 shared cores, faster than ORT's spinning pool
+    tokenizer = Tokenizer(export / encoders.manifest["tokenizer"]["file"])
+    g = load_gallery(gallery)
+    sets = g.sets.float()
+
+    def query(text):
+        ids = tokenizer([text]).astype("int32")
+        return kernels.search(torch.from_numpy(encoders.encode_text(ids)), sets, k, alpha=g.alpha, weight=g.weight,
+                              margin=g.margin)
+    for text in texts:  # warm-up
+        query(text)
+    latencies, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        query(texts[len(latencies) % len(texts)])
+        latencies.append(time.perf_counter() - t)
+    ms = torch.tensor(latencies, dtype=torch.float64) * 1e3
+    return {"setup": "in-process floor", "concurrency": 1, "queries": len(latencies),
+            "qps": len(latencies) / (time.perf_counter() - start),
+            **{f"p{q}_ms": float(ms.quantile(q / 100)) for q in (50, 95, 99)}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="concurrency 1, 8 and 32; 4 s each")
@@ -66,6 +96,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tbps-bench-serving-") as tmp:
         work = Path(tmp)
         export, gallery = build(work, args.gallery_size)
+        floor = in_process(export, gallery, CAPTIONS, seconds)
+        print(f"in-process floor: p50 {floor['p50_ms']:.2f} ms  p95 {floor['p95_ms']:.2f}  "
+              f"{floor['qps']:.1f} q/s", flush=True)
         setups = {"batching on": [write_repository(export, gallery, work / "on")],
                   "batching off": [write_repository(export, gallery, work / "off", batching=False)],
                   "2 shards": write_shard_repositories(export, gallery, 2, work / "shards")}
@@ -76,24 +109,28 @@ def main() -> None:
                 run_load(urls, CAPTIONS, concurrency=4, duration=2.0)  # warm-up
                 for concurrency in levels:
                     report = run_load(urls, CAPTIONS, concurrency=concurrency, duration=seconds)
-                    row = {"setup": name, **{k: v for k, v in report.items() if k != "errors"}}
+                    row = {"setup": name, **{k: v for k, v in report.items() if k != "errors"},
+                           "p50_vs_floor": report["p50_ms"] / floor["p50_ms"]}
                     rows.append(row)
                     print(f"{name:13s} c={concurrency:3d}  {row['qps']:7.1f} q/s  p50 {row['p50_ms']:7.1f} ms  "
-                          f"p95 {row['p95_ms']:7.1f}  p99 {row['p99_ms']:7.1f}  failures {row['failures']}",
-                          flush=True)
+                          f"p95 {row['p95_ms']:7.1f}  p99 {row['p99_ms']:7.1f}  failures {row['failures']}  "
+                          f"p50 / floor {row['p50_vs_floor']:.2f}", flush=True)
     base = {r["concurrency"]: r["qps"] for r in rows if r["setup"] == "batching on"}
     for r in rows:
         r["qps_vs_batching_on"] = r["qps"] / base[r["concurrency"]]
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"serving_cpu{'_quick' if args.quick else ''}"  # quick runs keep the full results
+    size = "" if args.gallery_size == 20_000 else f"_n{args.gallery_size}"
+    stem = RESULTS / f"serving_cpu{size}{'_quick' if args.quick else ''}"  # quick runs keep the full results
+    c1 = next(r for r in rows if r["setup"] == "batching on" and r["concurrency"] == 1)
     stem.with_suffix(".json").write_text(json.dumps({
         "benchmark": "serving_cpu", "machine": platform.node(), "processor": platform.processor(),
         "cores": torch.get_num_threads(), "gallery_size": args.gallery_size, "k": 10, "model": "tiny esa",
-        "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2) + "\n")
-    plot(rows, stem.with_suffix(".png"), args.gallery_size)
+        "date": time.strftime("%Y-%m-%d"), "floor": floor,
+        "served_c1_p50_above_floor_ms": c1["p50_ms"] - floor["p50_ms"], "rows": rows}, indent=2) + "\n")
+    plot(rows, floor, stem.with_suffix(".png"), args.gallery_size)
 
 
-def plot(rows: list[dict], path: Path, n: int) -> None:
+def plot(rows: list[dict], floor: dict, path: Path, n: int) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -104,6 +141,8 @@ def plot(rows: list[dict], path: Path, n: int) -> None:
         line = lat.plot(c, [r["p50_ms"] for r in mine], marker="o", label=f"{setup} p50")[0]
         lat.plot(c, [r["p99_ms"] for r in mine], ls="--", color=line.get_color(), label=f"{setup} p99")
         thr.plot(c, [r["qps"] for r in mine], marker="o", label=setup)
+    lat.axhline(floor["p50_ms"], color="grey", ls=":", label=f"in-process floor p50 ({floor['p50_ms']:.1f} ms)")
+    thr.axhline(floor["qps"], color="grey", ls=":", label="in-process floor, one at a time")
     for ax, ylabel in ((lat, "latency (ms)"), (thr, "queries / s")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")

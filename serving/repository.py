@@ -9,8 +9,8 @@
 Profiles differ only in how the encoders run: `portable` runs ONNX Runtime inside the python
 backend (the only backend of the tritonserver bundled with nvidia-pytriton, what CI and the
 demo use); `production` uses Triton's `onnxruntime_onnx` backend, or `tensorrt_plan` with the
-engines of export/to_trt.py. Tensor names and shapes are the export manifest's either way.
-The python models' code is the installed package's (serving/models/): each model.py in the
+engines of export/to_trt.py. Tensor names and shapes are the export manifest's either way;
+every config.pbtxt is export/triton_config.py's. The python models' code is the installed package's (serving/models/): each model.py in the
 repository is a one-line import, so the repository holds configuration and data only.
 """
 from __future__ import annotations
@@ -67,7 +67,8 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
     file built by the same checkpoint. `engines`: a to_trt.py output folder (production); the
     encoders' max_batch_size is then the engines', and `max_batch_size` (default: theirs, else
     DEFAULT_MAX_BATCH) may only lower the other models'. `threads`: ONNX Runtime's intra-op
-    threads per portable encoder. `batching=False` turns dynamic batching off in the python
+    threads per portable encoder (1: on a few cores shared with the other models a thread pool
+    costs more in wake-ups than it saves on this model's small ops). `batching=False` turns dynamic batching off in the python
     models (for comparison)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; available: {', '.join(PROFILES)}")
@@ -94,8 +95,10 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
             write_encoders(out, manifest, files, "tensorrt_plan" if engines else "onnxruntime_onnx", encoder_batch)
         else:
             for name, spec in manifest["models"].items():
+                # two single-threaded text encoders: one runs a batch while the next one forms
                 _write_python_model(out, "serving.models.onnx_encoder", {"model.onnx": files[name]}, python_config(
-                    name, spec["inputs"], spec["outputs"], encoder_batch[name], {"threads": threads}, **delay))
+                    name, spec["inputs"], spec["outputs"], encoder_batch[name], {"threads": threads},
+                    instances=2 if name == TEXT_ENCODER else 1, **delay))
         tokenizer = tokenizer_config(manifest, batch, **delay)
         vocabulary = export_dir / manifest["tokenizer"]["file"]
         _write_python_model(out, "serving.models.tokenizer", {"tokenizer.txt.gz": vocabulary}, tokenizer)
@@ -127,11 +130,19 @@ def publish_gallery(repo: str | os.PathLike, gallery: str | os.PathLike, url: st
     """Put a new gallery live on a running server (started with explicit model control) without
     a restart: stage it as the next version and reload the model. Triton's version policy
     (latest 1) serves the new version once it is ready; requests already running finish on the
-    old one, which is then unloaded. Versions before the previous one are deleted."""
+    old one, which is then unloaded. Versions before the previous one are deleted; a version
+    the server did not load is deleted too (ValueError, one line)."""
     import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
     fingerprint = parameter(read_config(Path(repo) / GALLERY_MODEL), "fingerprint")
     version = stage_gallery(repo, gallery, fingerprint)
-    grpcclient.InferenceServerClient(url).load_model(GALLERY_MODEL)
+    try:
+        grpcclient.InferenceServerClient(url).load_model(GALLERY_MODEL)
+    except InferenceServerException as e:
+        shutil.rmtree(Path(repo) / GALLERY_MODEL / str(version))
+        raise ValueError(f"the server at {url} did not load gallery version {version}: {e.message()} (a live "
+                         f"update needs explicit model control: tbps serve, or tritonserver "
+                         f"--model-control-mode explicit)") from None
     for old in gallery_versions(repo)[:-2]:
         shutil.rmtree(Path(repo) / GALLERY_MODEL / str(old))
     return version

@@ -55,6 +55,16 @@ def test_gallery_swap_without_restart_loses_no_query(esa_export, gallery, second
     assert gallery_versions(repo) == [1, 2]
 
 
+def test_a_server_without_model_control_is_told_and_nothing_is_left_staged(server, repository, gallery, tmp_path):
+    """The session server runs without explicit model control, as a container started without it."""
+    import shutil
+    repo = shutil.copytree(repository, tmp_path / "repo")
+    with pytest.raises(ValueError, match=r"did not load gallery version 2: .*explicit model control") as e:
+        publish_gallery(repo, gallery, server.grpc_url)
+    assert "\n" not in str(e.value)
+    assert gallery_versions(repo) == [1]
+
+
 def test_a_gallery_of_another_checkpoint_is_refused_before_anything_changes(esa_export, gallery, tmp_path):
     from export.gallery import GalleryError
     repo = write_repository(esa_export, gallery, tmp_path / "repo")

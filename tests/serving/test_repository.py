@@ -69,6 +69,8 @@ def test_every_config_parses_and_the_ensemble_fits_its_steps(repository, product
     portable = {name: read_config(repository / name) for name in MODELS if name != ENSEMBLE}
     assert {c.backend for c in portable.values()} == {"python"}
     assert {c.max_batch_size for c in portable.values()} == {8}  # the fixture's max_batch_size
+    assert portable["text_encoder"].instance_group[0].count == 2
+    assert {c.parameters["threads"].string_value for c in portable.values() if "encoder" in c.name} == {"1"}
     assert (repository / "text_encoder" / "1" / "model.onnx").is_file()
     assert "import TritonPythonModel" in (repository / "tokenizer" / "1" / "model.py").read_text()
     gpu = mc.ModelInstanceGroup.KIND_GPU
