@@ -20,3 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# On a GPU machine (H100/H200): the compiled kernels' correctness and speed, the encoders, a training step;
+# writes benchmarks/results/gpu_<device>.json and .png (at most 5 minutes). The venv's python where there is
+# one, else python3: the lent GPU machines bring their own CUDA torch and triton and cannot pip install.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+.PHONY: gpu-check
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py
