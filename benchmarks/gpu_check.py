@@ -55,6 +55,9 @@ SECTIONS = ("correctness", "scale", "timings", "encoders", "train_step")
 BUDGET_S = {"correctness": 100, "scale": 55, "timings": 75, "encoders": 20, "train_step": 30}
 SMOKE_BUDGET_S = 120  # per section on 2 CPU cores: never reached at the smoke sizes (CI asserts nothing is skipped)
 GRACE_S, RESERVE_S, DEADLINE_S = 15, 15, 290  # RESERVE_S: kept back for each section still to run
+# correctness runs as this many processes side by side: its time goes to Triton compiling many specialisations,
+# one CPU core per process (the GPU machines have 16); 2 under --smoke, so that CI runs the merge too
+CORRECTNESS_SHARDS = 4
 
 ALPHA, KSET, TOPK = 16.0, 5, 10
 NUM_CLASSES = 11003  # CUHK-PEDES' training identities: the ID classifier's real size
@@ -72,6 +75,7 @@ def parse_args(argv=None):
     ap.add_argument("--deadline", type=float, default=DEADLINE_S, help="seconds for the whole run")
     ap.add_argument("--section", choices=SECTIONS, help=argparse.SUPPRESS)  # a child: run this section
     ap.add_argument("--section-out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--shard", default="0/1", help=argparse.SUPPRESS)  # correctness: this child's i/n of the cases
     ap.add_argument("--stop-at", type=float, help=argparse.SUPPRESS)  # time.time() past which a child starts nothing
     ap.add_argument("--t0", type=float, help=argparse.SUPPRESS)  # the parent's start, for the log's clock
     args = ap.parse_args(argv)
@@ -392,8 +396,10 @@ def section_correctness(rec: Record, budget: Budget) -> None:
                       "update SCORES_AUTOGRAD_MODULE")
     rec["grad_backend"] = grad_error or f"{SCORES_AUTOGRAD_MODULE}.set_scores_with_grad on {DEVICE}"
     interpreter = "interpreter" in backend[2]
-    for kind, cases, run in (("cases", correctness_cases(), lambda c: check_case(c, backend)),
-                             ("grad", grad_cases(), lambda c: check_grad(c, grad_fn))):
+    i, n = map(int, ARGS.shard.split("/"))
+    rec["shard"] = ARGS.shard
+    for kind, cases, run in (("cases", correctness_cases()[i::n], lambda c: check_case(c, backend)),
+                             ("grad", grad_cases()[i::n], lambda c: check_grad(c, grad_fn))):
         for c in cases:
             label = " ".join(f"{k}={v}" for k, v in c.items() if k != "seed")
             if budget.left() < 3:
@@ -413,12 +419,28 @@ def section_correctness(rec: Record, budget: Budget) -> None:
             entry["seconds"] = round(time.time() - t, 2)
             rec[kind].append(entry)
             rec.save()
-            log(f"correctness: {kind} {'ok' if entry['ok'] else 'FAILED'} ({entry['seconds']} s) {label}"
+            log(f"correctness[{ARGS.shard}]: {kind} {'ok' if entry['ok'] else 'FAILED'} ({entry['seconds']} s) {label}"
                 + (f" -- {entry['error'][:200]}" if entry.get("error") else ""))
     checked = rec["cases"] + rec["grad"]
-    rec["passed"] = sum(bool(e["ok"]) for e in checked)
-    rec["total"] = len(checked) + len(rec["skipped"])
-    rec["ok"] = bool(checked) and all(e["ok"] for e in checked)
+    rec["ok"] = bool(checked) and all(e["ok"] for e in checked) and not rec["skipped"]
+
+
+def merge_shards(parts: list[dict]) -> dict:
+    """One correctness record from its shards' records, the cases back in priority order."""
+    out = {k: v for k, v in parts[0].items() if k in ("backend", "grad_backend")}
+    for kind in ("cases", "grad"):
+        out[kind] = sorted((c for p in parts for c in p.get(kind, [])), key=lambda c: c["seed"])
+    out["skipped"] = [s for p in parts for s in p.get("skipped", [])]
+    out["passed"] = sum(bool(c["ok"]) for c in out["cases"] + out["grad"])
+    out["total"] = len(correctness_cases()) + len(grad_cases())  # a killed shard's unstarted cases count too
+    bad = [p for p in parts if p.get("status") != "done"]
+    out["status"] = bad[0]["status"] if bad else "done"
+    out["error"] = "; ".join(f"shard {p.get('shard')}: {p['error']}" for p in parts if p.get("error")) or None
+    out["ok"] = out["passed"] == out["total"] and all(p.get("ok") for p in parts)
+    out["wall_s"] = max(p.get("wall_s", 0) for p in parts)
+    out["shards"] = [{k: p.get(k) for k in ("shard", "status", "wall_s", "error", "output_tail") if k in p}
+                     for p in parts]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ 2. scale
@@ -719,47 +741,73 @@ def environment() -> dict:
     return env
 
 
-def run_section_child(name: str, budget_s: float, hard_s: float, path: Path) -> dict:
-    """Runs one section in a child (its own process group, killed whole at `hard_s`); returns its record."""
-    path.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--section-out", str(path),
-           "--stop-at", repr(time.time() + budget_s), "--t0", repr(T0)] + (["--smoke"] if ARGS.smoke else [])
-    tail = collections.deque(maxlen=40)
-    t = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"), process_group=0)
+class Child:
+    """One section (or correctness shard) in a child process, in its own process group (killed whole at its
+    hard limit); its output is relayed live and its last lines kept for the record."""
 
-    def relay():  # the child's progress, live, and its last lines for the record
-        for line in proc.stdout:
+    def __init__(self, name: str, budget_s: float, hard_s: float, path: Path, shard: str = "0/1"):
+        self.path, self.hard_s, self.start = path, hard_s, time.time()
+        path.unlink(missing_ok=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--section-out", str(path),
+               "--shard", shard, "--stop-at", repr(self.start + budget_s), "--t0", repr(T0)]
+        self.proc = subprocess.Popen(cmd + (["--smoke"] if ARGS.smoke else []), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"), process_group=0)
+        self.tail = collections.deque(maxlen=40)
+        self.reader = threading.Thread(target=self._relay, daemon=True)
+        self.reader.start()
+
+    def _relay(self) -> None:
+        for line in self.proc.stdout:
             print(line, end="", flush=True)
-            tail.append(line.rstrip())
-    reader = threading.Thread(target=relay, daemon=True)
-    reader.start()
-    timed_out = False
+            self.tail.append(line.rstrip())
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def finish(self) -> dict:
+        """Waits up to the hard limit; returns the record the child saved, its fate added."""
+        timed_out = False
+        try:
+            self.proc.wait(timeout=max(0.0, self.start + self.hard_s - time.time()))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            self.kill()
+        self.reader.join(timeout=5)
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            data = {"ok": False}
+        self.path.unlink(missing_ok=True)
+        data["wall_s"] = round(time.time() - self.start, 1)
+        if timed_out:
+            data.update(status="timeout", ok=False,
+                        error=f"killed after {self.hard_s:.0f} s (its hard limit); what it saved before is kept")
+        elif data.get("status") != "done":
+            data["status"] = data.get("status") if data.get("status") == "error" else "crashed"
+            data["ok"] = False
+            data["error"] = data.get("error") or f"the child exited with status {self.proc.returncode} before finishing"
+        if data["status"] != "done":
+            data["output_tail"] = list(self.tail)
+        return data
+
+
+def run_section(name: str, budget_s: float, hard_s: float, out: Path) -> dict:
+    # the child's own record, rewritten as it goes: where to look if this parent is killed mid-section
+    part = lambda i: out.with_name(f"{out.stem}.{name}{i}.part.json")  # noqa: E731
+    if name != "correctness":
+        return Child(name, budget_s, hard_s, part("")).finish()
+    n = 2 if ARGS.smoke else CORRECTNESS_SHARDS
+    children = []
     try:
-        proc.wait(timeout=hard_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
+        children = [Child(name, budget_s, hard_s, part(i), shard=f"{i}/{n}") for i in range(n)]
+        return merge_shards([c.finish() for c in children])
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    reader.join(timeout=5)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {"ok": False}
-    data["wall_s"] = round(time.time() - t, 1)
-    if timed_out:
-        data.update(status="timeout", ok=False,
-                    error=f"killed after {hard_s:.0f} s (its hard limit); what it saved before is kept")
-    elif data.get("status") != "done":
-        data["status"] = data.get("status") if data.get("status") == "error" else "crashed"
-        data["ok"] = False
-        data["error"] = data.get("error") or f"the child exited with status {proc.returncode} before finishing"
-    if data["status"] != "done":
-        data["output_tail"] = list(tail)
-    return data
+        for c in children:
+            c.kill()
 
 
 def plot(report: dict, path: Path) -> None:
@@ -781,19 +829,21 @@ def plot(report: dict, path: Path) -> None:
         ax1.set_xticks(x, [f"N={r['N']:,}\nQ={r['Q']}" for r in rows], fontsize=8)
         ax1.set_yscale("log")
         ax1.legend(fontsize=7)
-    ax1.set_ylabel("ms per top-10 search (median)")
-    ax1.set_title("search, K=5 x D=512 fp16 sets (floor: half a copy of the gallery)", fontsize=9)
+    ax1.set_ylabel("ms per search (median)")
+    d = sections.get("timings", {}).get("D")
+    ax1.set_title(f"top-{TOPK} search, K={KSET} x D={d} fp16 sets (floor: half a copy of the gallery)", fontsize=9)
     enc = [r for r in sections.get("encoders", {}).get("rows", []) if isinstance(r.get("ms"), float)]
     ax2.bar(range(len(enc)), [r["ms"] for r in enc], color="tab:purple")
     ax2.set_xticks(range(len(enc)), [f"{r['encoder']}\nbatch {r['batch']}" for r in enc], fontsize=8)
     ax2.set_ylabel("ms per batch (median)")
-    ax2.set_title("encoders (ESA, vit-b16-384x128, fp16)", fontsize=9)
+    e = sections.get("encoders", {})
+    ax2.set_title(f"encoders (ESA, {e.get('config')}, {e.get('dtype')})", fontsize=9)
     c, s, t = sections.get("correctness", {}), sections.get("scale", {}), sections.get("train_step", {})
     step = f"{t['ms_per_step']:.0f} ms/step" if isinstance(t.get("ms_per_step"), float) else "n/a"
     mem = f", {t['peak_memory_GB']:.1f} GB peak" if isinstance(t.get("peak_memory_GB"), float) else ""
     fig.suptitle(f"gpu_check on {report['environment']['device']}: correctness {c.get('passed', 0)}/"
-                 f"{c.get('total', 0)} ok; N=1.1M planted neighbours {'ok' if s.get('ok') else 'NOT ok'}; "
-                 f"train step (batch 64, AMP) {step}{mem}", fontsize=10)
+                 f"{c.get('total', 0)} ok; N={s.get('N', 0):,} planted neighbours {'ok' if s.get('ok') else 'NOT ok'}; "
+                 f"train step (batch {t.get('batch')}, AMP {t.get('amp')}) {step}{mem}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -814,13 +864,11 @@ def run_parent() -> int:
         hard = max(1.0, min(soft + GRACE_S, t_end - time.time() - RESERVE_S * (len(ARGS.sections) - i - 1)))
         budget = max(0.0, min(soft, hard - GRACE_S))
         log(f"{name}: start (budget {budget:.0f} s, killed at {hard:.0f} s)")
-        part = out.with_name(f"{out.stem}.{name}.part.json")  # the child's own record, rewritten as it goes
         try:
-            report["sections"][name] = run_section_child(name, budget, hard, part)
+            report["sections"][name] = run_section(name, budget, hard, out)
         except Exception as e:  # noqa: BLE001 - the parent itself must always reach the report
             report["sections"][name] = {"status": "error", "ok": False, "error": error_text(e)}
         sec = report["sections"][name]
-        part.unlink(missing_ok=True)
         report["wall_s"] = round(time.time() - T0, 1)
         report["ok"] = all(s.get("ok") for s in report["sections"].values())
         write_json(out, report)
