@@ -91,7 +91,6 @@ ARGS = parse_args()
 T0 = ARGS.t0 or time.time()
 if ARGS.smoke:  # read by triton at its first import (the kernels import it lazily): set before anything imports it
     os.environ["TRITON_INTERPRET"] = "1"
-os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")  # later sections reuse the choices the first one timed
 sys.path.insert(0, str(ROOT))  # the GPU machine runs this with its own python3, the project not installed
 
 import torch  # noqa: E402
