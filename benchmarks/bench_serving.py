@@ -18,13 +18,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+# as in the served models (serving/launch.py): torch's OpenMP threads would otherwise spin
+# ~200 ms after each op on the core the floor's ONNX Runtime needs; read when torch loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CAPTIONS = ["a woman in a red coat with a black handbag", "a man in a grey hoodie, dark jeans and a backpack",
