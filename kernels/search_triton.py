@@ -60,16 +60,11 @@ MAX_GRID_X = 2**31 - 1  # CUDA's limit on grid axis 0 (axes 1 and 2: 65,535)
 MAX_GRID_YZ = 65535
 SMEM_LIMIT = 227 * 1024  # dynamic shared memory one block may use on sm_90 (sm_80: 163 KB)
 
-
-def _configs():
-    # (BN, BD, warps, stages); the compile gate (benchmarks/kernels_aot.py) dropped (32, 64, 4, 3)
-    # and (64, 64, 8, 3): slower than these on sm_90 by the instruction count, and spilling on sm_80
-    return [triton.Config({"BN": bn, "BD": bd}, num_warps=w, num_stages=st)
-            for bn, bd, w, st in ((64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 8, 2), (128, 64, 8, 3),
-                                  (128, 128, 8, 2))]
-
-
-CONFIGS = _configs()
+# (BN, BD, warps, stages). The compile gate (benchmarks/kernels_aot.py) dropped (32, 64, 4, 3) and
+# (64, 64, 8, 3): slower than these on sm_90 by instruction count, and spilling on sm_80.
+CONFIGS = [triton.Config({"BN": bn, "BD": bd}, num_warps=w, num_stages=st)
+           for bn, bd, w, st in ((64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 8, 2), (128, 64, 8, 3),
+                                 (128, 128, 8, 2))]
 ACC_BUDGET = 512  # fp32 elements of one [BN, C] tile per warp (16 a thread): more spills at C = 64
 MAX_COLS = 64  # query columns a program holds: 8 sets of 5 rows padded to 8 at Q >= 8
 
