@@ -295,7 +295,8 @@ def launch_meta(nq: int, kq: int, kg: int, d: int, dtype: torch.dtype, alpha: fl
     kqp = triton.next_power_of_2(kq)
     # C = BQ * KQP columns: >= 8 (narrowest 16-bit MMA), 16 for fp32's FMA dot; up to 64 with
     # many queries, so one gallery tile is reused by more of them
-    cols = MAX_COLS if nq * kqp >= MAX_COLS else max(8 if dtype != torch.float32 else 16, triton.next_power_of_2(nq * kqp))
+    narrowest = 16 if dtype == torch.float32 else 8
+    cols = MAX_COLS if nq * kqp >= MAX_COLS else max(narrowest, triton.next_power_of_2(nq * kqp))
     return dict(KQ=kq, KG=kg, KQP=kqp, BQ=max(1, cols // kqp), HAS_MARGIN=margin, MAXSIM=mode == "maxsim",
                 FIXED_SHIFT=mode == "chamfer" and alpha <= FIXED_SHIFT_MAX_ALPHA, IEEE=dtype == torch.float32,
                 HW_LOG2=compiled, D_ALIGNED=d % max(c.kwargs["BD"] for c in CONFIGS) == 0)
@@ -325,6 +326,13 @@ def _scalars(q: Tensor, g: Tensor, alpha: float, weight: float) -> dict:
                 stride_gn=g.stride(0), stride_gk=g.stride(1), alpha_log2=alpha * LOG2E, weight=float(weight))
 
 
+def _passes(meta: dict) -> list[dict]:
+    """The launches of one call: with the fixed shift, that pass and then the guarded
+    general-path rerun (its programs return at once unless the first raised the flag)."""
+    first = dict(meta, GUARDED=False)
+    return [first, dict(meta, FIXED_SHIFT=False, GUARDED=True)] if meta["FIXED_SHIFT"] else [first]
+
+
 def dense_grid(nq: int, n: int, bq: int, bn: int) -> tuple[int]:
     programs = triton.cdiv(nq, bq) * triton.cdiv(n, bn)
     if programs > MAX_GRID_X:
@@ -342,11 +350,9 @@ def scores(q: Tensor, g: Tensor, alpha: float, weight: float, margin: Tensor | N
                        compiled=g.is_cuda)
     flag = torch.zeros(1, dtype=torch.int32, device=g.device)
     grid = lambda m: dense_grid(q.shape[0], g.shape[0], m["BQ"], m["BN"])  # noqa: E731
-    for guarded in (False, True) if meta["FIXED_SHIFT"] else (False,):
+    for launch in _passes(meta):
         _dense_kernel[grid](q_ptr=q, g_ptr=g, margin_ptr=g if margin is None else margin, out_ptr=out,
-                            flag_ptr=flag, **_scalars(q, g, alpha, weight), **dict(meta, FIXED_SHIFT=not guarded
-                                                                                    and meta["FIXED_SHIFT"]),
-                            GUARDED=guarded)
+                            flag_ptr=flag, **_scalars(q, g, alpha, weight), **launch)
     return out
 
 
@@ -370,11 +376,10 @@ def search(q: Tensor, g: Tensor, k: int, alpha: float, weight: float, margin: Te
     splits = splits_for(q_blocks, n, sms)
     cand = torch.empty((nq, splits * kp), dtype=torch.int64, device=g.device)
     flag = torch.zeros(1, dtype=torch.int32, device=g.device)
-    for guarded in (False, True) if meta["FIXED_SHIFT"] else (False,):
+    for launch in _passes(meta):
         _topk_kernel[(q_blocks, splits)](
             q_ptr=q, g_ptr=g, margin_ptr=g if margin is None else margin, cand_ptr=cand, flag_ptr=flag,
-            **_scalars(q, g, alpha, weight), SPLITS=splits,
-            **dict(meta, FIXED_SHIFT=not guarded and meta["FIXED_SHIFT"]), GUARDED=guarded, KP=kp)
+            **_scalars(q, g, alpha, weight), SPLITS=splits, KP=kp, **launch)
     return topk.unpack(topk.top_keys(cand, k))
 
 
