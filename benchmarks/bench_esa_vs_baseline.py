@@ -21,7 +21,7 @@ import torch
 from trainer.checkpoint import load_checkpoint, read_config
 from trainer.data.formats import load_dataset
 from trainer.data.synthetic import write_synthetic
-from trainer.demo import DEMO_IDS, TINY_RECIPE
+from trainer.recipes import DEMO_IDS, RECIPES
 from trainer.evaluate import adaptive_margin, blocked_metrics, encode_captions, encode_split
 from trainer.fit import TrainConfig, train
 
@@ -72,7 +72,7 @@ def main() -> None:
             variant = esa_args if method == "esa" else {}
             name = f"{method}{suffix if variant else ''}_s{seed}"
             best = train(TrainConfig(data=str(data_dir), out=str(work / name), method_args=variant,
-                                     **dict(TINY_RECIPE, method=method, epochs=args.epochs, seed=seed,
+                                     **dict(RECIPES["tiny"], method=method, epochs=args.epochs, seed=seed,
                                             progress=False)))
             # the run's own arguments, defaults resolved: a reused run may predate a change of default
             runs[name] = {"method": method, "method_args": read_config(best)["method_args"], "seed": seed,
@@ -85,7 +85,7 @@ def main() -> None:
             summary[f"{method} beta={beta}"] = {k: {"mean": float(np.mean([r[k] for r in rows])),
                                                     "std": float(np.std([r[k] for r in rows]))} for k in rows[0]}
     result = {"benchmark": "esa_vs_baseline", "machine": platform.node(), "threads": 2,
-              "recipe": dict(TINY_RECIPE, epochs=args.epochs), "esa_args": esa_args, "seeds": args.seeds,
+              "recipe": dict(RECIPES["tiny"], epochs=args.epochs), "esa_args": esa_args, "seeds": args.seeds,
               "test": {"ids": len({e.pid for e in data.test}), "images": len(data.test)},
               "summary": summary, "runs": runs}
     RESULTS.mkdir(exist_ok=True)

@@ -24,7 +24,7 @@ from bench_esa_vs_baseline import evaluate_run, training_seconds  # a sibling sc
 from trainer.checkpoint import load_checkpoint
 from trainer.data.formats import load_dataset
 from trainer.data.synthetic import write_synthetic
-from trainer.demo import DEMO_IDS, TINY_RECIPE
+from trainer.recipes import DEMO_IDS, RECIPES
 from trainer.fit import TrainConfig, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -59,7 +59,7 @@ def main() -> None:
         for seed in args.seeds:
             name = f"{method}_s{seed}"
             best = train(TrainConfig(data=str(data_dir), out=str(work / name), method_args=METHOD_ARGS[method],
-                                     **dict(TINY_RECIPE, method=method, epochs=args.epochs, seed=seed,
+                                     **dict(RECIPES["tiny"], method=method, epochs=args.epochs, seed=seed,
                                             progress=False)))
             model = load_checkpoint(best).model
             runs[name] = {"method": method, "seed": seed, "seconds": training_seconds(work / name),
@@ -73,7 +73,7 @@ def main() -> None:
         summary[method] = {k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows]))}
                            for k in rows[0]}
     result = {"benchmark": "methods", "machine": platform.node(), "threads": 2,
-              "recipe": dict(TINY_RECIPE, epochs=args.epochs), "method_args": METHOD_ARGS, "seeds": args.seeds,
+              "recipe": dict(RECIPES["tiny"], epochs=args.epochs), "method_args": METHOD_ARGS, "seeds": args.seeds,
               "test": {"ids": len({e.pid for e in data.test}), "images": len(data.test)},
               "summary": summary, "runs": runs}
     out = Path(args.results)

@@ -42,10 +42,10 @@ def build(work: Path, gallery_size: int) -> tuple[Path, Path]:
     from export.to_onnx import export_onnx
     from trainer.checkpoint import load_checkpoint
     from trainer.data.synthetic import write_synthetic
-    from trainer.demo import TINY_RECIPE
+    from trainer.recipes import recipe
     from trainer.fit import TrainConfig, train
     data = write_synthetic(work / "data", ids=16, seed=0, image_size=(64, 32), progress=False)
-    recipe = dict(TINY_RECIPE, epochs=1, batch_size=16, progress=False, bpe_vocab=600)
+    recipe = recipe("tiny", epochs=1, batch_size=16, progress=False, bpe_vocab=600)
     ckpt = load_checkpoint(train(TrainConfig(data=str(data), out=str(work / "run"), **recipe)))
     export = export_onnx(ckpt, work / "onnx").parent
     torch.manual_seed(0)

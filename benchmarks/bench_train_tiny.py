@@ -20,7 +20,7 @@ from trainer.checkpoint import load_checkpoint
 from trainer.data.colour_baseline import colour_histogram_scores
 from trainer.data.formats import load_dataset
 from trainer.data.synthetic import write_synthetic
-from trainer.demo import DEMO_IDS, TINY_RECIPE
+from trainer.recipes import DEMO_IDS, RECIPES
 from trainer.evaluate import encode_split, rank_metrics, split_metrics
 from trainer.fit import TrainConfig, train
 
@@ -48,7 +48,7 @@ def main() -> None:
         write_synthetic(data, ids=args.ids, seed=0)
 
     t0 = time.time()
-    best = train(TrainConfig(data=str(data), out=str(work / "run"), **TINY_RECIPE))
+    best = train(TrainConfig(data=str(data), out=str(work / "run"), **RECIPES["tiny"]))
     train_seconds = time.time() - t0
 
     ckpt = load_checkpoint(best)
@@ -61,7 +61,7 @@ def main() -> None:
 
     result = {
         "benchmark": "train_tiny_cpu", "machine": platform.node(), "cpu": platform.processor() or platform.machine(),
-        "threads": args.threads, "torch": torch.__version__, "recipe": TINY_RECIPE,
+        "threads": args.threads, "torch": torch.__version__, "recipe": RECIPES["tiny"],
         "dataset": {"ids": args.ids, "test_ids": len(set(image_pids)), "test_images": len(image_pids),
                     "test_captions": len(text_pids)},
         "train_seconds": round(train_seconds, 1), "best_epoch": ckpt.config["meta"]["epoch"],

@@ -1,10 +1,9 @@
 """Shared fixtures: a small synthetic dataset and a tiny trained checkpoint, built once per session."""
 import pytest
 
-# A few epochs of `tiny` on a dozen synthetic people: enough to exercise every code path.
-TEST_RECIPE = dict(config="tiny", method="baseline", batch_size=8, num_instances=2, lr=5e-4,
-                   new_lr_factor=1.0, warmup_epochs=0.5, bpe_vocab=600, workers=0,
-                   progress=False, log_every=1)
+from trainer.recipes import RECIPES
+
+TEST_RECIPE = RECIPES["test"]
 
 
 @pytest.fixture(scope="session")

@@ -119,7 +119,7 @@ def cmd_report(a) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainer.demo import DEMO_IDS, TINY_RECIPE
+    from trainer.recipes import DEMO_IDS, RECIPES
     parser = argparse.ArgumentParser(prog="tbps", description="text-based person search engine")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="runs/demo")
     p.add_argument("--fresh", action="store_true", help="rebuild everything instead of reusing it")
     p.add_argument("--ids", type=int, default=DEMO_IDS, help="people in the synthetic dataset")
-    p.add_argument("--epochs", type=int, default=TINY_RECIPE["epochs"])
+    p.add_argument("--epochs", type=int, default=RECIPES["tiny"]["epochs"])
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("repo", help="write a Triton model repository for a checkpoint and a gallery")

@@ -13,13 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-# Training `tiny` from scratch on 2 CPU cores: a larger learning rate and shorter warm-up
-# than the IRRA recipe, which is meant for fine-tuning pretrained CLIP. About 6.5 minutes
-# on 500 people (benchmarks/bench_train_tiny.py measures it).
-TINY_RECIPE = dict(config="tiny", method="esa", epochs=30, batch_size=64, num_instances=4,
-                   lr=1e-3, new_lr_factor=1.0, warmup_epochs=2.0, bpe_vocab=1024, workers=1,
-                   log_every=20)
-DEMO_IDS = 500  # the default synthetic dataset: 350 training, 50 validation, 100 test people
+from trainer.recipes import DEMO_IDS, RECIPES
+
+TINY_RECIPE = RECIPES["tiny"]
 REPORT_QUERIES = 20  # captions shown on the results page (the metrics use all of them)
 
 
