@@ -39,6 +39,7 @@ from tqdm import tqdm
 from export.gallery import save_gallery
 from export.manifest import load_manifest
 from trainer.checkpoint import Checkpoint, load_checkpoint
+from trainer.cli import run as run_command
 from trainer.data.dataset import ImageDataset
 from trainer.data.formats import ImageEntry, load_dataset
 from trainer.data.transforms import build_transform
@@ -176,8 +177,7 @@ def build_gallery(checkpoint: str | os.PathLike, out: str | os.PathLike, *, data
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint directory (or training run: its best/)")
     parser.add_argument("--out", required=True, help="gallery file to write (.safetensors)")
     parser.add_argument("--data", help="dataset root (CUHK-PEDES, ICFG-PEDES, RSTPReid or synthetic)")
@@ -191,13 +191,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-size", type=int, default=4096, help="images per resumable chunk")
     parser.add_argument("--device", help="torch device (default: cuda if available)")
     parser.add_argument("--workers", type=int, default=0, help="image decoding processes")
-    a = parser.parse_args(argv)
+
+
+def run(a: argparse.Namespace) -> None:
     if a.data is None and a.images is None:
-        parser.error("give --data DIR or --images FOLDER")
+        raise ValueError("give --data DIR or --images FOLDER")
     out = build_gallery(a.checkpoint, a.out, data=a.data, split=a.split, images=a.images, margin_bank=a.margin_bank,
                         margin_beta=a.margin_beta, backend=a.backend, onnx_dir=a.onnx, batch_size=a.batch_size,
                         chunk_size=a.chunk_size, device=a.device, workers=a.workers)
     print(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.set_defaults(fn=run)
+    run_command(parser, argv)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from export.fp16 import convert_to_fp16
 from export.manifest import FORMAT, VERSION, write_manifest
 from trainer.checkpoint import Checkpoint, load_checkpoint
+from trainer.cli import run as run_command
 
 OPSET = 17
 BATCH = "batch"  # the dynamic axis' name in the graphs
@@ -125,15 +126,23 @@ def export_onnx(ckpt_path: str | os.PathLike | Checkpoint, out_dir: str | os.Pat
     })
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint directory (or training run: its best/)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--fp16", action="store_true", help="fp16 graphs with fp32 LayerNorm, softmax, normalisation")
     parser.add_argument("--opset", type=int, default=OPSET)
-    a = parser.parse_args(argv)
+
+
+def run(a: argparse.Namespace) -> None:
     manifest = export_onnx(a.checkpoint, a.out, fp16=a.fp16, opset=a.opset, progress=True)
     print(f"wrote {manifest.parent}/text_encoder.onnx, image_encoder.onnx, {TOKENIZER_FILE}, {manifest.name}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.set_defaults(fn=run)
+    run_command(parser, argv)
 
 
 if __name__ == "__main__":

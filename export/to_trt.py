@@ -251,17 +251,20 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
-def main(argv: list[str] | None = None, device: str = "cuda") -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint directory (or training run: its best/)")
     parser.add_argument("--out", help="output directory (default: CKPT/trt or CKPT/trt-fp16)")
     parser.add_argument("--fp16", action="store_true", help="fp16 engines (fp32 LayerNorm, softmax, normalisation)")
     parser.add_argument("--max-batch", type=int, default=32, help="largest batch of the engines and of Triton")
     parser.add_argument("--timing-cache", help="TensorRT timing cache file (default: OUT/timing.cache)")
     parser.add_argument("--workspace-gib", type=float, default=4.0, help="builder workspace limit")
-    a = parser.parse_args(argv)
+    parser.set_defaults(device="cuda")
+
+
+def run(a: argparse.Namespace) -> int:
+    """The exit status: 0, EXIT_MISSING or EXIT_FAILED, each failure one line on stderr."""
     try:
-        out = build_trt(a.checkpoint, a.out, a.fp16, a.max_batch, a.timing_cache, a.workspace_gib, device)
+        out = build_trt(a.checkpoint, a.out, a.fp16, a.max_batch, a.timing_cache, a.workspace_gib, a.device)
     except TrtUnavailable as e:
         print(f"to_trt: {_one_line(e)}", file=sys.stderr)
         return EXIT_MISSING
@@ -271,6 +274,13 @@ def main(argv: list[str] | None = None, device: str = "cuda") -> int:
     print(f"wrote {out}/text_encoder.plan, image_encoder.plan, {RECORD} and {REPOSITORY}/ "
           f"(for tbps repo ... --profile production --engines {out})")
     return 0
+
+
+def main(argv: list[str] | None = None, device: str = "cuda") -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.set_defaults(device=device)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

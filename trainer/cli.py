@@ -1,4 +1,7 @@
-"""`tbps`: the command line. Each subcommand imports its stage lazily, so `tbps --help` is fast."""
+"""The trainer stage's commands (synth, train, eval) and the runner every stage's command line shares.
+
+The `tbps` entry point (serving/cli.py) adds them beside the later stages' commands. Each
+command imports its modules lazily, so `--help` is fast."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +9,6 @@ import dataclasses
 import json
 import os
 import sys
-from pathlib import Path
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -79,50 +81,9 @@ def cmd_eval(a) -> None:
         print(f"  {direction}: " + "  ".join(f"{k} {v:6.2f}" for k, v in m.items()))
 
 
-def cmd_demo(a) -> None:
-    from trainer.demo import run_demo
-    run_demo(Path(a.workdir), fresh=a.fresh, ids=a.ids, epochs=a.epochs)
-
-
-def cmd_repo(a) -> None:
-    if a.shards > 1:
-        from serving.shards import write_shard_repositories
-        repos = write_shard_repositories(a.source, a.gallery, a.shards, a.out, profile=a.profile, engines=a.engines,
-                                         max_batch_size=a.max_batch)
-    else:
-        from serving.repository import write_repository
-        repos = [write_repository(a.source, a.gallery, a.out, profile=a.profile, engines=a.engines,
-                                  max_batch_size=a.max_batch)]
-    for repo in repos:
-        print(f"wrote {a.profile} model repository {repo} (serve it with: tbps serve {repo})")
-
-
-def cmd_serve(a) -> None:
-    from serving.launch import serve
-    sys.exit(serve(a.repository, grpc_port=a.grpc_port, host=a.host, metrics_port=a.metrics_port))
-
-
-def cmd_search(a) -> None:
-    from serving.client import SearchClient, SearchError, print_hits
-    try:
-        with SearchClient(a.url or ["127.0.0.1:8001"]) as client:
-            print_hits(a.text, client.search(a.text, k=a.k), as_json=a.json)
-    except SearchError as e:
-        raise ValueError(f"the server refused the query: {e}") from None
-
-
-def cmd_report(a) -> None:
-    from serving.report import report_from_checkpoint
-    out = report_from_checkpoint(a.checkpoint, a.gallery, a.data, a.out, split=a.split, queries=a.queries,
-                                 device=a.device)
-    print(f"wrote {out}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from trainer.recipes import DEMO_IDS, RECIPES
-    parser = argparse.ArgumentParser(prog="tbps", description="text-based person search engine")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_commands(sub) -> None:
+    """The trainer stage's commands: synth, train, eval."""
+    from trainer.recipes import DEMO_IDS
     p = sub.add_parser("synth", help="write a synthetic pedestrian dataset (CUHK-PEDES format)")
     p.add_argument("--out", required=True)
     p.add_argument("--ids", type=int, default=DEMO_IDS, help="number of people")
@@ -148,65 +109,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "training captions (text-to-image only; 0: off)")
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("demo", help="the main job on synthetic data: synthesize, train tiny, evaluate")
-    p.add_argument("--workdir", default="runs/demo")
-    p.add_argument("--fresh", action="store_true", help="rebuild everything instead of reusing it")
-    p.add_argument("--ids", type=int, default=DEMO_IDS, help="people in the synthetic dataset")
-    p.add_argument("--epochs", type=int, default=RECIPES["tiny"]["epochs"])
-    p.set_defaults(fn=cmd_demo)
 
-    p = sub.add_parser("repo", help="write a Triton model repository for a checkpoint and a gallery")
-    p.add_argument("source", help="a checkpoint (or run directory), or an ONNX export directory")
-    p.add_argument("gallery", help="a gallery file built by the same checkpoint (export/build_gallery.py)")
-    p.add_argument("--out", required=True, help="a new folder (with --shards: one shard{i}/ per shard)")
-    p.add_argument("--profile", choices=["portable", "production"], default="portable",
-                   help="portable: encoders in ONNX Runtime inside the python backend (any tritonserver); "
-                        "production: Triton's onnxruntime / TensorRT backends on GPU")
-    p.add_argument("--engines", default=None, help="production: a folder of export/to_trt.py engines")
-    p.add_argument("--shards", type=int, default=1, help="split the gallery over this many repositories")
-    p.add_argument("--max-batch", type=int, default=None,
-                   help="largest batch of the models (default 64; with --engines: the engines' own, "
-                        "which it may lower, not raise)")
-    p.set_defaults(fn=cmd_repo)
-
-    p = sub.add_parser("serve", help="run the bundled Triton server on a model repository (Ctrl-C stops)")
-    p.add_argument("repository")
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback only)")
-    p.add_argument("--metrics-port", type=int, default=8002,
-                   help="port of Triton's Prometheus metrics, http://HOST:PORT/metrics")
-    p.set_defaults(fn=cmd_serve)
-
-    p = sub.add_parser("search", help="query a running server over gRPC")
-    p.add_argument("text", nargs="+", help="one or more descriptions (quote each)")
-    p.add_argument("-k", type=int, default=10, help="results per description")
-    p.add_argument("--url", action="append", default=[],
-                   help="host:port of the server's gRPC endpoint; repeat for each shard (default 127.0.0.1:8001)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_search)
-
-    p = sub.add_parser("report", help="write an HTML results page: top-10 of sample captions and the metrics")
-    p.add_argument("checkpoint")
-    p.add_argument("gallery", help="a gallery file built by the same checkpoint (export/build_gallery.py)")
-    p.add_argument("--data", required=True, help="the dataset whose captions are the queries")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--queries", type=int, default=20, help="captions shown, spread over the split (metrics use all)")
-    p.add_argument("--out", default="report.html")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
-    p.set_defaults(fn=cmd_report)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
+    """Parse and run `fn` (set by the parser); its status, if any, is the exit status. The errors a
+    user can meet are one clear line, no traceback: every command line of the project ends here."""
+    args = parser.parse_args(argv)
+    name = " ".join(filter(None, (parser.prog, getattr(args, "command", None))))
     try:
-        args.fn(args)
+        status = args.fn(args)
     except (OSError, ValueError) as e:
-        # errors a user can meet: one clear line, no traceback
-        print(f"tbps {args.command}: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    if status:
+        sys.exit(status)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m trainer`: the trainer's own commands (what `torchrun -m trainer train` runs)."""
+    parser = argparse.ArgumentParser(prog="python -m trainer", description="synthesize, train and evaluate")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    run(parser, argv)
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def test_spread_picks_evenly_with_both_ends():
 @pytest.fixture(scope="module")
 def cli_page(esa_run, gallery, synthetic_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "report.html"
-    done = subprocess.run([sys.executable, "-m", "trainer", "report", str(esa_run), str(gallery),
+    done = subprocess.run([sys.executable, "-m", "serving.cli", "report", str(esa_run), str(gallery),
                            "--data", str(synthetic_data), "--queries", "4", "--out", str(out), "--device", "cpu"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -142,7 +142,7 @@ def test_engines_that_cannot_serve_this_checkpoint_are_refused(esa_export, galle
 @pytest.mark.slow
 def test_tbps_repo_refuses_foreign_engines_in_one_line(esa_export, gallery, engines, tmp_path):
     folder = edit_record(engines, tmp_path, fingerprint="0" * 16)
-    done = subprocess.run([sys.executable, "-m", "trainer", "repo", str(esa_export), str(gallery), "--profile",
+    done = subprocess.run([sys.executable, "-m", "serving.cli", "repo", str(esa_export), str(gallery), "--profile",
                            "production", "--engines", str(folder), "--out", str(tmp_path / "repo")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and done.stdout == ""

@@ -1,4 +1,4 @@
-"""tbps repo / search against the real server: the commands the README shows."""
+"""tbps export / gallery / repo / serve / search against the real server: the commands the README shows."""
 import json
 import subprocess
 import sys
@@ -9,7 +9,7 @@ pytestmark = pytest.mark.slow
 
 
 def tbps(*args):
-    return subprocess.run([sys.executable, "-m", "trainer", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "serving.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=300)
 
 
@@ -45,7 +45,7 @@ def test_serve_runs_until_interrupted_and_stops_cleanly(repository):
     from serving.launch import free_port
     import urllib.request
     port, metrics = free_port(), free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", "serve", str(repository), "--grpc-port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", str(repository), "--grpc-port", str(port),
                              "--metrics-port", str(metrics)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -70,14 +70,19 @@ def test_serve_runs_until_interrupted_and_stops_cleanly(repository):
 
 
 def test_the_readme_export_commands(esa_run, synthetic_data, tmp_path):
-    """python export/to_onnx.py, export/build_gallery.py as scripts, then tbps repo."""
-    root = __import__("pathlib").Path(__file__).resolve().parents[2]
-    for script, args in (("to_onnx.py", [esa_run, "--out", tmp_path / "onnx"]),
-                         ("build_gallery.py", [esa_run, "--data", synthetic_data, "--split", "test",
-                                               "--out", tmp_path / "gallery.safetensors"])):
-        done = subprocess.run([sys.executable, str(root / "export" / script), *map(str, args)],
-                              capture_output=True, text=True, timeout=300)
+    """tbps export, tbps gallery, then tbps repo; the scripts they wrap answer the same way."""
+    for args in (["export", esa_run, "--out", tmp_path / "onnx"],
+                 ["gallery", esa_run, "--data", synthetic_data, "--split", "test", "--onnx", tmp_path / "onnx",
+                  "--backend", "onnx", "--out", tmp_path / "gallery.safetensors"]):
+        done = tbps(*args)
         assert done.returncode == 0, done.stderr
     out = tbps("repo", tmp_path / "onnx", tmp_path / "gallery.safetensors", "--out", tmp_path / "repo")
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "repo" / "gallery_search" / "1" / "gallery.safetensors").is_file()
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    for command in ([sys.executable, str(root / "export" / "build_gallery.py")], [sys.executable, "-m", "serving.cli",
+                                                                                  "gallery"]):
+        bad = subprocess.run([*command, str(esa_run), "--out", str(tmp_path / "g.safetensors")],
+                             capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 2 and "give --data DIR or --images FOLDER" in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr

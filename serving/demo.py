@@ -13,6 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
+from export.build_gallery import build_gallery
+from export.gallery import load_gallery
+from export.manifest import load_manifest
+from export.to_onnx import export_onnx
+from serving.client import SearchClient
+from serving.launch import TritonServer
+from serving.report import spread, write_report
+from serving.repository import write_repository
+from trainer.checkpoint import load_checkpoint
+from trainer.data.formats import load_dataset
+from trainer.data.synthetic import write_synthetic
+from trainer.evaluate import rank_metrics
+from trainer.fit import TrainConfig, train
 from trainer.recipes import DEMO_IDS, RECIPES
 
 TINY_RECIPE = RECIPES["tiny"]
@@ -34,20 +47,6 @@ def _reusable(check) -> bool:
 
 def run_demo(workdir: Path, fresh: bool = False, ids: int = DEMO_IDS,
              epochs: int = TINY_RECIPE["epochs"], shown: int = 5) -> dict:
-    from export.build_gallery import build_gallery
-    from export.gallery import load_gallery
-    from export.manifest import load_manifest
-    from export.to_onnx import export_onnx
-    from serving.client import SearchClient
-    from serving.launch import TritonServer
-    from serving.report import spread, write_report
-    from serving.repository import write_repository
-    from trainer.checkpoint import load_checkpoint
-    from trainer.data.formats import load_dataset
-    from trainer.data.synthetic import write_synthetic
-    from trainer.evaluate import rank_metrics
-    from trainer.fit import TrainConfig, train
-
     if fresh:
         shutil.rmtree(workdir, ignore_errors=True)
     data_dir, run_dir = workdir / "data", workdir / "run"
