@@ -1,1 +1,1 @@
-"""export stage (see ../shared/docs/architecture.md)."""
+"""export stage: ONNX and TensorRT encoders, gallery files, Triton configuration (see docs/architecture.md)."""

@@ -1,4 +1,4 @@
-"""kernels stage: set similarity, adaptive margin and top-k search (see ../shared/docs/architecture.md)."""
+"""kernels stage: set similarity, adaptive margin and top-k search (see docs/architecture.md)."""
 from kernels.dispatch import search, set_scores
 from kernels.set_similarity import set_similarity_reference
 

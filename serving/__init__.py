@@ -1,1 +1,1 @@
-"""serving stage (see ../shared/docs/architecture.md)."""
+"""serving stage: the Triton model repository, server, clients and the `tbps` command line (see docs/architecture.md)."""
