@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.data.colour_baseline import COLOUR_WORDS, caption_colours, colour_histogram_scores
-from trainer.data.synthetic import (ATTRIBUTE_WORDS, PALETTE, _caption, sample_person,
-                                    tokenize_caption, write_synthetic)
+from trainer.data.synthetic import (ATTRIBUTE_WORDS, PALETTE, sample_person, tokenize_caption,
+                                    write_synthetic)
+from trainer.data.synthetic.captions import _caption
+from trainer.data.synthetic.colour_baseline import (COLOUR_WORDS, caption_colours,
+                                                    colour_histogram_scores)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from trainer.data.synthetic import PALETTE
+from trainer.data.synthetic.attributes import PALETTE
 
 __all__ = ["COLOUR_WORDS", "PALETTE_NAMES", "caption_colours", "image_histogram",
            "colour_histogram_scores"]
