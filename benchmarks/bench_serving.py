@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +28,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from common import machine_record, percentiles_ms, pyplot, result_stem, save_plot, write_result  # noqa: E402
+
 CAPTIONS = ["a woman in a red coat with a black handbag", "a man in a grey hoodie, dark jeans and a backpack",
             "a young man wearing a white t-shirt and blue shorts", "a woman with long hair in a green dress",
             "a person in a black jacket carrying a yellow umbrella", "a girl with a pink bag and white shoes"]
@@ -78,10 +77,8 @@ def in_process(export: Path, gallery: Path, texts: list[str], seconds: float, k:
         t = time.perf_counter()
         query(texts[len(latencies) % len(texts)])
         latencies.append(time.perf_counter() - t)
-    ms = torch.tensor(latencies, dtype=torch.float64) * 1e3
     return {"setup": "in-process floor", "concurrency": 1, "queries": len(latencies),
-            "qps": len(latencies) / (time.perf_counter() - start),
-            **{f"p{q}_ms": float(ms.quantile(q / 100)) for q in (50, 95, 99)}}
+            "qps": len(latencies) / (time.perf_counter() - start), **percentiles_ms(latencies)}
 
 
 def main() -> None:
@@ -122,23 +119,18 @@ def main() -> None:
     base = {r["concurrency"]: r["qps"] for r in rows if r["setup"] == "batching on"}
     for r in rows:
         r["qps_vs_batching_on"] = r["qps"] / base[r["concurrency"]]
-    RESULTS.mkdir(exist_ok=True)
     size = "" if args.gallery_size == 20_000 else f"_n{args.gallery_size}"
-    stem = RESULTS / f"serving_cpu{size}{'_quick' if args.quick else ''}"  # quick runs keep the full results
+    stem = result_stem(f"serving_cpu{size}", args.quick)
     c1 = next(r for r in rows if r["setup"] == "batching on" and r["concurrency"] == 1)
-    stem.with_suffix(".json").write_text(json.dumps({
-        "benchmark": "serving_cpu", "machine": platform.node(), "processor": platform.processor(),
-        "cores": torch.get_num_threads(), "gallery_size": args.gallery_size, "k": 10, "model": "tiny esa",
-        "date": time.strftime("%Y-%m-%d"), "floor": floor,
-        "served_c1_p50_above_floor_ms": c1["p50_ms"] - floor["p50_ms"], "rows": rows}, indent=2) + "\n")
-    plot(rows, floor, stem.with_suffix(".png"), args.gallery_size)
+    write_result(stem, {
+        "benchmark": "serving_cpu", **machine_record("machine", "processor", "cores"),
+        "gallery_size": args.gallery_size, "k": 10, "model": "tiny esa", **machine_record("date"), "floor": floor,
+        "served_c1_p50_above_floor_ms": c1["p50_ms"] - floor["p50_ms"], "rows": rows})
+    plot(rows, floor, stem, args.gallery_size)
 
 
-def plot(rows: list[dict], floor: dict, path: Path, n: int) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (lat, thr) = plt.subplots(1, 2, figsize=(10, 3.8))
+def plot(rows: list[dict], floor: dict, stem: Path, n: int) -> None:
+    fig, (lat, thr) = pyplot().subplots(1, 2, figsize=(10, 3.8))
     for setup in dict.fromkeys(r["setup"] for r in rows):
         mine = [r for r in rows if r["setup"] == setup]
         c = [r["concurrency"] for r in mine]
@@ -153,8 +145,7 @@ def plot(rows: list[dict], floor: dict, path: Path, n: int) -> None:
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
     fig.suptitle(f"person_search over gRPC, local Triton on CPU, gallery {n:,} x tiny ESA sets, top-10", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_plot(fig, stem)
 
 
 if __name__ == "__main__":
