@@ -39,15 +39,16 @@ SMS = {90: 132, 80: 108}  # H100 SXM, A100: the launcher sizes top-k splits by S
 N_ITEMS = 1_000_000
 
 
-def shape(kernel, dtype="fp16", K=5, D=512, Q=1, mode="chamfer", alpha=16.0, margin=False, k=10):
-    return dict(kernel=kernel, dtype=dtype, K=K, D=D, Q=Q, mode=mode, alpha=alpha, margin=margin, k=k)
+def shape(kernel, dtype="fp16", K=5, D=512, Q=1, mode="chamfer", alpha=16.0, margin=False, k=10, filtered=False):
+    return dict(kernel=kernel, dtype=dtype, K=K, D=D, Q=Q, mode=mode, alpha=alpha, margin=margin, k=k,
+                filtered=filtered)
 
 
 def shapes(name: str, arch: int) -> list[dict]:
     """`ci`: the headline shapes, every kernel, within a few minutes on 2 cores (sm_80: the
     search at Q = 1 and 64 and the gradient); `full`: the sweep, on every architecture."""
     if name == "ci" and arch == 90:
-        return [shape("topk", Q=1), shape("topk", Q=64), shape("topk", dtype="bf16", Q=64, margin=True),
+        return [shape("topk", Q=1), shape("topk", Q=64), shape("topk", dtype="bf16", Q=64, margin=True, filtered=True),
                 shape("topk", K=1, Q=1, k=1), shape("dense", Q=64), shape("grad_q", Q=512),
                 shape("grad_g", Q=512)]
     if name == "ci":
@@ -62,7 +63,8 @@ def shapes(name: str, arch: int) -> list[dict]:
                 for kernel in ("grad_q", "grad_g"):
                     out.append(shape(kernel, dt, K, D, 512))
     for Q in (1, 64):
-        for var in (dict(mode="maxsim"), dict(alpha=64.0), dict(margin=True), dict(k=1), dict(k=64)):
+        for var in (dict(mode="maxsim"), dict(alpha=64.0), dict(margin=True), dict(k=1), dict(k=64),
+                    dict(filtered=True)):
             out.append(shape("topk", Q=Q, **var))
     out.append(shape("grad_q", Q=512, mode="maxsim"))
     out.append(shape("grad_g", Q=512, mode="maxsim"))
@@ -99,7 +101,8 @@ def launches(job: dict, arch: int) -> list[dict]:
     if job["kernel"] == "topk":
         kp = 1 << (min(job["k"], n) - 1).bit_length()
         splits = search_triton.splits_for(-(-Q // meta["BQ"]), n, SMS[arch])
-        kw.update(cand_ptr=MockTensor(torch.int64), SPLITS=splits, KP=kp)
+        kw.update(cand_ptr=MockTensor(torch.int64), SPLITS=splits, KP=kp, HAS_FILTER=job["filtered"],
+                  allowed_ptr=MockTensor(torch.uint8) if job["filtered"] else g)
         autotuner = search_triton._topk_kernel
     else:
         kw.update(out_ptr=MockTensor(torch.float32))
@@ -336,7 +339,7 @@ def main(argv=None) -> int:
             j = r["job"]
             print(f"[{len(results)}/{len(work)} {time.time() - t0:4.0f}s] sm_{r['arch']} {j['kernel']:<6} "
                   f"{j['dtype']} K={j['K']} D={j['D']:<3} Q={j['Q']:<3} {j['mode'][:3]}{j['alpha']:.0f}"
-                  f"{'+m' if j['margin'] else ''} k={j['k']:<2} {r['config']} {r['status']} "
+                  f"{'+m' if j['margin'] else ''}{'+f' if j['filtered'] else ''} k={j['k']:<2} {r['config']} {r['status']} "
                   f"regs={r.get('regs')} spill={r.get('spill_store_bytes')} smem={r.get('shared_bytes')} "
                   f"mma={r.get('mma')} per_item={r.get('per_item_steady')}/{r.get('per_item_expected')}", flush=True)
     found = [f for r in results for f in faults(r)]

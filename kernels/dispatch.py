@@ -24,16 +24,24 @@ def _backend(query_sets: Tensor, gallery_sets: Tensor):
 
 @torch.no_grad()
 def search(query_sets: Tensor, gallery_sets: Tensor, k: int, alpha: float = 16.0, weight: float = 1.0,
-           margin: Tensor | None = None, mode: str = "chamfer") -> tuple[Tensor, Tensor]:
-    """Top-k of each query: (scores float32 [Q, k'], indices int64 [Q, k']), k' = min(k, N),
-    sorted by score, ties to the lower gallery index. Queries [Q, Kq, D] and gallery
-    [N, Kg, D] (fp32, fp16 or bf16) hold unit-norm rows, row 0 the global feature; queries
-    are cast to the gallery's dtype, products accumulate in fp32."""
+           margin: Tensor | None = None, mode: str = "chamfer",
+           allowed: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Top-k of each query: (scores float32 [Q, k'], indices int64 [Q, k']), sorted by score,
+    ties to the lower gallery index. Queries [Q, Kq, D] and gallery [N, Kg, D] (fp32, fp16 or
+    bf16) hold unit-norm rows, row 0 the global feature; queries are cast to the gallery's
+    dtype, products accumulate in fp32. `allowed` (bool [N], the gallery's device) is a
+    filter applied before the top-k: only its items can be returned, and k' = min(k, items
+    allowed) (min(k, N) without it)."""
     check_inputs(query_sets, gallery_sets, alpha, margin, mode)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
+    if allowed is not None and (allowed.dtype != torch.bool or allowed.shape != gallery_sets.shape[:1]
+                                or allowed.device != gallery_sets.device):
+        raise ValueError(f"allowed must be a bool mask [{gallery_sets.shape[0]}] on {gallery_sets.device}, got "
+                         f"{allowed.dtype} {tuple(allowed.shape)} on {allowed.device}")
     query_sets = query_sets.to(gallery_sets.dtype)  # one rounding on every device: same ranking
-    return _backend(query_sets, gallery_sets).search(query_sets, gallery_sets, k, alpha, weight, margin, mode)
+    return _backend(query_sets, gallery_sets).search(query_sets, gallery_sets, k, alpha, weight, margin, mode,
+                                                     allowed)
 
 
 @torch.no_grad()

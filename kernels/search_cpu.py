@@ -71,15 +71,25 @@ def scores(q: Tensor, g: Tensor, alpha: float, weight: float, margin: Tensor | N
 
 
 def search(q: Tensor, g: Tensor, k: int, alpha: float, weight: float, margin: Tensor | None,
-           mode: str) -> tuple[Tensor, Tensor]:
-    """Top-k (scores [Q, k'], indices [Q, k']), k' = min(k, N), streaming over gallery blocks."""
-    keys = torch.full((q.shape[0], min(k, g.shape[0])), topk.EMPTY, dtype=torch.int64)
+           mode: str, allowed: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Top-k (scores [Q, k'], indices [Q, k']), k' = min(k, items allowed), streaming over
+    gallery blocks. A filtered block scores only its allowed rows (gathered), so a narrow
+    filter costs in proportion to what it keeps."""
+    items = g.shape[0] if allowed is None else int(allowed.sum())
+    keys = torch.full((q.shape[0], min(k, items)), topk.EMPTY, dtype=torch.int64)
     best: dict[int, Tensor] = {}
     for q0, n0, qb, nb in _blocks(q, g):
-        s = block_scores(q[q0:q0 + qb].float(), g[n0:n0 + nb].float(), alpha, weight, mode)
+        rows = slice(n0, n0 + nb)
+        columns = n0  # the gallery index of each score column: a start, or the gathered rows
+        if allowed is not None and not allowed[rows].all():
+            columns = allowed[rows].nonzero().squeeze(1) + n0
+            if columns.numel() == 0:
+                continue
+            rows = columns
+        s = block_scores(q[q0:q0 + qb].float(), g[rows].float(), alpha, weight, mode)
         if margin is not None:
-            s -= margin[n0:n0 + nb].float()
-        best[q0] = topk.merge(best.get(q0), topk.block_top(s, n0, k), k)
+            s -= margin[rows].float()
+        best[q0] = topk.merge(best.get(q0), topk.block_top(s, columns, k), k)
     for q0, block in best.items():
         keys[q0:q0 + block.shape[0]] = block
     return topk.unpack(keys)

@@ -30,7 +30,9 @@ Top-k. A program walks tiles split, split + SPLITS, ... keeping its best KP (sco
 keys (kernels/topk.py packing: exact, ties to the lower index) in registers. A tile changes
 them only when one of its keys beats the lowest key held (FAISS's k-selection idea); then
 keys are inserted one at a time, replacing the lowest, with no sort. The steady state costs
-one max per query per tile. The host merges the SPLITS lists with one torch top-k.
+one max per query per tile. The host merges the SPLITS lists with one torch top-k. A filter
+(one byte per item: camera, time window, erasures) makes the tile's keys of the items it
+drops EMPTY, so they are never returned and cost no insertion.
 
 Sizes. 64-bit offsets everywhere an offset can pass 2**31 elements (indices are cast before
 they are multiplied by a stride); the top-k grid is (query blocks, splits), the dense grid
@@ -236,15 +238,15 @@ def _keys(score, offs_n, ok):
 
 
 @triton.autotune(configs=CONFIGS,
-                 key=["D", "KQ", "KG", "KQP", "BQ", "MAXSIM", "FIXED_SHIFT", "IEEE", "GUARDED", "KP"],
+                 key=["D", "KQ", "KG", "KQP", "BQ", "MAXSIM", "FIXED_SHIFT", "IEEE", "GUARDED", "KP", "HAS_FILTER"],
                  prune_configs_by={"early_config_prune": prune})
 @triton.jit
-def _topk_kernel(q_ptr, g_ptr, margin_ptr, cand_ptr, flag_ptr, Q, N, D,
+def _topk_kernel(q_ptr, g_ptr, margin_ptr, allowed_ptr, cand_ptr, flag_ptr, Q, N, D,
                  stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight, SPLITS,
                  KQ: tl.constexpr, KG: tl.constexpr, KQP: tl.constexpr, BQ: tl.constexpr,
                  HAS_MARGIN: tl.constexpr, MAXSIM: tl.constexpr, FIXED_SHIFT: tl.constexpr,
                  IEEE: tl.constexpr, HW_LOG2: tl.constexpr, D_ALIGNED: tl.constexpr, GUARDED: tl.constexpr, KP: tl.constexpr,
-                 BN: tl.constexpr, BD: tl.constexpr):
+                 HAS_FILTER: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     """Program (query block, split) writes its top-KP keys, unsorted, to
     cand[q, split*KP : (split+1)*KP].
 
@@ -252,7 +254,8 @@ def _topk_kernel(q_ptr, g_ptr, margin_ptr, cand_ptr, flag_ptr, Q, N, D,
     tile beats the lowest key it holds (`floor`), that key replaces it. Keys are unique (the
     index is in them), so each pass inserts one key per query that needs it. The loop runs
     once per new entry: KP times on the first tile, then ever more rarely (the chance that an
-    item is among the best KP seen so far falls as KP / items seen)."""
+    item is among the best KP seen so far falls as KP / items seen). A filter (`allowed`,
+    one byte per item) makes the items it drops EMPTY keys, below every real one."""
     pid_q = tl.program_id(0)
     split = tl.program_id(1)
     q0 = pid_q * BQ
@@ -270,9 +273,12 @@ def _topk_kernel(q_ptr, g_ptr, margin_ptr, cand_ptr, flag_ptr, Q, N, D,
             score, ok = _tile_scores(q_ptr, g_ptr, margin_ptr, q0, n0, Q, N, D,
                                      stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight,
                                      KQ, KG, KQP, BQ, BN, BD, HAS_MARGIN, MAXSIM, FIXED_SHIFT, IEEE, HW_LOG2, D_ALIGNED)
+            offs_n = n0 + tl.arange(0, BN)
+            if HAS_FILTER:
+                ok = ok & (tl.load(allowed_ptr + offs_n, mask=offs_n < N, other=0) != 0)[:, None]
             if FIXED_SHIFT:
                 bad = tl.maximum(bad, _not_finite(score, ok))
-            keys = _keys(score, n0 + tl.arange(0, BN), ok)
+            keys = _keys(score, offs_n, ok)
             top = tl.max(keys, axis=0)  # [BQ]
             while tl.max((top > floor).to(tl.int32)) != 0:
                 take = top > floor
@@ -357,14 +363,15 @@ def scores(q: Tensor, g: Tensor, alpha: float, weight: float, margin: Tensor | N
 
 
 def search(q: Tensor, g: Tensor, k: int, alpha: float, weight: float, margin: Tensor | None,
-           mode: str) -> tuple[Tensor, Tensor]:
-    """Top-k (scores [Q, k'], indices [Q, k']), k' = min(k, N)."""
+           mode: str, allowed: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Top-k (scores [Q, k'], indices [Q, k']), k' = min(k, items allowed). A filter costs one
+    host sync (its count sets k')."""
     nq, n = q.shape[0], g.shape[0]
-    k = min(k, n)
+    k = min(k, n if allowed is None else int(allowed.sum()))
     if nq == 0 or k == 0:
         return torch.empty(nq, k, device=g.device), torch.empty(nq, k, dtype=torch.int64, device=g.device)
     if k > MAX_TOPK_PER_TILE:
-        return _search_chunked(q, g, k, alpha, weight, margin, mode)
+        return _search_chunked(q, g, k, alpha, weight, margin, mode, allowed)
     q, g, margin = _prepare(q, g, margin, weight)
     kp = triton.next_power_of_2(k)
     meta = launch_meta(nq, q.shape[1], g.shape[1], g.shape[2], g.dtype, alpha, margin is not None, mode,
@@ -378,16 +385,20 @@ def search(q: Tensor, g: Tensor, k: int, alpha: float, weight: float, margin: Te
     flag = torch.zeros(1, dtype=torch.int32, device=g.device)
     for launch in _passes(meta):
         _topk_kernel[(q_blocks, splits)](
-            q_ptr=q, g_ptr=g, margin_ptr=g if margin is None else margin, cand_ptr=cand, flag_ptr=flag,
-            **_scalars(q, g, alpha, weight), SPLITS=splits, KP=kp, **launch)
+            q_ptr=q, g_ptr=g, margin_ptr=g if margin is None else margin,
+            allowed_ptr=g if allowed is None else allowed.view(torch.uint8), cand_ptr=cand, flag_ptr=flag,
+            **_scalars(q, g, alpha, weight), SPLITS=splits, KP=kp, HAS_FILTER=allowed is not None, **launch)
     return topk.unpack(topk.top_keys(cand, k))
 
 
-def _search_chunked(q, g, k, alpha, weight, margin, mode):
-    """Large k: dense scores for gallery chunks (Q x chunk in memory), merged by key."""
+def _search_chunked(q, g, k, alpha, weight, margin, mode, allowed):
+    """Large k: dense scores for gallery chunks (Q x chunk in memory), merged by key; items a
+    filter drops score -inf, and k <= items allowed keeps them out of the result."""
     chunk = max(k, (256 << 20) // max(4 * q.shape[0], 1))  # ~256 MB of scores per chunk
     best = None
     for n0 in range(0, g.shape[0], chunk):
         s = scores(q, g[n0:n0 + chunk], alpha, weight, None if margin is None else margin[n0:n0 + chunk], mode)
+        if allowed is not None:
+            s.masked_fill_(~allowed[n0:n0 + chunk], float("-inf"))
         best = topk.merge(best, topk.block_top(s, n0, k), k)
     return topk.unpack(best)

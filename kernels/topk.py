@@ -36,18 +36,20 @@ def top_keys(keys: Tensor, k: int) -> Tensor:
     return keys.topk(min(k, keys.shape[-1]), dim=-1, sorted=True).values
 
 
-def block_top(scores: Tensor, start: int, k: int) -> Tensor:
-    """Top-k keys [Q, min(k, n)] of a block of scores [Q, n] for gallery items start ...
+def block_top(scores: Tensor, columns: int | Tensor, k: int) -> Tensor:
+    """Top-k keys [Q, min(k, n)] of a block of scores [Q, n]; `columns` is the gallery index
+    of column 0 (contiguous items) or of every column (a filtered block's gathered items).
 
     A float top-k first (packing every score costs more than the search's GEMM for K = 1),
     then only its k winners are packed and re-sorted. Its choice among scores equal to the
     k-th is arbitrary, so rows where such a tie straddles the k-th place are redone exactly."""
     values, index = scores.topk(min(k, scores.shape[-1]), dim=-1)
-    keys = pack(values, index + start)
+    contiguous = isinstance(columns, int)
+    keys = pack(values, index + columns if contiguous else columns[index])
     kth = values[:, -1:]
     straddles = (scores == kth).sum(-1) > (values == kth).sum(-1)
     if straddles.any():
-        full = torch.arange(start, start + scores.shape[-1], device=scores.device)
+        full = torch.arange(columns, columns + scores.shape[-1], device=scores.device) if contiguous else columns
         keys[straddles] = top_keys(pack(scores[straddles], full), k)
     return top_keys(keys, k)
 
