@@ -4,7 +4,7 @@
     python export/build_gallery.py CKPT --images FOLDER --out GALLERY
       [--margin-bank train [--margin-beta 1.0]]  adaptive margin from DIR's training captions
       [--backend torch|onnx [--onnx EXPORT_DIR]] [--batch-size 64] [--chunk-size 4096]
-      [--device cpu|cuda] [--workers 0]
+      [--device cpu|cuda] [--workers 0] [--meta FILE.csv|.jsonl]  camera and time per image
 
 Images are encoded in chunks of `--chunk-size`; each finished chunk goes to the sidecar folder
 GALLERY.parts/ (plan.json says what is being built), so a killed build resumes at its first
@@ -16,7 +16,9 @@ Folder of images: every .jpg/.jpeg/.png/.bmp/.webp under FOLDER, recursively, so
 Person ids follow the Market-1501 / DukeMTMC-reID file naming: a name starting with an integer
 and "_" (`0042_c1s1_000151_01.jpg`) is person 42; other names get -1 (unknown).
 
-The ONNX backend runs the checkpoint's export (`--onnx`, or one written into the sidecar).
+`--meta` names a sidecar of each image's camera and UTC time (export/gallery_meta.py), which
+the gallery stores for filtered search; it is read before any encoding, so a bad row costs
+nothing. The ONNX backend runs the checkpoint's export (`--onnx`, or one written into the sidecar).
 The margin bank (captions of `--margin-bank`'s split of DIR) is encoded by
 trainer.evaluate.encode_captions and scored with Retriever.score, as `tbps eval --margin` does.
 """
@@ -37,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from export.gallery import save_gallery
+from export.gallery_meta import read_sidecar
 from export.manifest import load_manifest
 from trainer.checkpoint import Checkpoint, load_checkpoint
 from trainer.cli import run as run_command
@@ -115,10 +118,12 @@ def build_gallery(checkpoint: str | os.PathLike, out: str | os.PathLike, *, data
                   split: str = "test", images: str | os.PathLike | None = None, margin_bank: str | None = None,
                   margin_beta: float = 1.0, backend: str = "torch", onnx_dir: str | os.PathLike | None = None,
                   batch_size: int = 64, chunk_size: int = 4096, device: str | None = None, workers: int = 0,
-                  progress: bool = True, on_chunk: Callable[[int, int], None] | None = None) -> Path:
+                  progress: bool = True, on_chunk: Callable[[int, int], None] | None = None,
+                  meta: str | os.PathLike | None = None) -> Path:
     """Encode the images of `images` (a folder) or else of `data`'s `split` into the gallery file
     `out`; resumable (see the module docstring). `on_chunk(i, n)` is called after chunk i of n is
-    saved. With `margin_bank` (a split of `data`), adds the adaptive margin x `margin_beta`."""
+    saved. With `margin_bank` (a split of `data`), adds the adaptive margin x `margin_beta`;
+    with `meta`, each image's camera and time from that sidecar."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     if batch_size < 1 or chunk_size < 1:
@@ -136,6 +141,8 @@ def build_gallery(checkpoint: str | os.PathLike, out: str | os.PathLike, *, data
         root, entries = dataset.root, dataset.split(split)
         if not entries:
             raise ValueError(f"split {split!r} of {dataset.root} has no images")
+    paths = [str(e.path.relative_to(root)) for e in entries]
+    cameras, camera, time = read_sidecar(meta, paths) if meta is not None else ([], None, None)
     ckpt = load_checkpoint(checkpoint)
     parts = out.with_name(out.name + ".parts")
     _open_sidecar(parts, _plan(ckpt, entries, root, backend, chunk_size))
@@ -171,8 +178,8 @@ def build_gallery(checkpoint: str | os.PathLike, out: str | os.PathLike, *, data
         # scored against the gallery as stored (fp16), as a search will score it
         margin = adaptive_margin(load_file(bank_file)["bank"], sets.float(), ckpt.model.score, beta=margin_beta)
 
-    save_gallery(out, sets, [e.pid for e in entries], [str(e.path.relative_to(root)) for e in entries],
-                 ckpt.fingerprint, margin=margin, root=str(root), **ckpt.model.score_params)
+    save_gallery(out, sets, [e.pid for e in entries], paths, ckpt.fingerprint, margin=margin, root=str(root),
+                 cameras=cameras, camera=camera, time=time, **ckpt.model.score_params)
     shutil.rmtree(parts)
     return out
 
@@ -191,6 +198,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-size", type=int, default=4096, help="images per resumable chunk")
     parser.add_argument("--device", help="torch device (default: cuda if available)")
     parser.add_argument("--workers", type=int, default=0, help="image decoding processes")
+    parser.add_argument("--meta", help="sidecar .csv or .jsonl of each image's path, camera and time (UTC)")
 
 
 def run(a: argparse.Namespace) -> None:
@@ -198,7 +206,7 @@ def run(a: argparse.Namespace) -> None:
         raise ValueError("give --data DIR or --images FOLDER")
     out = build_gallery(a.checkpoint, a.out, data=a.data, split=a.split, images=a.images, margin_bank=a.margin_bank,
                         margin_beta=a.margin_beta, backend=a.backend, onnx_dir=a.onnx, batch_size=a.batch_size,
-                        chunk_size=a.chunk_size, device=a.device, workers=a.workers)
+                        chunk_size=a.chunk_size, device=a.device, workers=a.workers, meta=a.meta)
     print(f"wrote {out}")
 
 

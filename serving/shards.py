@@ -23,7 +23,8 @@ def split_gallery(gallery: str | os.PathLike, shards: int, out_dir: str | os.Pat
     parts = []
     for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
         path = save_gallery(out_dir / f"gallery_shard{i}.safetensors", g.sets[a:b], g.ids[a:b], g.paths[a:b],
-                            g.fingerprint, g.alpha, g.weight, None if g.margin is None else g.margin[a:b], g.root)
+                            g.fingerprint, g.alpha, g.weight, None if g.margin is None else g.margin[a:b], g.root,
+                            g.cameras, g.camera[a:b], g.time[a:b])  # every shard keeps all camera names
         parts.append((path, a))
     return parts
 

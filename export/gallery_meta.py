@@ -1,0 +1,128 @@
+"""What a gallery knows of each image besides its embedding set: the camera and the UTC time.
+
+A sidecar file gives them to `tbps gallery --meta FILE`, CSV with a header or JSON lines:
+
+    path,camera,time
+    0042_c1s1_000151_01.jpg,c1,2026-11-30T14:05:00Z
+
+`path` as the gallery stores it (relative to the image folder or dataset root); `time` ISO
+8601, UTC where it names no offset; an empty camera or time is unknown, as is an image the
+sidecar does not list. In the gallery file a camera is an index into its list of camera
+names (-1: unknown) and a time int64 milliseconds since the Unix epoch (NO_TIME: unknown),
+so a query's filter becomes a boolean mask on the search's device in two comparisons.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import torch
+
+NO_TIME = torch.iinfo(torch.int64).min
+NO_CAMERA = -1
+FIELDS = ("path", "camera", "time")
+
+
+def parse_time(text: str) -> int:
+    """Milliseconds since the Unix epoch of an ISO 8601 time (UTC where it names no offset)."""
+    try:
+        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"bad time {text!r}: expected ISO 8601 such as 2026-11-30T14:05:00Z") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return round(when.timestamp() * 1000)
+
+
+def format_time(ms: int) -> str:
+    """ISO 8601 UTC of a stored time; "" for NO_TIME."""
+    if ms == NO_TIME:
+        return ""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def _rows(path: Path):
+    """(line number, {path, camera, time}) of a CSV or JSON-lines sidecar."""
+    with open(path, newline="") as f:
+        if path.suffix.lower() == ".jsonl":
+            for line_no, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path}:{line_no}: not JSON ({e.msg})") from None
+                    if not isinstance(row, dict):
+                        raise ValueError(f"{path}:{line_no}: expected an object with {', '.join(FIELDS)}")
+                    yield line_no, row
+            return
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "path" not in reader.fieldnames:
+            raise ValueError(f"{path}: a CSV sidecar needs a header naming {', '.join(FIELDS)}")
+        for row in reader:
+            yield reader.line_num, row
+
+
+def read_sidecar(sidecar: str | os.PathLike, paths: list[str]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """(camera names, camera int32 [N], time int64 [N]) of the gallery items `paths` from a
+    sidecar. A row naming no gallery item, a repeated path or a bad time is refused, with its line."""
+    sidecar = Path(sidecar)
+    if sidecar.suffix.lower() not in (".csv", ".jsonl"):
+        raise ValueError(f"{sidecar}: a sidecar is .csv or .jsonl")
+    if not sidecar.is_file():
+        raise FileNotFoundError(f"metadata sidecar not found: {sidecar}")
+    index = {p: i for i, p in enumerate(paths)}
+    camera = torch.full((len(paths),), NO_CAMERA, dtype=torch.int32)
+    time = torch.full((len(paths),), NO_TIME, dtype=torch.int64)
+    names: dict[str, int] = {}
+    seen: set[int] = set()
+    for line_no, row in _rows(sidecar):
+        where = f"{sidecar}:{line_no}"
+        path = str(row.get("path") or "")
+        if path not in index:
+            raise ValueError(f"{where}: {path!r} is not an image of this gallery (paths are relative to its root, "
+                             f"such as {paths[0]!r})")
+        i = index[path]
+        if i in seen:
+            raise ValueError(f"{where}: {path!r} is listed twice")
+        seen.add(i)
+        name = str(row.get("camera") or "").strip()
+        if name:
+            camera[i] = names.setdefault(name, len(names))
+        when = str(row.get("time") or "").strip()
+        if when:
+            try:
+                time[i] = parse_time(when)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+    return list(names), camera, time
+
+
+def allowed_items(cameras: list[str], camera: torch.Tensor, time: torch.Tensor, want_cameras=None,
+                  since: str | int | None = None, until: str | int | None = None) -> torch.Tensor | None:
+    """The bool mask [N] of the items a filter keeps (kernels.search's `allowed`), on the
+    device of `camera`/`time`; None when nothing is filtered. A camera the gallery does not
+    have and a window with since > until are refused; an item of unknown camera or time
+    never passes a filter on it. `since`/`until`: ISO 8601 or milliseconds, both inclusive."""
+    mask = None
+    if want_cameras:
+        unknown = sorted(set(want_cameras) - set(cameras))
+        if unknown:
+            raise ValueError(f"unknown camera(s) {unknown}; the gallery's cameras: "
+                             f"{', '.join(cameras) if cameras else 'none (built without --meta)'}")
+        wanted = torch.tensor([cameras.index(c) for c in set(want_cameras)], dtype=camera.dtype, device=camera.device)
+        mask = torch.isin(camera, wanted)
+    if since is not None or until is not None:
+        lo, hi = (None if t is None else t if isinstance(t, int) else parse_time(t) for t in (since, until))
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"the time window is empty: since {format_time(lo)} is after until {format_time(hi)}")
+        window = time != NO_TIME
+        if lo is not None:
+            window &= time >= lo
+        if hi is not None:
+            window &= time <= hi
+        mask = window if mask is None else mask & window
+    return mask
