@@ -1,0 +1,135 @@
+"""The live gallery on real files: additions and erasures searched at once, durable across a
+reopen and a kill -9, refused cleanly when bad, and compacted into a gallery that ranks the same."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels
+from export.gallery import load_gallery, save_gallery
+from serving.live_gallery import SEGMENTS, LiveGallery
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def unit(n, k=3, d=16, seed=0):
+    return F.normalize(torch.randn(n, k, d, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+@pytest.fixture
+def base(tmp_path):
+    return save_gallery(tmp_path / "base.safetensors", unit(20), torch.arange(20) // 4,
+                        [f"base/{i}.jpg" for i in range(20)], "fp", 16.0, 1.0, cameras=["c1", "c2"],
+                        camera=torch.arange(20) % 2, time=torch.arange(20) * 1000)
+
+
+def top(live, queries, k, **filters):
+    return kernels.search(queries, live.sets.view().float(), k, alpha=16.0, weight=1.0,
+                          allowed=live.allowed(**filters))
+
+
+def test_added_items_are_found_at_once_and_after_a_reopen(tmp_path, base):
+    live = LiveGallery(tmp_path / "live", base)
+    new = unit(3, seed=1)
+    assert live.add(new, ["new/a.jpg", "new/b.jpg", "new/c.jpg"], [7, 8, 9], ["c3", "c1", None],
+                    ["1970-01-01T00:00:30Z", None, "1970-01-01T00:00:31Z"]) == [20, 21, 22]
+    assert top(live, new.half().float(), 1)[1][:, 0].tolist() == [20, 21, 22]  # each found by its own set
+    assert top(live, new, 5, cameras=["c3"])[1].tolist() == [[20]] * 3
+    assert sorted(top(live, new, 30, since="1970-01-01T00:00:20Z")[1][0].tolist()) == [20, 22]
+    live.close()
+    again = LiveGallery(tmp_path / "live", base)
+    assert len(again) == 23 and again.paths[20:] == ["new/a.jpg", "new/b.jpg", "new/c.jpg"]
+    assert again.cameras == ["c1", "c2", "c3"] and again.camera.view()[20:].tolist() == [2, 0, -1]
+    assert torch.equal(again.sets.view(), live.sets.view()) and again.ids.view()[20:].tolist() == [7, 8, 9]
+
+
+def test_erased_items_are_gone_from_every_query_also_after_a_reopen(tmp_path, base):
+    live = LiveGallery(tmp_path / "live", base)
+    live.add(unit(2, seed=2), ["new/a.jpg", "new/b.jpg"], [1, 99])
+    assert live.erase(paths=["base/3.jpg", "new/b.jpg"]) == [3, 21]
+    assert live.erase(persons=[1]) == [4, 5, 6, 7, 20]  # person 1: base 4-7 and the new a.jpg
+    assert live.erase(paths=["nowhere.jpg"], persons=[12345]) == []  # nothing matched: nothing changed
+    gone = {3, 4, 5, 6, 7, 20, 21}
+    for reopen in (False, True):
+        if reopen:
+            live.close()
+            live = LiveGallery(tmp_path / "live", base)
+        found = top(live, unit(8, seed=3), 30)[1]
+        assert found.shape == (8, 15) and not gone & set(found.flatten().tolist())
+    live.add(unit(1, seed=4), ["new/b.jpg"])  # an erased path may come back, under a new index
+    assert live.where["new/b.jpg"] == 22
+
+
+def test_compaction_ranks_exactly_as_the_live_gallery(tmp_path, base):
+    live = LiveGallery(tmp_path / "live", base)
+    live.add(unit(6, seed=5), [f"new/{i}.jpg" for i in range(6)], cameras=["c9"] * 6)
+    live.erase(paths=["base/0.jpg", "new/2.jpg"], persons=[3])
+    report = live.compact(tmp_path / "compact.safetensors")
+    assert report == {"gallery": str(tmp_path / "compact.safetensors"), "kept": 20, "dropped": 6, "added": 6}
+    g = load_gallery(tmp_path / "compact.safetensors")
+    keep = live.allowed().nonzero().squeeze(1)
+    assert g.paths == [live.paths[i] for i in keep.tolist()] and g.cameras == ["c1", "c2", "c9"]
+    queries = unit(10, seed=6)
+    s_live, i_live = top(live, queries, 12)
+    s_new, i_new = kernels.search(queries, g.sets.float(), 12, alpha=g.alpha, weight=g.weight)
+    assert torch.equal(keep[i_new], i_live) and torch.equal(s_new, s_live)
+    filtered = top(live, queries, 12, cameras=["c9"])[1]
+    assert torch.equal(keep[kernels.search(queries, g.sets.float(), 12, allowed=g.allowed(cameras=["c9"]))[1]],
+                       filtered)
+
+
+def test_bad_additions_are_refused_and_change_nothing(tmp_path, base):
+    live = LiveGallery(tmp_path / "live", base)
+    for args, message in [
+        ((unit(1), ["base/1.jpg"]), "already in the gallery: \\['base/1.jpg'\\]"),
+        ((unit(2), ["x.jpg", "x.jpg"]), "already in the gallery: \\['x.jpg'\\]"),
+        ((unit(1, d=8), ["y.jpg"]), "expected 1 sets of shape \\[3, 16\\]"),
+        ((unit(2), ["y.jpg"]), "expected 1 sets"),
+        ((unit(1), ["y.jpg"], None, None, ["noon"]), "bad time 'noon'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            live.add(*args)
+    assert len(live) == 20 and os.listdir(tmp_path / "live" / SEGMENTS) == []
+    with pytest.raises(ValueError, match="unknown camera"):
+        live.allowed(cameras=["c7"])
+    other = save_gallery(tmp_path / "other.safetensors", unit(5), range(5), list("abcde"), "fp", 16.0, 1.0)
+    with pytest.raises(ValueError, match="holds the additions and erasures of another gallery"):
+        LiveGallery(tmp_path / "live", other)
+
+
+WRITER = textwrap.dedent("""
+    import sys, torch
+    from serving.live_gallery import LiveGallery
+    live = LiveGallery(sys.argv[1], sys.argv[2])
+    for call in range(10_000):
+        sets = torch.nn.functional.normalize(torch.randn(4, 3, 16), dim=-1)
+        first = live.add(sets, [f"ingest/{call}_{i}.jpg" for i in range(4)], cameras=["c1"] * 4)[0]
+        print(first, flush=True)  # acknowledged: add returned
+""")
+
+
+@pytest.mark.slow
+def test_every_acknowledged_item_survives_a_kill_9(tmp_path, base):
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "live"), str(base)],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    acked = []
+    try:
+        while len(acked) < 40:
+            line = proc.stdout.readline()
+            assert line, "the writer stopped before the kill"
+            acked.append(int(line))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    live = LiveGallery(tmp_path / "live", base)
+    assert len(live) >= 20 + 4 * len(acked)  # perhaps more: added, killed before it printed
+    for call, first in enumerate(acked):
+        assert live.paths[first:first + 4] == [f"ingest/{call}_{i}.jpg" for i in range(4)]
+    segments = os.listdir(tmp_path / "live" / SEGMENTS)
+    assert len(segments) == (len(live) - 20) // 4  # the uncommitted segment, if any, was removed
