@@ -16,9 +16,7 @@ ONNX Runtime / torch ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -28,11 +26,11 @@ from typing import Callable
 import onnxruntime as ort
 import torch
 
+from common import grouped_bars, machine_record, pyplot, result_stem, save_plot, write_result
 from export.to_onnx import encoder_specs, export_encoder
 from trainer.model import load_config
 from trainer.retriever import Retriever
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CONTEXT = 77
 
 
@@ -142,28 +140,21 @@ def _trt_engines(model: Retriever, onnx_dir: Path, max_batch: int) -> dict[str, 
     return plans
 
 
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot(result: dict, stem: Path) -> None:
     configs = list(dict.fromkeys(r["config"] for r in result["results"]))
     backends = list(dict.fromkeys(r["backend"] for r in result["results"]))
-    fig, axes = plt.subplots(1, len(configs), figsize=(6 * len(configs), 4.5), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(configs), figsize=(6 * len(configs), 4.5), squeeze=False)
     for ax, config in zip(axes[0], configs):
         rows = [r for r in result["results"] if r["config"] == config]
         cases = list(dict.fromkeys((r["encoder"], r["batch"]) for r in rows))
-        width = 0.8 / len(backends)
-        for k, backend in enumerate(backends):
-            values = {(r["encoder"], r["batch"]): r["throughput"] for r in rows if r["backend"] == backend}
-            ax.bar([i + k * width for i in range(len(cases))], [values.get(c, 0) for c in cases], width, label=backend)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))])
-        ax.set_xticklabels([f"{e.split('_')[0]}\nbatch {b}" for e, b in cases])
+        throughput = {(r["encoder"], r["batch"], r["backend"]): r["throughput"] for r in rows}
+        grouped_bars(ax, [f"{e.split('_')[0]}\nbatch {b}" for e, b in cases],
+                     {backend: [throughput.get((*c, backend), 0) for c in cases] for backend in backends})
         ax.set_yscale("log")
         ax.set_ylabel("items / s")
         ax.set_title(f"{config} ({result['device']}, {result['threads']} threads)")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_plot(fig, stem)
 
 
 def main() -> None:
@@ -205,15 +196,14 @@ def main() -> None:
             base = next(t for t in rows if t["backend"] == "torch fp32 eager (CPU)"
                         and (t["config"], t["encoder"], t["batch"]) == (r["config"], r["encoder"], r["batch"]))
             ratios[f"{r['config']} {r['encoder']} batch {r['batch']}"] = round(base["latency_ms"] / r["latency_ms"], 2)
-    result = {"benchmark": "encoders", "machine": platform.node(), "device": "GPU" if gpu else "CPU",
+    result = {"benchmark": "encoders", **machine_record("machine"), "device": "GPU" if gpu else "CPU",
               "threads": args.threads, "method": args.method,
-              "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]}, "torch": torch.__version__,
+              "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]}, **machine_record("torch"),
               "onnxruntime": ort.__version__, "results": rows,
               "onnxruntime_speedup_over_torch": ratios}
-    RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"encoders_{'gpu' if gpu else 'cpu'}{'_quick' if args.quick else ''}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, stem.with_suffix(".png"))
+    stem = result_stem(f"encoders_{'gpu' if gpu else 'cpu'}", args.quick)
+    write_result(stem, result)
+    plot(result, stem)
     print(f"\n{'config':<18}{'encoder':<15}{'batch':>6}  {'backend':<30}{'ms':>10}{'items/s':>10}")
     for r in rows:
         print(f"{r['config']:<18}{r['encoder']:<15}{r['batch']:>6}  {r['backend']:<30}"

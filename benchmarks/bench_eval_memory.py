@@ -10,17 +10,13 @@ Writes benchmarks/results/eval_memory.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import resource
 import time
-from pathlib import Path
 
 import torch
 
+from common import machine_record, result_stem, write_result
 from trainer.evaluate import BLOCK, blocked_metrics
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def peak_rss_mib() -> float:
@@ -44,15 +40,14 @@ def main() -> None:
     metrics = blocked_metrics(query, query_pids, gallery, gallery_pids)
     seconds = time.time() - t0
     result = {
-        "benchmark": "eval_memory", "machine": platform.node(), "threads": torch.get_num_threads(),
+        "benchmark": "eval_memory", **machine_record("machine", "threads"),
         "queries": args.queries, "gallery": args.gallery, "dim": args.dim, "block": BLOCK,
         "seconds": round(seconds, 1), "peak_rss_mib_before": round(before), "peak_rss_mib": round(peak_rss_mib()),
         "full_matrix_fp32_mib": round(args.queries * args.gallery * 4 / 2**20),
         "full_argsort_int64_mib": round(args.queries * args.gallery * 8 / 2**20),
         "metrics": metrics,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "eval_memory.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result_stem("eval_memory"), result)
     print(f"{args.queries} x {args.gallery}: {seconds:.1f} s, peak RSS {result['peak_rss_mib']} MiB "
           f"(inputs and interpreter: {result['peak_rss_mib_before']} MiB); the full similarity "
           f"matrix alone would be {result['full_matrix_fp32_mib']} MiB and its argsort "

@@ -13,22 +13,16 @@ mINP), mean and standard deviation over seeds. `--ids` shrinks the dataset for a
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from bench_esa_vs_baseline import evaluate_run, training_seconds  # a sibling script: run this file as a script
+from common import RESULTS, machine_record, mean_std, write_result
+from tiny_runs import (METRICS, evaluate_run, plot_summary, print_summary, split_size, synthetic_data, train_tiny,
+                       training_seconds)
 from trainer.checkpoint import load_checkpoint
-from trainer.data.formats import load_dataset
-from trainer.data.synthetic import write_synthetic
 from trainer.recipes import DEMO_IDS, RECIPES
-from trainer.fit import TrainConfig, train
 
-RESULTS = Path(__file__).resolve().parent / "results"
-METRICS = ("R1", "R5", "R10", "mAP")
 # Sized to the tiny CLIP (width 128, 64x32 images); other hyper-parameters are the methods' defaults.
 METHOD_ARGS = {
     "baseline": {},
@@ -50,57 +44,30 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     work = Path(args.out)
-    data_dir = work / "data"
-    if not (data_dir / "reid_raw.json").is_file():
-        write_synthetic(data_dir, ids=args.ids, seed=0)
-    data = load_dataset(data_dir)
+    data = synthetic_data(work / "data", args.ids)
     runs = {}
     for method in args.methods:
         for seed in args.seeds:
             name = f"{method}_s{seed}"
-            best = train(TrainConfig(data=str(data_dir), out=str(work / name), method_args=METHOD_ARGS[method],
-                                     **dict(RECIPES["tiny"], method=method, epochs=args.epochs, seed=seed,
-                                            progress=False)))
+            best = train_tiny(work / "data", work / name, method, seed, args.epochs, METHOD_ARGS[method])
             model = load_checkpoint(best).model
             runs[name] = {"method": method, "seed": seed, "seconds": training_seconds(work / name),
                           "parameters": sum(p.numel() for p in model.parameters()),
                           "set_shape": [model.set_size, int(model.clip.config.embed_dim)],
                           "t2i": evaluate_run(best, data)["beta=0.0"]}
             print(name, {k: round(runs[name]["t2i"][k], 2) for k in METRICS}, flush=True)
-    summary = {}
-    for method in args.methods:
-        rows = [r["t2i"] for r in runs.values() if r["method"] == method]
-        summary[method] = {k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows]))}
-                           for k in rows[0]}
-    result = {"benchmark": "methods", "machine": platform.node(), "threads": 2,
-              "recipe": dict(RECIPES["tiny"], epochs=args.epochs), "method_args": METHOD_ARGS, "seeds": args.seeds,
-              "test": {"ids": len({e.pid for e in data.test}), "images": len(data.test)},
-              "summary": summary, "runs": runs}
+    summary = {method: mean_std([r["t2i"] for r in runs.values() if r["method"] == method])
+               for method in args.methods}
     out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "methods.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'t2i, mean ± std over seeds':28s}" + "".join(f"{k:>15s}" for k in METRICS))
-    for name, m in summary.items():
-        print(f"{name:28s}" + "".join(f"{m[k]['mean']:9.2f} ±{m[k]['std']:4.1f}" for k in METRICS))
-    plot(summary, len(args.seeds), out / "methods.png")
-
-
-def plot(summary: dict, seeds: int, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    x = np.arange(len(METRICS))
-    width = 0.8 / len(summary)
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    for i, (name, m) in enumerate(summary.items()):
-        ax.bar(x + (i - (len(summary) - 1) / 2) * width, [m[k]["mean"] for k in METRICS], width,
-               yerr=[m[k]["std"] for k in METRICS], capsize=2, label=name)
-    ax.set_xticks(x, METRICS)
-    ax.set_ylabel(f"percent (mean ± std over {seeds} seed{'s' * (seeds > 1)})")
-    ax.set_title("methods at the same budget: tiny on synthetic data, unseen test people")
-    ax.legend(fontsize=8, ncol=len(summary))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_result(out / "methods", {
+        "benchmark": "methods", **machine_record("machine"), "threads": 2,
+        "recipe": dict(RECIPES["tiny"], epochs=args.epochs), "method_args": METHOD_ARGS, "seeds": args.seeds,
+        "test": split_size(data), "summary": summary, "runs": runs})
+    print_summary(summary, 28)
+    seeds = len(args.seeds)
+    plot_summary(summary, out / "methods", f"percent (mean ± std over {seeds} seed{'s' * (seeds > 1)})",
+                 "methods at the same budget: tiny on synthetic data, unseen test people",
+                 fontsize=8, ncol=len(summary))
 
 
 if __name__ == "__main__":

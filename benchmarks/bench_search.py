@@ -13,10 +13,7 @@ benchmarks/results/search_cpu.json/.png and search_gpu_<device>.json/.png (--qui
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 import kernels
+from common import grouped_bars, machine_record, median_seconds, pyplot, result_stem, save_plot, write_result
 from kernels.set_similarity import set_similarity_reference
 
-RESULTS = Path(__file__).resolve().parent / "results"
 K_TOP, D, ALPHA = 10, 512, 16.0
 
 
@@ -36,16 +33,6 @@ def unit_sets(n: int, k: int, dtype=torch.float32, device="cpu") -> torch.Tensor
 
 def naive(q, g, k):
     return set_similarity_reference(q, g, alpha=ALPHA).topk(min(k, g.shape[0]), dim=1)
-
-
-def cpu_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def bench_cpu(quick: bool) -> list[dict]:
@@ -63,11 +50,11 @@ def bench_cpu(quick: bool) -> list[dict]:
                 q = unit_sets(nq, kset)
                 repeats = 3 if n * nq > 1e6 else 10
                 row = {"N": n, "Q": nq, "K": kset, "D": D,
-                       "ours_s": cpu_time(lambda: kernels.search(q, g, K_TOP), repeats),
-                       "naive_s": cpu_time(lambda: naive(q, g, K_TOP), repeats)}
+                       "ours_s": median_seconds(lambda: kernels.search(q, g, K_TOP), repeats),
+                       "naive_s": median_seconds(lambda: naive(q, g, K_TOP), repeats)}
                 if index is not None:
                     qn = np.ascontiguousarray(q[:, 0].numpy())
-                    row["faiss_s"] = cpu_time(lambda: index.search(qn, K_TOP), repeats)
+                    row["faiss_s"] = median_seconds(lambda: index.search(qn, K_TOP), repeats)
                     row["same_indices_as_faiss"] = float(np.mean(
                         index.search(qn, K_TOP)[1] == kernels.search(q, g, K_TOP)[1].numpy()))
                 row["speedup_vs_naive"] = row["naive_s"] / row["ours_s"]
@@ -80,6 +67,7 @@ def bench_cpu(quick: bool) -> list[dict]:
 
 
 def cuda_time(fn, repeats: int) -> float:
+    """Median seconds between CUDA events around each call, after one untimed call."""
     fn()
     torch.cuda.synchronize()
     times = []
@@ -133,25 +121,17 @@ def bench_gpu(quick: bool) -> dict:
     return {"peaks": peaks, "rows": rows}
 
 
-def plot(rows: list[dict], baselines: list[str], path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    labels = [f"N={r['N']:,}\nQ={r['Q']} K={r['K']}" for r in rows]
+def plot(rows: list[dict], baselines: list[str], stem: Path, title: str) -> None:
     series = ["ours_s"] + baselines
-    x = np.arange(len(rows))
-    width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 3.8))
-    for i, name in enumerate(series):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, [r.get(name, np.nan) for r in rows], width,
-               label={"ours_s": "kernels.search"}.get(name, name[:-2]))
-    ax.set_xticks(x, labels, fontsize=7)
+    fig, ax = pyplot().subplots(figsize=(max(6, 1.3 * len(rows)), 3.8))
+    grouped_bars(ax, [f"N={r['N']:,}\nQ={r['Q']} K={r['K']}" for r in rows],
+                 {{"ours_s": "kernels.search"}.get(name, name[:-2]): [r.get(name, np.nan) for r in rows]
+                  for name in series}, tick_fontsize=7)
     ax.set_yscale("log")
     ax.set_ylabel("seconds per search (median)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_plot(fig, stem)
 
 
 def main() -> None:
@@ -161,22 +141,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    RESULTS.mkdir(exist_ok=True)
-    machine = {"machine": platform.node(), "processor": platform.processor() or platform.machine(),
-               "threads": args.threads, "torch": torch.__version__}
+    machine = machine_record("machine", "processor", "threads", "torch")  # threads: as set above
     rows = bench_cpu(args.quick)
-    quick = "_quick" if args.quick else ""  # quick runs never overwrite the full results
-    (RESULTS / f"search_cpu{quick}.json").write_text(json.dumps(
-        {"benchmark": "search_cpu", **machine, "k": K_TOP, "alpha": ALPHA, "rows": rows}, indent=2) + "\n")
-    plot(rows, ["naive_s", "faiss_s"], RESULTS / f"search_cpu{quick}.png",
+    stem = result_stem("search_cpu", args.quick)
+    write_result(stem, {"benchmark": "search_cpu", **machine, "k": K_TOP, "alpha": ALPHA, "rows": rows})
+    plot(rows, ["naive_s", "faiss_s"], stem,
          f"top-{K_TOP} search on CPU ({args.threads} threads): kernels.search vs naive torch vs faiss")
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
         gpu = bench_gpu(args.quick)
-        tag = name.replace(" ", "_").replace("/", "_")
-        (RESULTS / f"search_gpu_{tag}{quick}.json").write_text(json.dumps(
-            {"benchmark": "search_gpu", "device": name, **machine, "k": K_TOP, **gpu}, indent=2) + "\n")
-        plot(gpu["rows"], ["eager_s", "compile_s"], RESULTS / f"search_gpu_{tag}{quick}.png",
+        stem = result_stem(f"search_gpu_{name.replace(' ', '_').replace('/', '_')}", args.quick)
+        write_result(stem, {"benchmark": "search_gpu", "device": name, **machine, "k": K_TOP, **gpu})
+        plot(gpu["rows"], ["eager_s", "compile_s"], stem,
              f"top-{K_TOP} search on {name}, fp16: Triton kernel vs torch eager / compile")
 
 

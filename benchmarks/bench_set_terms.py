@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 from pathlib import Path
 
@@ -21,12 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from common import grouped_bars, machine_record, mean_std, pyplot, result_stem, save_plot, write_result
 from kernels.set_similarity import slot_chamfer
+from tiny_runs import split_size
 from trainer.checkpoint import load_checkpoint
 from trainer.data.formats import load_dataset
 from trainer.evaluate import blocked_metrics, encode_split, global_cosine
-
-RESULTS = Path(__file__).resolve().parent / "results"
 RANKINGS = ("global row", "slots", "full score")
 
 
@@ -71,41 +70,31 @@ def main() -> None:
     for name, r in runs.items():
         groups.setdefault(re.sub(r"_s\d+$", "", name), []).append(r)
     summary = {group: {"runs": len(rs),
-                       **{f"{ranking} {k}": {"mean": float(np.mean([r["t2i"][ranking][k] for r in rs])),
-                                             "std": float(np.std([r["t2i"][ranking][k] for r in rs]))}
-                          for ranking in RANKINGS for k in ("R1", "mAP")},
+                       **mean_std([{f"{ranking} {k}": r["t2i"][ranking][k] for ranking in RANKINGS
+                                    for k in ("R1", "mAP")} for r in rs]),
                        **{f"same-slot cosine, {m}": float(np.mean([r["same_slot_cosine"][m] for r in rs]))
                           for m in ("text", "image")}}
                for group, rs in groups.items()}
-    RESULTS.mkdir(exist_ok=True)
-    result = {"benchmark": "set_terms", "machine": platform.node(), "data": str(args.data),
-              "test": {"ids": len({e.pid for e in data.test}), "images": len(data.test)},
-              "summary": summary, "runs": runs}
-    (RESULTS / "set_terms.json").write_text(json.dumps(result, indent=2) + "\n")
+    stem = result_stem("set_terms")
+    write_result(stem, {"benchmark": "set_terms", **machine_record("machine"), "data": str(args.data),
+                        "test": split_size(data), "summary": summary, "runs": runs})
     print(f"{'t2i R@1, mean ± std':24s}" + "".join(f"{r:>16s}" for r in RANKINGS) + f"{'same-slot cos':>16s}")
     for group, s in summary.items():
         print(f"{group:24s}" + "".join(f"{s[f'{r} R1']['mean']:10.2f} ±{s[f'{r} R1']['std']:4.1f}" for r in RANKINGS)
               + f"{s['same-slot cosine, image']:16.3f}")
-    plot(summary, RESULTS / "set_terms.png")
+    plot(summary, stem)
 
 
-def plot(summary: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    x = np.arange(len(RANKINGS))
-    width = 0.8 / len(summary)
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for i, (group, s) in enumerate(summary.items()):
-        ax.bar(x + (i - (len(summary) - 1) / 2) * width, [s[f"{r} R1"]["mean"] for r in RANKINGS], width,
-               yerr=[s[f"{r} R1"]["std"] for r in RANKINGS], capsize=2,
-               label=f"{group} (same-slot cos {s['same-slot cosine, image']:.2f})")
-    ax.set_xticks(x, [f"ranked by {r}" for r in RANKINGS])
+def plot(summary: dict, stem: Path) -> None:
+    fig, ax = pyplot().subplots(figsize=(7, 3.6))
+    label = {group: f"{group} (same-slot cos {s['same-slot cosine, image']:.2f})" for group, s in summary.items()}
+    grouped_bars(ax, [f"ranked by {r}" for r in RANKINGS],
+                 {label[group]: [s[f"{r} R1"]["mean"] for r in RANKINGS] for group, s in summary.items()},
+                 errors={label[group]: [s[f"{r} R1"]["std"] for r in RANKINGS] for group, s in summary.items()})
     ax.set_ylabel("t2i R@1 (mean ± std over seeds)")
     ax.set_title("what each term of the ESA score carries (tiny, synthetic, unseen people)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_plot(fig, stem)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 SMEM_LIMIT = {90: 227 * 1024, 80: 163 * 1024}  # dynamic shared memory per block
 SMS = {90: 132, 80: 108}  # H100 SXM, A100: the launcher sizes top-k splits by SM count
@@ -311,6 +310,8 @@ def _child(args) -> dict:
 
 
 def main(argv=None) -> int:
+    # here, not at the top: tests/kernels/test_compile_gate.py loads this file by path, benchmarks/ not on sys.path
+    from common import RESULTS, write_json
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--set", default="full", choices=["ci", "full"])
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(SMEM_LIMIT))
@@ -343,11 +344,8 @@ def main(argv=None) -> int:
                   f"regs={r.get('regs')} spill={r.get('spill_store_bytes')} smem={r.get('shared_bytes')} "
                   f"mma={r.get('mma')} per_item={r.get('per_item_steady')}/{r.get('per_item_expected')}", flush=True)
     found = [f for r in results for f in faults(r)]
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"benchmark": "kernels_aot", "set": a.set, "archs": a.arch,
-                                 "smem_limit": SMEM_LIMIT, "faults": found, "best": best_per_shape(results),
-                                 "results": results},
-                                indent=1, default=str) + "\n")
+    write_json(a.out, {"benchmark": "kernels_aot", "set": a.set, "archs": a.arch, "smem_limit": SMEM_LIMIT,
+                       "faults": found, "best": best_per_shape(results), "results": results}, indent=1)
     print("\n".join(found) or "gate: no faults", f"-> {a.out}", sep="\n")
     return 1 if found else 0
 
