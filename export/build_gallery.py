@@ -5,6 +5,7 @@
       [--margin-bank train [--margin-beta 1.0]]  adaptive margin from DIR's training captions
       [--backend torch|onnx [--onnx EXPORT_DIR]] [--batch-size 64] [--chunk-size 4096]
       [--device cpu|cuda] [--workers 0] [--meta FILE.csv|.jsonl]  camera and time per image
+    torchrun --nproc_per_node G export/build_gallery.py CKPT ...   one process per GPU, chunks shared out
 
 Images are encoded in chunks of `--chunk-size`; each finished chunk goes to the sidecar folder
 GALLERY.parts/ (plan.json says what is being built), so a killed build resumes at its first
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -123,7 +125,8 @@ def build_gallery(checkpoint: str | os.PathLike, out: str | os.PathLike, *, data
     """Encode the images of `images` (a folder) or else of `data`'s `split` into the gallery file
     `out`; resumable (see the module docstring). `on_chunk(i, n)` is called after chunk i of n is
     saved. With `margin_bank` (a split of `data`), adds the adaptive margin x `margin_beta`;
-    with `meta`, each image's camera and time from that sidecar."""
+    with `meta`, each image's camera and time from that sidecar. In a process group (torchrun),
+    rank r encodes chunks r, r + world, ... into the shared sidecar, then rank 0 merges them."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     if batch_size < 1 or chunk_size < 1:
@@ -132,7 +135,9 @@ def build_gallery(checkpoint: str | os.PathLike, out: str | os.PathLike, *, data
         raise ValueError("no images to encode: give a dataset (data) or a folder of images (images)")
     if margin_bank and data is None:
         raise ValueError(f"margin_bank={margin_bank!r} names a split of a dataset: give data too")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu"))
     out = Path(out)
     dataset = load_dataset(data) if data is not None else None
     if images is not None:
@@ -142,19 +147,26 @@ def build_gallery(checkpoint: str | os.PathLike, out: str | os.PathLike, *, data
         if not entries:
             raise ValueError(f"split {split!r} of {dataset.root} has no images")
     paths = [str(e.path.relative_to(root)) for e in entries]
-    cameras, camera, time = read_sidecar(meta, paths) if meta is not None else ([], None, None)
+    meta_of_items = dict(zip(("cameras", "camera", "time"), read_sidecar(meta, paths))) if meta is not None else {}
     ckpt = load_checkpoint(checkpoint)
     parts = out.with_name(out.name + ".parts")
-    _open_sidecar(parts, _plan(ckpt, entries, root, backend, chunk_size))
-
-    encode = _image_encoder(ckpt, backend, None if onnx_dir is None else Path(onnx_dir), parts, device)
+    onnx_dir = None if onnx_dir is None else Path(onnx_dir)
+    if rank == 0:  # the sidecar and any ONNX export exist before another rank looks for them
+        _open_sidecar(parts, _plan(ckpt, entries, root, backend, chunk_size))
+        encode = _image_encoder(ckpt, backend, onnx_dir, parts, device)
+    _barrier(world)
+    if rank != 0:
+        encode = _image_encoder(ckpt, backend, onnx_dir, parts, device)
     images_ds = ImageDataset(entries, build_transform(ckpt.image_size, train=False))
     starts = range(0, len(entries), chunk_size)
     chunk_files = [parts / f"chunk_{i:06d}.safetensors" for i in range(len(starts))]
-    done = sum(min(chunk_size, len(entries) - s) for s, f in zip(starts, chunk_files) if f.is_file())
-    with tqdm(total=len(entries), initial=done, desc="encode gallery", unit="img", disable=not progress) as bar, \
-            torch.no_grad():
-        for i, (start, file) in enumerate(zip(starts, chunk_files)):
+    mine = range(rank, len(starts), world)
+    sizes = [min(chunk_size, len(entries) - starts[i]) for i in mine]
+    done = sum(n for i, n in zip(mine, sizes) if chunk_files[i].is_file())
+    with tqdm(total=sum(sizes), initial=done, desc="encode gallery", unit="img",
+              disable=not progress or rank != 0) as bar, torch.no_grad():
+        for i in mine:
+            start, file = starts[i], chunk_files[i]
             if file.is_file():
                 continue
             subset = torch.utils.data.Subset(images_ds, range(start, min(start + chunk_size, len(entries))))
@@ -166,6 +178,22 @@ def build_gallery(checkpoint: str | os.PathLike, out: str | os.PathLike, *, data
             _save_atomic({"sets": torch.cat(sets)}, file)
             if on_chunk is not None:
                 on_chunk(i, len(chunk_files))
+    _barrier(world)
+    if rank == 0:
+        _merge(out, parts, chunk_files, entries, paths, ckpt, meta_of_items, root, dataset, margin_bank,
+               margin_beta, device, batch_size, progress)
+    _barrier(world)  # every rank returns once the gallery is written
+    return out
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def _merge(out: Path, parts: Path, chunk_files: list[Path], entries, paths: list[str], ckpt: Checkpoint,
+           meta_of_items: dict, root: Path, dataset, margin_bank, margin_beta, device, batch_size, progress) -> None:
+    """The chunks, and the margin when asked, into the gallery file; the sidecar goes."""
     sets = torch.cat([load_file(f)["sets"] for f in chunk_files])
 
     margin = None
@@ -179,9 +207,8 @@ def build_gallery(checkpoint: str | os.PathLike, out: str | os.PathLike, *, data
         margin = adaptive_margin(load_file(bank_file)["bank"], sets.float(), ckpt.model.score, beta=margin_beta)
 
     save_gallery(out, sets, [e.pid for e in entries], paths, ckpt.fingerprint, margin=margin, root=str(root),
-                 cameras=cameras, camera=camera, time=time, **ckpt.model.score_params)
+                 **meta_of_items, **ckpt.model.score_params)
     shutil.rmtree(parts)
-    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -204,10 +231,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(a: argparse.Namespace) -> None:
     if a.data is None and a.images is None:
         raise ValueError("give --data DIR or --images FOLDER")
-    out = build_gallery(a.checkpoint, a.out, data=a.data, split=a.split, images=a.images, margin_bank=a.margin_bank,
-                        margin_beta=a.margin_beta, backend=a.backend, onnx_dir=a.onnx, batch_size=a.batch_size,
-                        chunk_size=a.chunk_size, device=a.device, workers=a.workers, meta=a.meta)
-    print(f"wrote {out}")
+    ranks = int(os.environ.get("WORLD_SIZE", 1)) > 1  # torchrun: one process per GPU (or CPU process)
+    if ranks:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        out = build_gallery(a.checkpoint, a.out, data=a.data, split=a.split, images=a.images,
+                            margin_bank=a.margin_bank, margin_beta=a.margin_beta, backend=a.backend, onnx_dir=a.onnx,
+                            batch_size=a.batch_size, chunk_size=a.chunk_size, device=a.device, workers=a.workers,
+                            meta=a.meta)
+    finally:
+        if ranks:
+            dist.destroy_process_group()
+    if os.environ.get("RANK", "0") == "0":
+        print(f"wrote {out}")
 
 
 def main(argv: list[str] | None = None) -> None:

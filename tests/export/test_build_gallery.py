@@ -111,3 +111,26 @@ def test_clear_refusals(tiny_run, synthetic_data, tmp_path):
         build_gallery(tiny_run, tmp_path / "g.safetensors", images=tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         build_gallery(tmp_path / "no-ckpt", tmp_path / "g.safetensors", data=synthetic_data)
+
+
+@pytest.mark.slow
+def test_torchrun_splits_the_chunks_over_ranks_and_equals_one_process(tiny_run, synthetic_data, torch_gallery,
+                                                                     tmp_path):
+    """Two CPU processes (gloo), each encoding every other chunk; rank 0 merges."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "ranks.safetensors"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--standalone", str(repo / "export" / "build_gallery.py"), str(tiny_run),
+                           "--data", str(synthetic_data), "--out", str(out), "--chunk-size", "3", "--batch-size", "2"],
+                          capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("wrote") == 1  # rank 0 alone reports
+    a, b = load_gallery(out), load_gallery(torch_gallery)
+    torch.testing.assert_close(a.sets.float(), b.sets.float(), atol=1e-3, rtol=0)
+    assert a.paths == b.paths and torch.equal(a.ids, b.ids)
+    assert not (tmp_path / "ranks.safetensors.parts").exists()
