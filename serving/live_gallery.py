@@ -9,6 +9,9 @@ one, so a hit's index names one image until compaction. `add` writes its segment
 name, fsync, rename, fsync of the folder) and then commits its rows in one transaction;
 `erase` commits its rows. A call that returned is on disk: a `kill -9` after it loses
 nothing, and a segment whose transaction never committed is deleted on the next open.
+One process writes (the server's ingest); searches in other processes open it to read and
+`refresh` before each query, which costs one PRAGMA when nothing changed, so an item is
+searchable everywhere once its `add` returned.
 Erased items stay in memory, hidden from every search by the `alive` mask, until `compact`
 writes base + additions - erasures as one gallery file (indices renumbered in order, so it
 ranks exactly as the live gallery did).
@@ -73,9 +76,11 @@ class _Rows:
 
 
 class LiveGallery:
-    def __init__(self, folder: str | os.PathLike, base: str | os.PathLike, fingerprint: str | None = None):
+    def __init__(self, folder: str | os.PathLike, base: str | os.PathLike, fingerprint: str | None = None,
+                 writer: bool = True):
         """Open (or start) the live gallery in `folder` over the gallery file `base`; additions
-        and erasures recorded against another base are refused."""
+        and erasures recorded against another base are refused. One process writes; readers
+        (writer=False: searches in other processes) take its commits in with `refresh`."""
         self.folder, self.base_path = Path(folder), Path(base)
         self.base: Gallery = load_gallery(self.base_path, fingerprint)
         (self.folder / SEGMENTS).mkdir(parents=True, exist_ok=True)
@@ -83,50 +88,79 @@ class LiveGallery:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a commit that returned survives a power cut
         self.db.executescript(SCHEMA)
-        self.lock = threading.Lock()
+        self.lock, self.writer = threading.Lock(), writer
         self._bind_base()
-        self._load()
+        b = self.base
+        self.cameras = list(b.cameras)
+        self.sets, self.ids = _Rows(b.sets), _Rows(b.ids)
+        self.camera, self.time = _Rows(b.camera), _Rows(b.time)
+        self.margin = None if b.margin is None else _Rows(b.margin)
+        self.alive = _Rows(torch.ones(len(b), dtype=torch.bool))
+        self.paths = list(b.paths)
+        self.where = {p: i for i, p in enumerate(self.paths)}
+        self._version = None
+        segments = self.refresh()
+        if writer:
+            for stale in set(os.listdir(self.folder / SEGMENTS)) - segments:
+                (self.folder / SEGMENTS / stale).unlink()  # written, never committed: never acknowledged
 
     def _bind_base(self) -> None:
         want = {"fingerprint": self.base.fingerprint, "base_items": str(len(self.base)),
                 "base_cameras": ",".join(self.base.cameras)}
+        with self.db:
+            self.db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)", want.items())
         found = dict(self.db.execute("SELECT key, value FROM meta"))
-        if not found:
-            with self.db:
-                self.db.executemany("INSERT INTO meta VALUES (?, ?)", want.items())
-        elif found != want:
+        if found != want:
             raise ValueError(f"{self.folder} holds the additions and erasures of another gallery "
                              f"({found['base_items']} items, checkpoint {found['fingerprint']}), not of "
                              f"{self.base_path} ({len(self.base)} items, checkpoint {self.base.fingerprint})")
 
-    def _load(self) -> None:
-        b = self.base
-        self.cameras = list(b.cameras) + [n for (n,) in self.db.execute("SELECT name FROM cameras ORDER BY idx")]
-        self.sets, self.ids = _Rows(b.sets), _Rows(b.ids)
-        self.camera, self.time = _Rows(b.camera), _Rows(b.time)
-        self.margin = None if b.margin is None else _Rows(b.margin)
-        self.paths = list(b.paths)
-        rows = self.db.execute("SELECT segment, path, person, camera, time FROM items ORDER BY idx").fetchall()
-        segments = []
-        for segment, group in itertools.groupby(rows, key=lambda r: r[0]):  # one add call's rows, in order
-            _, paths, persons, cameras, times = zip(*group)
-            self._append(load_file(self.folder / SEGMENTS / segment)["sets"], list(paths), persons, cameras, times)
-            segments.append(segment)
-        for stale in set(os.listdir(self.folder / SEGMENTS)) - set(segments):
-            (self.folder / SEGMENTS / stale).unlink()  # written, never committed: not acknowledged
-        erased = [i for (i,) in self.db.execute("SELECT idx FROM erased")]
-        self.alive = _Rows(torch.ones(len(self.paths), dtype=torch.bool))
-        self.alive.data[erased] = False
-        self.where = {p: i for i, p in enumerate(self.paths) if self.alive.data[i]}
+    def refresh(self) -> set[str]:
+        """Take in what was committed since this object last looked (by another process, or
+        everything on open), from one consistent snapshot; the segments taken in. Cheap when
+        nothing changed: SQLite's data_version says so without reading a table."""
+        version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._version:
+            return set()
+        with self.lock:
+            self.db.execute("BEGIN")  # one read snapshot: items, names and erasures agree
+            try:
+                cams = self.db.execute("SELECT name FROM cameras WHERE idx >= ? ORDER BY idx",
+                                       (len(self.cameras),)).fetchall()
+                rows = self.db.execute("SELECT segment, path, person, camera, time FROM items WHERE idx >= ? "
+                                       "ORDER BY idx", (len(self.paths),)).fetchall()
+                erased = [i for (i,) in self.db.execute("SELECT idx FROM erased")]
+            finally:
+                self.db.execute("COMMIT")
+            self._version = version
+            self.cameras.extend(n for (n,) in cams)
+            segments = set()
+            for segment, group in itertools.groupby(rows, key=lambda r: r[0]):  # one add call's rows, in order
+                _, paths, persons, cameras, times = zip(*group)
+                self._append(load_file(self.folder / SEGMENTS / segment)["sets"], list(paths), persons, cameras,
+                             times)
+                segments.add(segment)
+            self._hide(erased)
+            return segments
+
+    def _hide(self, erased) -> None:
+        for i in erased:
+            if self.alive.data[i]:
+                self.alive.data[i] = False
+                if self.where.get(self.paths[i]) == i:
+                    del self.where[self.paths[i]]
 
     def _append(self, sets, paths, persons, cameras, times) -> None:
+        first = len(self.paths)
         self.sets.append(sets.to(self.sets.data.dtype))
         self.ids.append(torch.tensor(persons, dtype=torch.int64))
         self.camera.append(torch.tensor(cameras, dtype=torch.int32))
         self.time.append(torch.tensor(times, dtype=torch.int64))
         if self.margin is not None:
             self.margin.append(torch.zeros(len(paths)))
+        self.alive.append(torch.ones(len(paths), dtype=torch.bool))
         self.paths.extend(paths)
+        self.where.update((p, first + r) for r, p in enumerate(paths))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -149,6 +183,8 @@ class LiveGallery:
                 len(persons) == len(cameras) == len(times) == n):
             raise ValueError(f"expected {n} sets of shape {list(shape)} with as many paths, persons, cameras and "
                              f"times, got sets {list(sets.shape)}")
+        if not self.writer:
+            raise RuntimeError("this live gallery was opened to read: one process writes")
         with self.lock:
             taken = [p for p in paths if p in self.where] or [p for p in set(paths) if paths.count(p) > 1]
             if taken:
@@ -166,13 +202,13 @@ class LiveGallery:
                                      for r, p in enumerate(paths)])
             self.cameras.extend(new)
             self._append(sets.cpu(), list(paths), persons, cams, stamps)
-            self.alive.append(torch.ones(n, dtype=torch.bool))
-            self.where.update((p, first + r) for r, p in enumerate(paths))
             return list(range(first, first + n))
 
     def erase(self, paths=(), persons=()) -> list[int]:
         """Hide the live items with these paths or person ids from every later search, durably;
         the indices erased (none: nothing matched, nothing changed)."""
+        if not self.writer:
+            raise RuntimeError("this live gallery was opened to read: one process writes")
         with self.lock:
             hit = {self.where[p] for p in paths if p in self.where}
             if persons:
@@ -180,9 +216,7 @@ class LiveGallery:
                 hit |= set((torch.isin(self.ids.view(), wanted) & self.alive.view()).nonzero().squeeze(1).tolist())
             with self.db:
                 self.db.executemany("INSERT OR IGNORE INTO erased VALUES (?)", [(i,) for i in sorted(hit)])
-            for i in hit:
-                self.alive.data[i] = False
-                self.where.pop(self.paths[i], None)
+            self._hide(hit)
             return sorted(hit)
 
     def allowed(self, cameras=None, since=None, until=None) -> torch.Tensor:

@@ -103,6 +103,23 @@ def test_bad_additions_are_refused_and_change_nothing(tmp_path, base):
         LiveGallery(tmp_path / "live", other)
 
 
+def test_a_reader_takes_in_the_writers_commits_and_never_deletes_its_segments(tmp_path, base):
+    writer = LiveGallery(tmp_path / "live", base)
+    reader = LiveGallery(tmp_path / "live", base, writer=False)
+    assert reader.refresh() == set()  # nothing new: no table read
+    writer.add(unit(2, seed=7), ["new/a.jpg", "new/b.jpg"], cameras=["c5", None])
+    writer.erase(paths=["base/2.jpg"])
+    (tmp_path / "live" / SEGMENTS / "000000000099.safetensors").write_bytes(b"being written")
+    assert reader.refresh() == {"000000000020.safetensors"}
+    assert len(reader) == 22 and reader.cameras == ["c1", "c2", "c5"] and not reader.alive.view()[2]
+    assert torch.equal(reader.sets.view(), writer.sets.view())
+    assert torch.equal(top(reader, unit(4, seed=8), 22)[1], top(writer, unit(4, seed=8), 22)[1])
+    LiveGallery(tmp_path / "live", base, writer=False)  # a reader's open leaves others' files alone
+    assert (tmp_path / "live" / SEGMENTS / "000000000099.safetensors").exists()
+    with pytest.raises(RuntimeError, match="opened to read"):
+        reader.add(unit(1), ["x.jpg"])
+
+
 WRITER = textwrap.dedent("""
     import sys, torch
     from serving.live_gallery import LiveGallery
