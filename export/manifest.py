@@ -4,6 +4,11 @@
 export. It names the checkpoint (fingerprint, method), the embedding sets (set_size,
 embed_dim), the preprocessing (image size, mean/std; tokenizer file and context length),
 each encoder's file and tensors, and the scoring parameters a gallery search needs.
+
+Version 2: the text encoder's `input_ids` is [batch, tokens] (shape [-1, -1], `max_shape` [-1,
+context]): any length up to the context. Version 1 exports (shape [-1, context]) are still read:
+their consumers pad to the full context. A reader of version 1 refuses a version 2 export by
+its version, not by a shape mismatch at the first query.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import os
 from pathlib import Path
 
 FORMAT = "tbps-onnx-export"
-VERSION = 1
+VERSION = 2
 NAME = "manifest.json"
 ENCODERS = ("text_encoder", "image_encoder")
 REQUIRED_KEYS = ("format", "version", "fingerprint", "method", "set_size", "embed_dim", "image",

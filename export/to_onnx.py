@@ -2,10 +2,15 @@
 
     python export/to_onnx.py CKPT --out DIR [--fp16] [--opset 17]
 
-writes DIR/text_encoder.onnx (`input_ids` int32 [B, context] -> `text_sets` float32 [B, K+1, D]),
+writes DIR/text_encoder.onnx (`input_ids` int32 [B, T] -> `text_sets` float32 [B, K+1, D], any
+T <= the context length: captions padded to the longest of a batch, not to 77),
 DIR/image_encoder.onnx (`pixels` float32 [B, 3, H, W] -> `image_sets` float32 [B, K+1, D]),
 a copy of the checkpoint's BPE merges (DIR/tokenizer.txt.gz) and DIR/manifest.json (see
-export/manifest.py), last. The batch is dynamic; both graphs go through Retriever.encode_text /
+export/manifest.py), last. The batch is dynamic, and so is the text encoder's token axis: the
+end-of-text token is found by tensor ops, the positional embedding is sliced to T, attention is
+causal and the heads mask what follows the end token, so a caption padded to any T gives the
+sets it gives at the full context (tests/export/test_to_onnx.py checks it on ONNX Runtime).
+Both graphs go through Retriever.encode_text /
 encode_image, so every method exports the same way. Opset >= 17: LayerNorm is one
 LayerNormalization op. `--fp16` writes fp16 graphs with fp32 islands (export/fp16.py), I/O
 types unchanged.
@@ -30,6 +35,8 @@ from trainer.cli import run as run_command
 
 OPSET = 17
 BATCH = "batch"  # the dynamic axis' name in the graphs
+TOKENS = "tokens"  # the text encoder's dynamic token axis
+EXAMPLE_TOKENS = 16  # the tracer's caption length: shorter than the context, so nothing is specialised to it
 TOKENIZER_FILE = "tokenizer.txt.gz"
 
 
@@ -45,12 +52,14 @@ class _Encoder(nn.Module):
 
 
 def encoder_specs(model: nn.Module, context_length: int) -> dict[str, dict]:
-    """File and tensors (name, dtype, shape with -1 for the batch) of both encoders of a Retriever."""
+    """File and tensors (name, dtype, shape with -1 for a dynamic axis) of both encoders of a
+    Retriever. The text input is [batch, tokens]; `max_shape` bounds its tokens by the context."""
     h, w = model.clip.config.vision.image_size
     sets = [-1, model.set_size, model.clip.config.embed_dim]
     return {
         "text_encoder": {"file": "text_encoder.onnx",
-                         "inputs": [{"name": "input_ids", "dtype": "int32", "shape": [-1, context_length]}],
+                         "inputs": [{"name": "input_ids", "dtype": "int32", "shape": [-1, -1],
+                                     "max_shape": [-1, context_length]}],
                          "outputs": [{"name": "text_sets", "dtype": "float32", "shape": sets}]},
         "image_encoder": {"file": "image_encoder.onnx",
                           "inputs": [{"name": "pixels", "dtype": "float32", "shape": [-1, 3, h, w]}],
@@ -59,26 +68,30 @@ def encoder_specs(model: nn.Module, context_length: int) -> dict[str, dict]:
 
 
 def _example(spec: dict, eot_id: int) -> torch.Tensor:
-    """A batch of 2 for the tracer (not 1: a batch of one could be specialised into the graph)."""
-    shape = [2, *spec["shape"][1:]]
+    """A batch of 2 for the tracer (not 1: a batch of one could be specialised into the graph), of
+    EXAMPLE_TOKENS tokens where the token axis is dynamic (bounded by `max_shape`)."""
+    tokens = min(EXAMPLE_TOKENS, spec.get("max_shape", [-1, EXAMPLE_TOKENS])[1])
+    shape = [2, *(tokens if size == -1 else size for size in spec["shape"][1:])]
     if spec["dtype"] == "int32":
         ids = torch.ones(shape, dtype=torch.int32)
-        ids[:, 5] = eot_id  # the graph must not depend on where the end token is: tensor ops find it
+        ids[:, min(5, shape[1] - 1)] = eot_id  # the graph must not depend on where the end token is: tensor ops find it
         return ids
     return torch.randn(shape)
 
 
 def export_encoder(model: nn.Module, name: str, spec: dict, path: Path, eot_id: int,
                    fp16: bool = False, opset: int = OPSET) -> Path:
-    """Trace one encoder of a Retriever into `path` (atomically), checked by onnx.checker."""
+    """Trace one encoder of a Retriever into `path` (atomically), checked by onnx.checker. Every -1
+    of the input's shape is a dynamic axis (the batch first; the text encoder's tokens)."""
     (inp,), (out,) = spec["inputs"], spec["outputs"]
+    axes = {i: BATCH if i == 0 else TOKENS for i, size in enumerate(inp["shape"]) if size == -1}
     tmp = path.with_name(path.name + ".tmp")
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, torch.jit.TracerWarning))
         torch.onnx.export(_Encoder(model, text=name == "text_encoder").eval(), (_example(inp, eot_id),),
                           str(tmp), dynamo=False, opset_version=opset, do_constant_folding=True,
                           input_names=[inp["name"]], output_names=[out["name"]],
-                          dynamic_axes={inp["name"]: {0: BATCH}, out["name"]: {0: BATCH}})
+                          dynamic_axes={inp["name"]: axes, out["name"]: {0: BATCH}})
     proto = onnx.load(str(tmp))
     # The output's set size and width are fixed by the model: say so, for TensorRT and Triton.
     dims = proto.graph.output[0].type.tensor_type.shape.dim

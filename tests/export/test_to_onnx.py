@@ -83,6 +83,51 @@ def test_graphs_are_checked_opset17_with_layernorm_ops(fp16, exported):
         assert out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
         dims = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim]
         assert dims == ["batch", 5, 128]
+        dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+        assert dims == (["batch", "tokens"] if name == "text_encoder" else ["batch", 3, 64, 32])
+
+
+def random_ids(rng, batch: int, context: int, eot: int, lengths=None) -> np.ndarray:
+    """[batch, context] random captions (start, random ids, end, 0-padding) of random lengths."""
+    ids = np.zeros((batch, context), np.int32)
+    lengths = rng.integers(2, context + 1, batch) if lengths is None else lengths
+    for row, length in enumerate(lengths):
+        ids[row, :length] = rng.integers(1, eot - 1, length)
+        ids[row, 0], ids[row, length - 1] = eot - 1, eot
+    return ids
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_token_axis_is_dynamic_and_padding_changes_nothing(method, method_checkpoints, exported):
+    """Captions padded to their batch's longest (or to any length up to the context) give, on ONNX
+    Runtime, the sets the full 77-token input gives, row for row, and those are torch's."""
+    ckpt = load_checkpoint(method_checkpoints[method])
+    encoders = OnnxEncoders(exported(method), fingerprint=ckpt.fingerprint)
+    session, eot = encoders.sessions["text_encoder"], ckpt.tokenizer.eot_id
+    rng = np.random.default_rng(0)
+    full = random_ids(rng, 12, 77, eot, lengths=[77, 2, 3, 9, 16, 17, 24, 30, 31, 45, 60, 76])
+    want = session.run(None, {"input_ids": full})[0]
+    with torch.no_grad():
+        reference = ckpt.model.encode_text(torch.from_numpy(full)).numpy()
+    assert np.abs(want - reference).max() <= 1e-4
+    lengths = (full == eot).argmax(axis=1) + 1
+    for tokens in (2, 9, 16, 17, 31, 64, 76, 77):
+        rows = lengths <= tokens
+        got = session.run(None, {"input_ids": np.ascontiguousarray(full[rows, :tokens])})[0]
+        assert got.shape == (rows.sum(), *want.shape[1:])
+        assert np.abs(got - want[rows]).max() <= 1e-5, (tokens, np.abs(got - want[rows]).max())
+    # a row without an end token reads every position, at any length (the last one pools)
+    for tokens in (5, 40, 77):
+        ids = rng.integers(1, eot - 1, (2, tokens)).astype(np.int32)
+        with torch.no_grad():
+            reference = ckpt.model.encode_text(torch.from_numpy(ids)).numpy()
+        assert np.abs(session.run(None, {"input_ids": ids})[0] - reference).max() <= 1e-4
+    # the tokenizer's padding to the longest caption, through OnnxEncoders (which trims full rows too)
+    texts = captions_of_length(ckpt.tokenizer, [3, 20, 11])
+    short = ckpt.tokenizer(texts, longest=True)
+    assert short.shape == (3, 22)
+    assert np.abs(encoders.encode_text(short) - encoders.encode_text(ckpt.tokenizer(texts))).max() <= 1e-5
+    assert np.abs(encoders.encode_text(short) - session.run(None, {"input_ids": ckpt.tokenizer(texts)})[0]).max() <= 1e-5
 
 
 def test_fp16_graph_keeps_fp32_islands(exported):
@@ -109,7 +154,9 @@ def test_manifest_describes_the_export(method_checkpoints, exported):
     assert m["image"] == ckpt.config["image"] and m["image"]["size"] == list(ckpt.image_size)
     assert m["tokenizer"]["context_length"] == 77 and m["tokenizer"]["eot_id"] == ckpt.tokenizer.eot_id
     assert (folder / m["tokenizer"]["file"]).read_bytes() == ckpt.tokenizer.merges_path.read_bytes()
-    assert m["models"]["text_encoder"]["inputs"] == [{"name": "input_ids", "dtype": "int32", "shape": [-1, 77]}]
+    assert m["models"]["text_encoder"]["inputs"] == [{"name": "input_ids", "dtype": "int32", "shape": [-1, -1],
+                                                      "max_shape": [-1, 77]}]
+    assert m["version"] == 2
     assert m["models"]["image_encoder"]["outputs"][0]["name"] == "image_sets"
     base = load_manifest(exported("baseline"))
     assert base["scoring"]["weight"] == 0.0 and base["set_size"] == 1
@@ -123,5 +170,5 @@ def test_clear_errors(tmp_path, exported, method_checkpoints):
     with pytest.raises(ManifestError, match="exported from checkpoint .*, expected checkpoint 0123"):
         load_manifest(exported("esa"), fingerprint="0123")
     encoders = OnnxEncoders(exported("esa"))
-    with pytest.raises(ValueError, match=r"input 'input_ids' must have shape \[B, 77\], got \[2, 50\]"):
-        encoders.encode_text(np.zeros((2, 50), np.int32))
+    with pytest.raises(ValueError, match=r"input 'input_ids' must have shape \[B, <=77\], got \[2, 78\]"):
+        encoders.encode_text(np.zeros((2, 78), np.int32))
