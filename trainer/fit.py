@@ -31,9 +31,9 @@ from trainer.data.sampler import IdentityBatchSampler
 from trainer.data.tokenizer import Tokenizer, train_bpe
 from trainer.data.transforms import build_transform
 from trainer.evaluate import evaluate
-from trainer.model import load_config, load_openai_clip
-from trainer.resnet import load_torchvision_resnet
-from trainer.retriever import Retriever, method_args
+from trainer.heads import DEFAULT_METHOD, get_method
+from trainer.model import load_config
+from trainer.retriever import Retriever
 
 
 @dataclass
@@ -42,9 +42,9 @@ class TrainConfig:
     data: str
     out: str
     config: str = "vit-b16-384x128"
-    method: str = "esa"
+    method: str = DEFAULT_METHOD
     method_args: dict = field(default_factory=dict)
-    init: str | None = None          # OpenAI CLIP weights (ViT-B-16.pt); SSAN: torchvision ResNet-50 weights
+    init: str | None = None          # the method's pretrained weights (Method.pretrained)
     bpe: str | None = None           # CLIP merges file; None: train a small BPE on the captions
     bpe_vocab: int = 2048
     epochs: int = 60
@@ -180,7 +180,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, is_main: bool, device: torch
         saved = saved["train"]
         cfg = dataclasses.replace(TrainConfig(**saved), out=cfg.out, epochs=cfg.epochs,
                                   progress=cfg.progress, workers=cfg.workers)
-    method_args(cfg.method, cfg.method_args)  # fail fast on a bad method before any work
+    method = get_method(cfg.method, cfg.method_args)  # fail fast on a bad method before any work
     torch.manual_seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
@@ -188,27 +188,23 @@ def _train(cfg: TrainConfig, rank: int, world: int, is_main: bool, device: torch
     data = load_dataset(cfg.data, val_fraction=cfg.val_fraction)
     labels = pid_map(data.train)
     tokenizer = _tokenizer(cfg, out, data.train, resume_dir, is_main)
-    if cfg.init and cfg.method != "ssan":
-        clip = load_openai_clip(cfg.init, image_size=tuple(load_config(cfg.config).vision.image_size))
-        clip_config = clip.config
-    else:
-        clip, clip_config = None, load_config(cfg.config)
-        clip_config.text.vocab_size = tokenizer.vocab_size
+    clip_config, load_init = load_config(cfg.config), None
+    clip_config.text.vocab_size = tokenizer.vocab_size
+    if cfg.init:  # the method's pretrained weights may define the architecture (CLIP's do)
+        clip_config, load_init = method.pretrained(cfg.init, clip_config)
     if clip_config.text.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"the CLIP weights {cfg.init} have a vocabulary of {clip_config.text.vocab_size} "
                          f"tokens but the tokenizer has {tokenizer.vocab_size}: pass --bpe with "
                          f"CLIP's bpe_simple_vocab_16e6.txt.gz")
     model = Retriever(clip_config, cfg.method, len(labels), tokenizer.eot_id, cfg.method_args)
-    if clip is not None:
-        model.clip.load_state_dict(clip.state_dict())
-    elif cfg.init:  # SSAN: its ResNet-50 trunk from ImageNet weights
-        load_torchvision_resnet(model.clip.resnet, cfg.init)
+    if load_init is not None:
+        load_init(model)
     model.to(device)
 
     image_size = tuple(clip_config.vision.image_size)
     pad = max(1, round(10 * image_size[0] / 384))  # IRRA pads 10 px at 384 high
     dataset = CaptionDataset(data.train, tokenizer, build_transform(image_size, train=True, pad=pad), labels,
-                             prune_p=model.args.get("prune_p", 0.0), other_caption=cfg.method == "ssan")
+                             **method.dataset_options)
     sampler = IdentityBatchSampler(dataset.labels, cfg.batch_size, cfg.num_instances, cfg.seed,
                                    rank, world)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,

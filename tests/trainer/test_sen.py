@@ -1,5 +1,3 @@
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -179,32 +177,3 @@ def test_sen_trains_saves_and_loads(synthetic_data, tmp_path):
     assert ckpt.config["method"] == "sen" and ckpt.config["method_args"]["prune_p"] == 0.2
     sets = ckpt.model.encode_text(torch.from_numpy(ckpt.tokenizer(["a woman in a red coat"])))
     assert sets.shape == (1, 1, ckpt.config["embed_dim"])
-
-
-class _Encoder(torch.nn.Module):
-    def __init__(self, model: Retriever, text: bool):
-        super().__init__()
-        self.model, self.text = model, text
-
-    def forward(self, x):
-        return self.model.encode_text(x) if self.text else self.model.encode_image(x)
-
-
-def test_sen_encoders_trace_to_onnx_and_match_onnxruntime(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
-    torch.manual_seed(0)
-    model = _tiny_sen().eval()
-    h, w = model.clip.config.vision.image_size
-    pixels, ids = torch.randn(2, 3, h, w), torch.randint(1, 62, (2, 77), dtype=torch.int32)
-    ids[:, 9] = 63
-    for name, x in (("text", ids), ("image", pixels)):
-        wrapper = _Encoder(model, text=name == "text").eval()
-        path = tmp_path / f"{name}.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(wrapper, (x,), str(path), input_names=["x"], output_names=["sets"],
-                              dynamic_axes={"x": {0: "batch"}, "sets": {0: "batch"}}, opset_version=17,
-                              dynamo=False)
-        x = torch.cat([x, x[:1]])  # another batch size than traced
-        got = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})[0]
-        assert abs(got - wrapper(x).detach().numpy()).max() < 1e-4, name

@@ -1,8 +1,5 @@
-import warnings
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 from tests.conftest import TEST_RECIPE
 from trainer.checkpoint import load_checkpoint
@@ -171,37 +168,6 @@ def test_ssan_trains_saves_and_loads(synthetic_data, tmp_path):
     sets = ckpt.model.encode_text(torch.from_numpy(ckpt.tokenizer(["a woman in a red coat"])))
     assert sets.shape == (1, 1, ckpt.config["embed_dim"])
     assert torch.allclose(sets.norm(dim=-1), torch.ones(1, 1), atol=1e-5)
-
-
-class _Encoder(torch.nn.Module):
-    def __init__(self, model: Retriever, text: bool):
-        super().__init__()
-        self.model, self.text = model, text
-
-    def forward(self, x):
-        return self.model.encode_text(x) if self.text else self.model.encode_image(x)
-
-
-def test_ssan_encoders_trace_to_onnx_and_match_onnxruntime(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
-    torch.manual_seed(0)
-    model = _tiny_ssan().eval()
-    h, w = model.clip.config.vision.image_size
-    pixels, ids = torch.randn(2, 3, h, w), torch.randint(1, 62, (2, 77), dtype=torch.int32)
-    ids[0, 9], ids[1, 30] = 63, 63  # captions of different lengths
-    ids[0, 10:], ids[1, 31:] = 0, 0
-    for name, x in (("text", ids), ("image", pixels)):
-        wrapper = _Encoder(model, text=name == "text").eval()  # eval: BatchNorm uses its running statistics
-        path = tmp_path / f"{name}.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(wrapper, (x,), str(path), input_names=["x"], output_names=["sets"],
-                              dynamic_axes={"x": {0: "batch"}, "sets": {0: "batch"}}, opset_version=17,
-                              dynamo=False)
-        x = torch.cat([x, x[:1]])  # another batch size than traced
-        got = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})[0]
-        assert abs(got - wrapper(x).detach().numpy()).max() < 1e-4, name
-        assert F.normalize(torch.from_numpy(got), dim=-1).allclose(torch.from_numpy(got), atol=1e-5)
 
 
 def test_fit_loads_ssans_trunk_from_init(synthetic_data, tmp_path):

@@ -10,15 +10,26 @@ regions. Nothing here runs at inference: SEN retrieves with the global features 
 
 `masked_image_tokens` repeats VisionTransformer.forward (trainer/model.py) with the drop inserted
 after the positional embedding; that module has no hook for it.
+
+`SEN` is the method: the baseline at inference (its set is the global feature), with TIR, a
+hardest-negative triplet loss and caption pruning (trainer/data/pos_tagger.py) in training.
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainer.data.transforms import CLIP_MEAN, CLIP_STD
-from trainer.model import ResidualAttentionBlock, VisionTransformer
+from trainer.heads.base import Gather
+from trainer.heads.baseline import Baseline
+from trainer.losses import hardest_triplet_loss
+from trainer.model import ClipConfig, ResidualAttentionBlock, VisionTransformer
+
+if TYPE_CHECKING:
+    from trainer.retriever import Retriever
 
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # ITU-R BT.601 luma, as torchvision's rgb_to_grayscale
 
@@ -126,3 +137,39 @@ def restoration_loss(pred: Tensor, target: Tensor, keep: Tensor) -> Tensor:
     masked.scatter_(1, keep, False)
     per_patch = (pred.float() - target.float()).pow(2).mean(-1)
     return per_patch[masked].mean()
+
+
+class SEN(Baseline):
+    name = "sen"
+    # restoration (TIR) on 70% masked grayscale patches, hardest-negative triplet, caption pruning
+    defaults = dict(Baseline.defaults, mask_ratio=0.7, tir_weight=10.0, triplet_weight=10.0, triplet_margin=0.05,
+                    prune_p=0.2, decoder_width=512, decoder_layers=4, decoder_heads=8)
+
+    def build(self, model: Retriever, clip_config: ClipConfig, num_classes: int) -> None:
+        super().build(model, clip_config, num_classes)
+        a, v = self.args, clip_config.vision
+        model.restorer = RestorationDecoder(clip_config.embed_dim, v.grid, v.patch_size, a["decoder_width"],
+                                            a["decoder_layers"], a["decoder_heads"])
+
+    @property
+    def dataset_options(self) -> dict:
+        return {"prune_p": self.args["prune_p"]}
+
+    def losses(self, model: Retriever, pixels: Tensor, ids: Tensor, labels: Tensor, gather: Gather | None,
+               other_ids: Tensor | None) -> dict[str, Tensor]:
+        a = self.args
+        image_feat, _ = model.clip.encode_image(pixels)
+        text_feat, text_tokens, text_mask = self.text_features(model, ids)
+        out, (image_feat, text_feat, labels) = self.global_losses(model, image_feat, text_feat, labels, gather)
+        cos = F.normalize(text_feat.float(), dim=-1) @ F.normalize(image_feat.float(), dim=-1).t()
+        out["triplet"] = a["triplet_weight"] * hardest_triplet_loss(cos, labels, a["triplet_margin"])
+        out["tir"] = a["tir_weight"] * self.restoration_loss(model, pixels, text_tokens, text_mask)
+        return out
+
+    def restoration_loss(self, model: Retriever, pixels: Tensor, text_tokens: Tensor, text_mask: Tensor) -> Tensor:
+        """TIR: restore the colour of masked patches of the grayscale image from the caption."""
+        visual = model.clip.visual
+        keep = random_keep(pixels.shape[0], visual.grid[0] * visual.grid[1], self.args["mask_ratio"], pixels.device)
+        visible = masked_image_tokens(visual, grayscale(pixels), keep)
+        pred = model.restorer(visible, keep, text_tokens, text_mask)
+        return restoration_loss(pred, patchify(pixels, visual.conv1.kernel_size[0]), keep)

@@ -33,14 +33,20 @@ How it meets this project's contracts (deviations from the paper, and why):
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainer.data.transforms import CLIP_MEAN, CLIP_STD
+from trainer.heads.base import Gather, Method, classifier
+from trainer.losses import cr_loss, id_loss
 from trainer.model import ClipConfig
-from trainer.resnet import ResNet
+from trainer.resnet import ResNet, load_torchvision_resnet
+
+if TYPE_CHECKING:
+    from trainer.retriever import Retriever
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -151,3 +157,53 @@ def branch_similarities(a: tuple[Tensor, Tensor, Tensor], b: tuple[Tensor, Tenso
     for x, y in zip(a[1:], b[1:]):
         sims.append(torch.einsum("ipd,jpd->ij", F.normalize(x, dim=-1), F.normalize(y, dim=-1)) / x.shape[1])
     return sims
+
+
+class SSAN(Method):
+    """The dual encoder sits under the Retriever's attribute `clip`, with a `.config` as CLIP's (image
+    size, vocabulary, set width), so checkpoints, evaluation and export read it as any other method's."""
+    name = "ssan"
+    # its own towers (ResNet-50 trunk, BiLSTM text); CR loss margin and other-caption weight
+    defaults = dict(id_weight=1.0, parts=6, resnet_layers=[3, 4, 6, 3], resnet_width=64, word_dim=512,
+                    part_dim=1024, relation_dim=512, margin=0.2, other_weight=0.1)
+    pretrained_prefix = "clip.resnet."  # ImageNet weights exist for the trunk only
+
+    def build(self, model: Retriever, clip_config: ClipConfig, num_classes: int) -> None:
+        a = self.args
+        model.clip = SSANEncoder(clip_config, a, model.eot_id)
+        # ID losses per part, each classifier shared by both modalities (the global one is `classifier`)
+        model.part_classifiers = nn.ModuleList(classifier(a["part_dim"], num_classes) for _ in range(a["parts"]))
+        model.classifier = classifier(a["part_dim"], num_classes)
+
+    def pretrained(self, path: str, config: ClipConfig) -> tuple[ClipConfig, Callable[[Retriever], None]]:
+        return config, lambda model: load_torchvision_resnet(model.clip.resnet, path)
+
+    @property
+    def dataset_options(self) -> dict:
+        return {"other_caption": True}  # the CR loss's caption of another image of the same person
+
+    def encode_text(self, model: Retriever, ids: Tensor) -> Tensor:
+        return ssan_set(*model.clip.encode_text(ids))
+
+    def encode_image(self, model: Retriever, pixels: Tensor) -> Tensor:
+        return ssan_set(*model.clip.encode_image(pixels))
+
+    def losses(self, model: Retriever, pixels: Tensor, ids: Tensor, labels: Tensor, gather: Gather | None,
+               other_ids: Tensor | None) -> dict[str, Tensor]:
+        """ID losses on the global feature and every part; CR loss on the three branches of the score."""
+        if other_ids is None:
+            raise ValueError("SSAN's CR loss needs other_ids: a caption of another image of the same "
+                             "person per sample (CaptionDataset(..., other_caption=True))")
+        a, enc = self.args, model.clip
+        image, text, other = enc.encode_image(pixels), enc.encode_text(ids), enc.encode_text(other_ids)
+        classifiers = [model.classifier, *model.part_classifiers]
+        pieces = [(image[0], text[0])] + list(zip(image[1].unbind(1), text[1].unbind(1)))
+        out = {"id": a["id_weight"] * sum(id_loss(c(v.float()), c(t.float()), labels)
+                                          for c, (v, t) in zip(classifiers, pieces)) / len(classifiers)}
+        if gather is not None:
+            image, text, other = (tuple(gather(x) for x in feats) for feats in (image, text, other))
+            labels = gather(labels)
+        image, text, other = (tuple(x.float() for x in feats) for feats in (image, text, other))
+        out["cr"] = sum(cr_loss(s, s_other, labels, a["margin"], a["other_weight"])
+                        for s, s_other in zip(branch_similarities(image, text), branch_similarities(image, other)))
+        return out
