@@ -18,6 +18,7 @@ from kernels import topk
 BLOCK_BYTES = 16 << 20  # the [Nb, Kg, Qb, Kq] float32 cosine block: fits a large L2/L3 share
 QUERY_BLOCK = 256
 SHARED_SHIFT_MAX_ALPHA = 40.0  # exp(-2 alpha) stays a normal float32 (> 1e-38)
+GATHER_BELOW = 0.25  # a filtered block keeping less than this share is gathered (measured: bench_live_gallery.py)
 
 
 def block_scores(q: Tensor, g: Tensor, alpha: float, weight: float, mode: str) -> Tensor:
@@ -73,22 +74,30 @@ def scores(q: Tensor, g: Tensor, alpha: float, weight: float, margin: Tensor | N
 def search(q: Tensor, g: Tensor, k: int, alpha: float, weight: float, margin: Tensor | None,
            mode: str, allowed: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Top-k (scores [Q, k'], indices [Q, k']), k' = min(k, items allowed), streaming over
-    gallery blocks. A filtered block scores only its allowed rows (gathered), so a narrow
-    filter costs in proportion to what it keeps."""
-    items = g.shape[0] if allowed is None else int(allowed.sum())
-    keys = torch.full((q.shape[0], min(k, items)), topk.EMPTY, dtype=torch.int64)
+    gallery blocks. A block the filter keeps little of scores only its allowed rows
+    (gathered), so a narrow filter costs in proportion to what it keeps; one it keeps most
+    of is scored whole and the dropped items' scores set to -inf (a gather would cost more
+    than it saves), which k' <= items allowed keeps out of the result."""
+    k = min(k, g.shape[0] if allowed is None else int(allowed.sum()))
+    keys = torch.full((q.shape[0], k), topk.EMPTY, dtype=torch.int64)
     best: dict[int, Tensor] = {}
     for q0, n0, qb, nb in _blocks(q, g):
         rows = slice(n0, n0 + nb)
-        columns = n0  # the gallery index of each score column: a start, or the gathered rows
-        if allowed is not None and not allowed[rows].all():
-            columns = allowed[rows].nonzero().squeeze(1) + n0
-            if columns.numel() == 0:
+        columns, dropped = n0, None  # columns: the gallery index of each score column (a start, or gathered rows)
+        if allowed is not None:
+            keep = allowed[rows]
+            kept = int(keep.sum())
+            if kept == 0:
                 continue
-            rows = columns
+            if kept < GATHER_BELOW * keep.numel():
+                columns = rows = keep.nonzero().squeeze(1) + n0
+            elif kept < keep.numel():
+                dropped = ~keep
         s = block_scores(q[q0:q0 + qb].float(), g[rows].float(), alpha, weight, mode)
         if margin is not None:
             s -= margin[rows].float()
+        if dropped is not None:
+            s.masked_fill_(dropped, float("-inf"))
         best[q0] = topk.merge(best.get(q0), topk.block_top(s, columns, k), k)
     for q0, block in best.items():
         keys[q0:q0 + block.shape[0]] = block

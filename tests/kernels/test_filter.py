@@ -70,13 +70,14 @@ def test_nothing_allowed_everything_allowed(name):
     assert all(torch.equal(a, b) for a, b in zip(every, unfiltered))
 
 
-def test_cpu_filtered_blocks_gather_their_rows_and_skip_empty_ones(monkeypatch):
-    """Small blocks: some wholly dropped (skipped), some partly (gathered), some whole."""
+def test_cpu_filtered_blocks_are_skipped_gathered_or_masked(monkeypatch):
+    """16-item blocks: 0 and 2 wholly dropped (skipped), 1 and 3 mostly kept (scored whole,
+    masked), 4 and 5 kept below GATHER_BELOW (gathered)."""
     monkeypatch.setattr(search_cpu, "BLOCK_BYTES", 4 * 2 * 3 * 3 * 16)  # 16-item blocks
     gen = torch.Generator().manual_seed(13)
     q, g = unit_sets(2, 3, 16, gen=gen), unit_sets(100, 3, 16, gen=gen)
     allowed = torch.zeros(100, dtype=torch.bool)
-    allowed[20:28] = allowed[50:66] = allowed[90] = True  # block 0 and 4 empty, block 3 (48-63) mostly
+    allowed[20:28] = allowed[50:66] = allowed[90] = True
     reference = set_similarity_reference(q.double(), g.double())
     for k in (3, 25, 40):
         check_filtered(search_cpu.search(q, g, k, 16.0, 1.0, None, "chamfer", allowed), reference, allowed, k, 1e-5)
