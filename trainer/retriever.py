@@ -4,8 +4,8 @@ Every stage (evaluation, export, serving) encodes through `encode_text` / `encod
 which return embedding sets `[B, K+1, D]`: L2-normalised rows, row 0 the global feature, and
 ranks them with `score`. What the modules are, how the sets are made and how the model trains
 is the method's (trainer/heads/: one module per method, registered in trainer/heads/__init__.py);
-the modules sit directly on the Retriever (`clip`, `classifier`, ...), so a checkpoint's keys and
-config.json are the same for every method: checkpoints and evaluation need no method-specific code.
+the modules sit directly on the Retriever (`clip`, `classifier`, ...), so checkpoint keys are those
+attribute names, and checkpoints, evaluation and export need no method-specific code.
 """
 from __future__ import annotations
 
