@@ -1,0 +1,263 @@
+"""`tbps ui`: the search page, a small Starlette app over the served `person_search` ensemble.
+
+    tbps ui --gallery GALLERY_FILE | --root IMAGES  [--url 127.0.0.1:8001 ...] [--port 8080]
+
+Routes: `/` the page (ui_static/: plain HTML and a little JavaScript), `/api/search?text=...&k=...`
+the hits exactly as `tbps search --json` prints them (one entry per `text`, repeatable),
+`/thumb/PATH` a thumbnail of a gallery image (made once, cached on disk) and `/image/PATH` the
+image itself. PATH is a hit's `path`, relative to the gallery's image root: a file is served
+only if it resolves, symlinks followed, to an image inside that root; anything else is a 404.
+The page keeps the query in its URL (?q=...&k=...), so a search can be shared and reloaded.
+Filters and search by image are to be more parameters of /api/search, passed to the client.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path, PurePosixPath
+
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from serving.client import AsyncSearchClient, SearchError
+from trainer.cli import run as run_command
+
+STATIC = Path(__file__).with_name("ui_static")
+DEFAULT_URL = "127.0.0.1:8001"
+THUMB_BOX = (128, 256)  # width, height: person crops are tall; PIL only ever shrinks to fit
+MAX_K = 500             # a grid larger than this is no page to look at
+LIVE_TIMEOUT_S = 2.0    # the liveness probe that tells "server down" from "query refused"
+# the page loads nothing but its own files; no inline script can run even if text slipped into HTML
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'", "X-Content-Type-Options": "nosniff"}
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tbps" / "thumbnails"
+
+
+class ImageRoot:
+    """The gallery's image folder; `find` is the only way a request's path reaches the file system."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder not found: {root}")
+
+    def find(self, rel: str) -> Path | None:
+        """The file `rel` names inside the root, or None: absolute, escaping (`..`, a symlink
+        pointing out), missing or not a regular file. Containment is checked on the resolved path."""
+        if not rel or "\0" in rel or PurePosixPath(rel).is_absolute():
+            return None
+        try:
+            path = (self.root / rel).resolve(strict=True)
+        except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+            return None
+        return path if path.is_relative_to(self.root) and path.is_file() else None
+
+
+class Thumbnails:
+    """JPEG thumbnails under `folder`, keyed by the image's resolved path, mtime and size (a
+    changed image gets a new one); written atomically, so concurrent requests never see half a file."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+
+    def get(self, image: Path) -> Path | None:
+        """The thumbnail of `image` (made now if not cached), None if it is not a readable image."""
+        try:
+            st = image.stat()
+            key = hashlib.sha256(f"{image}\0{st.st_mtime_ns}\0{st.st_size}\0{THUMB_BOX}".encode()).hexdigest()
+            out = self.folder / key[:2] / f"{key}.jpg"
+            if out.is_file():
+                return out
+            with Image.open(image) as im:
+                thumb = im.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError):  # UnidentifiedImageError is an OSError
+            return None
+        thumb.thumbnail(THUMB_BOX)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f"{key}.{os.getpid()}.{threading.get_ident()}.tmp")
+        thumb.save(tmp, "JPEG", quality=85)
+        os.replace(tmp, out)
+        return out
+
+
+def image_type(path: Path) -> str | None:
+    """The MIME type of an image file PIL can read, None for any other file."""
+    try:
+        with Image.open(path) as im:
+            return Image.MIME.get(im.format or "")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+class QueryError(ValueError):
+    """A malformed /api/search request (the page's own checks, before the server is asked)."""
+
+
+def parse_k(value: str | None) -> int:
+    if value is None or value == "":
+        return 10
+    try:
+        k = int(value)
+    except ValueError:
+        raise QueryError(f"k must be a whole number, got {value!r}") from None
+    if not 1 <= k <= MAX_K:
+        raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
+    return k
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def unreachable(client: AsyncSearchClient) -> list[str]:
+    """The urls whose server does not answer a liveness probe."""
+    from tritonclient.utils import InferenceServerException
+    down = []
+    for url, c in zip(client.urls, client.clients):
+        try:
+            live = await c.is_server_live(client_timeout=LIVE_TIMEOUT_S)
+        except InferenceServerException:
+            live = False
+        if not live:
+            down.append(url)
+    return down
+
+
+def create_app(urls: str | list[str], root: str | os.PathLike, cache: str | os.PathLike | None = None,
+               timeout: float = 60.0) -> Starlette:
+    """The page and its API over the servers at `urls` (one per shard), images from `root`."""
+    images = ImageRoot(root)
+    thumbnails = Thumbnails(cache or default_cache())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        # gRPC aio channels belong to the event loop that made them: the server's own
+        app.state.client = AsyncSearchClient(urls, timeout=timeout)
+        try:
+            yield
+        finally:
+            await app.state.client.close()
+
+    async def page(request):
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+    async def search(request):
+        texts = request.query_params.getlist("text")
+        if not texts:
+            return error(400, "no description: ask /api/search?text=...&k=10")
+        try:
+            k = parse_k(request.query_params.get("k"))
+        except QueryError as e:
+            return error(400, str(e))
+        client = request.app.state.client
+        try:
+            results = await client.search(texts, k)
+        except SearchError as e:
+            down = await unreachable(client)
+            if down:
+                return error(503, f"the search server is not reachable at {', '.join(down)} ({e})")
+            return error(400, f"the server refused the query: {e}")
+        return JSONResponse([{"text": t, "hits": [asdict(h) for h in hits]} for t, hits in zip(texts, results)])
+
+    async def thumb(request):
+        path = images.find(request.path_params["path"])
+        out = path and await run_in_threadpool(thumbnails.get, path)
+        if out is None:
+            return Response("not found", status_code=404)
+        return FileResponse(out, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    async def image(request):
+        path = images.find(request.path_params["path"])
+        media = path and await run_in_threadpool(image_type, path)
+        if not media:
+            return Response("not found", status_code=404)
+        return FileResponse(path, media_type=media, headers={"X-Content-Type-Options": "nosniff"})
+
+    async def internal(request, exc):  # the last resort: a line, never a traceback, reaches the page
+        return error(500, f"internal error of the search page ({type(exc).__name__})")
+
+    return Starlette(routes=[Route("/", page), Route("/api/search", search),
+                             Route("/thumb/{path:path}", thumb), Route("/image/{path:path}", image),
+                             Mount("/static", StaticFiles(directory=STATIC))],
+                     lifespan=lifespan, exception_handlers={Exception: internal})
+
+
+def _server(app: Starlette, host: str, port: int):
+    import uvicorn
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+
+
+def serve_ui(urls: str | list[str], root: str | os.PathLike, host: str = "127.0.0.1", port: int = 8080,
+             cache: str | os.PathLike | None = None) -> None:
+    """Serve the page until Ctrl-C, which ends in KeyboardInterrupt after a clean shutdown
+    (uvicorn re-raises the signal it caught)."""
+    server = _server(create_app(urls, root, cache), host, port)
+    print(f"search page: http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    server.run()
+
+
+@contextlib.contextmanager
+def running_ui(urls: str | list[str], root: str | os.PathLike, cache: str | os.PathLike | None = None,
+               host: str = "127.0.0.1", port: int | None = None, timeout: float = 60.0):
+    """The page served from a background thread (tests, benchmarks): yields its base URL."""
+    from serving.launch import free_port
+    port = port or free_port(host)
+    server = _server(create_app(urls, root, cache, timeout), host, port)
+    thread = threading.Thread(target=server.run, name="tbps-ui", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise OSError(f"the search page did not start on {host}:{port}")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+def gallery_root(gallery: str | os.PathLike) -> str:
+    from export.gallery import load_gallery
+    root = load_gallery(gallery).root
+    if not root:
+        raise ValueError(f"{gallery} records no image folder: give it with --root")
+    return root
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", action="append", default=[],
+                        help=f"host:port of the server's gRPC endpoint; repeat for each shard (default {DEFAULT_URL})")
+    images = parser.add_mutually_exclusive_group(required=True)
+    images.add_argument("--gallery", help="the served gallery file: its images are under the folder it records")
+    images.add_argument("--root", help="the folder the gallery's image paths are relative to")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback only)")
+    parser.add_argument("--cache", default=None, help=f"thumbnail folder (default {default_cache()})")
+
+
+def run(a: argparse.Namespace) -> None:
+    root = gallery_root(a.gallery) if a.gallery else a.root
+    serve_ui(a.url or [DEFAULT_URL], root, host=a.host, port=a.port, cache=a.cache)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="tbps ui", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.set_defaults(fn=run)
+    run_command(parser, argv)
+
+
+if __name__ == "__main__":
+    main()
