@@ -7,7 +7,10 @@
    given: for a training run, RUN/trt-fp16 beside its checkpoints.
 2. Engines text_encoder.plan and image_encoder.plan, one optimization profile each: batch min 1,
    max --max-batch, opt min(8, max) for text (queries arrive a few at a time) and max for
-   images (gallery building runs full batches).
+   images (gallery building runs full batches). The text encoder's token axis is dynamic
+   (export version 2): tokens min 1, opt min(32, context) (captions are ~20-30 tokens; the
+   tokenizer pads a request to its longest caption, rounded up to a multiple of 16), max the
+   context length.
 3. Precision comes from the ONNX graph and the network is strongly typed: fp32, or with
    --fp16 the fp16 graph with fp32 LayerNorm / softmax / normalisation (export/fp16.py).
    TensorRT 10 is given the STRONGLY_TYPED creation flag; TensorRT 11 has no other mode (and
@@ -15,8 +18,9 @@
 4. The timing cache (default DIR/timing.cache) is read before each build and written back
    after it: rebuilds on the same GPU and TensorRT skip kernel timing. TensorRT refuses a cache
    of another GPU or TensorRT version; the build then starts a fresh one.
-5. Parity: each engine runs a random batch at both ends of its profile against the torch model
-   in fp32; a lowest cosine (over set rows) below PARITY[precision] fails the build.
+5. Parity: each engine runs a random batch at both ends and the middle of its profile (every
+   axis) against the torch model in fp32; a lowest cosine (over set rows) below
+   PARITY[precision] fails the build.
 6. Install: the engines are built and checked in a staging folder inside DIR, and only when
    both pass does DIR receive the plans, model_repository/{text_encoder,image_encoder}/
    (config.pbtxt, platform tensorrt_plan, and 1/model.plan) and, last, engines.json
@@ -39,13 +43,14 @@ from pathlib import Path
 import torch
 
 from export.engines import CONTAINER, CONTAINER_TRT_MAJOR, RECORD, write_record
-from export.manifest import load_manifest
+from export.manifest import VERSION, load_manifest
 from export.model_repository import write_encoders
 from export.to_onnx import export_onnx
 from export.trt_runner import TrtRunner
 from trainer.checkpoint import Checkpoint, load_checkpoint
 
 TEXT_OPT_BATCH = 8
+TEXT_OPT_TOKENS = 32  # a caption's length, padded to the tokenizer's buckets (multiples of 16)
 PARITY = {"fp16": 0.999, "fp32": 0.9999}  # lowest cosine of an engine's set rows against torch fp32
 EXIT_FAILED, EXIT_MISSING = 1, 2
 REPOSITORY = "model_repository"
@@ -86,11 +91,28 @@ def profile_batches(max_batch: int) -> dict[str, tuple[int, int, int]]:
     return {"text_encoder": (1, min(TEXT_OPT_BATCH, max_batch), max_batch), "image_encoder": (1, max_batch, max_batch)}
 
 
+def profile_tokens(manifest: dict) -> tuple[int, int, int]:
+    """(min, opt, max) tokens of the text encoder's profile: the context only for a version 1
+    export (its token axis is fixed)."""
+    context = manifest["tokenizer"]["context_length"]
+    (ids,) = manifest["models"]["text_encoder"]["inputs"]
+    if ids["shape"][1] != -1:
+        return ids["shape"][1], ids["shape"][1], ids["shape"][1]
+    return 1, min(TEXT_OPT_TOKENS, context), ids.get("max_shape", [-1, context])[1]
+
+
 def profile_shapes(manifest: dict, max_batch: int) -> dict[str, dict[str, tuple[tuple, tuple, tuple]]]:
-    """Encoder name -> {input name: (min, opt, max) shapes} of its optimization profile."""
+    """Encoder name -> {input name: (min, opt, max) shapes} of its optimization profile: the
+    batch first, then the text encoder's tokens (profile_tokens); every other axis is fixed."""
     batches = profile_batches(max_batch)
-    return {name: {i["name"]: tuple((b, *i["shape"][1:]) for b in batches[name]) for i in spec["inputs"]}
-            for name, spec in manifest["models"].items()}
+    tokens = profile_tokens(manifest)
+    shapes = {}
+    for name, spec in manifest["models"].items():
+        shapes[name] = {}
+        for i in spec["inputs"]:
+            rest = [[size] * 3 if size != -1 else tokens for size in i["shape"][1:]]
+            shapes[name][i["name"]] = tuple((b, *(r[end] for r in rest)) for end, b in enumerate(batches[name]))
+    return shapes
 
 
 def network_flags(trt) -> int:
@@ -148,9 +170,9 @@ def build_engine(onnx_path: Path, plan_path: Path, shapes: dict[str, tuple], tim
 
 def ensure_onnx(ckpt: Checkpoint, out_dir: Path, fp16: bool) -> dict:
     """The manifest of `out_dir`'s export of `ckpt` at the wanted precision, exported if needed."""
-    try:
+    try:  # an older export version (a fixed token axis) is exported again
         manifest = load_manifest(out_dir, ckpt.fingerprint)
-        if manifest["precision"] == ("fp16" if fp16 else "fp32"):
+        if manifest["precision"] == ("fp16" if fp16 else "fp32") and manifest["version"] == VERSION:
             return manifest
     except (FileNotFoundError, ValueError):
         pass
@@ -159,15 +181,14 @@ def ensure_onnx(ckpt: Checkpoint, out_dir: Path, fp16: bool) -> dict:
 
 
 @torch.no_grad()
-def engine_parity(runner, model, spec: dict, batches: tuple[int, ...], device: str = "cuda") -> float:
+def engine_parity(runner, model, spec: dict, shapes: tuple[tuple[int, ...], ...], device: str = "cuda") -> float:
     """Lowest cosine, over set rows, between an engine's and the torch model's (fp32) output on
-    seeded random batches of the given sizes; -1 where the engine's output is NaN."""
+    seeded random inputs of the given shapes; -1 where the engine's output is NaN."""
     (inp,), (out,) = spec["inputs"], spec["outputs"]
     generator = torch.Generator().manual_seed(0)
     model = model.to(device)
     lowest = 1.0
-    for batch in batches:
-        shape = (batch, *inp["shape"][1:])
+    for shape in shapes:
         if inp["dtype"] == "int32":  # random ids with an end token in the middle
             x = torch.randint(1, model.eot_id, shape, dtype=torch.int32, generator=generator)
             x[:, shape[1] // 2] = model.eot_id
@@ -225,9 +246,12 @@ def build_trt(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None =
         parity = {}
         for name, spec in manifest["models"].items():
             low, opt, high = batches[name]
-            print(f"building {name} ({precision}, batch {low}..{high}, opt {opt}) ...", flush=True)
+            extent = "".join(f", tokens {t[0]}..{t[2]}, opt {t[1]}" for t in [profile_tokens(manifest)]
+                             if name == "text_encoder")
+            print(f"building {name} ({precision}, batch {low}..{high}, opt {opt}{extent}) ...", flush=True)
             plan = build_engine(out_dir / spec["file"], stage / f"{name}.plan", shapes[name], cache, workspace_gib)
-            parity[name] = engine_parity(TrtRunner(plan, device), ckpt.model, spec, (low, high), device)
+            (profile,) = shapes[name].values()
+            parity[name] = engine_parity(TrtRunner(plan, device), ckpt.model, spec, profile, device)
             if parity[name] < PARITY[precision]:
                 raise BuildError(f"{name}: TensorRT engine against torch fp32: lowest cosine {parity[name]:.6f}, "
                                  f"below {PARITY[precision]} ({precision}): nothing installed in {out_dir}")
@@ -240,7 +264,8 @@ def build_trt(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None =
         write_record(out_dir, {
             "fingerprint": manifest["fingerprint"], "precision": precision, "tensorrt": trt.__version__,
             "gpu": gpu_facts(device),
-            "models": {name: {"plan": f"{name}.plan", "min_batch": low, "opt_batch": opt, "max_batch": high}
+            "models": {name: {"plan": f"{name}.plan", "min_batch": low, "opt_batch": opt, "max_batch": high,
+                              "profile": {i: [list(s) for s in ends] for i, ends in shapes[name].items()}}
                        for name, (low, opt, high) in batches.items()},
             "parity": parity,
         })

@@ -67,11 +67,15 @@ def one_line(text: str) -> str:
 
 
 def test_profile_shapes(exported):
+    """The text encoder's profile spans both of its dynamic axes: batch, and tokens up to the context."""
     manifest = load_manifest(exported("esa"))
     shapes = profile_shapes(manifest, max_batch=32)
-    assert shapes == {"text_encoder": {"input_ids": ((1, 77), (8, 77), (32, 77))},
+    assert shapes == {"text_encoder": {"input_ids": ((1, 1), (8, 32), (32, 77))},
                       "image_encoder": {"pixels": ((1, 3, 64, 32), (32, 3, 64, 32), (32, 3, 64, 32))}}
-    assert profile_shapes(manifest, max_batch=4)["text_encoder"]["input_ids"][1] == (4, 77)
+    assert profile_shapes(manifest, max_batch=4)["text_encoder"]["input_ids"][1] == (4, 32)
+    old = json.loads(json.dumps(manifest))  # a version 1 export: its token axis is fixed at the context
+    old["models"]["text_encoder"]["inputs"] = [{"name": "input_ids", "dtype": "int32", "shape": [-1, 77]}]
+    assert profile_shapes(old, max_batch=32)["text_encoder"]["input_ids"] == ((1, 77), (8, 77), (32, 77))
     with pytest.raises(ValueError, match="max_batch must be >= 1, got 0"):
         profile_shapes(manifest, max_batch=0)
 
@@ -120,9 +124,12 @@ def test_build_installs_checked_engines_and_their_record(trt_stub, method_checkp
     assert record["fingerprint"] == ckpt.fingerprint == load_manifest(out)["fingerprint"]
     assert set(record["gpu"]) == {"name", "compute_capability"}
     assert record["models"] == {"text_encoder": {"plan": "text_encoder.plan", "min_batch": 1, "opt_batch": 8,
-                                                 "max_batch": 16},
+                                                 "max_batch": 16,
+                                                 "profile": {"input_ids": [[1, 1], [8, 32], [16, 77]]}},
                                 "image_encoder": {"plan": "image_encoder.plan", "min_batch": 1, "opt_batch": 16,
-                                                  "max_batch": 16}}
+                                                  "max_batch": 16,
+                                                  "profile": {"pixels": [[1, 3, 64, 32], [16, 3, 64, 32],
+                                                                         [16, 3, 64, 32]]}}}
     threshold = to_trt.PARITY[record["precision"]]
     assert all(record["parity"][name] >= threshold for name in record["models"])
     for name, model in record["models"].items():
@@ -133,6 +140,9 @@ def test_build_installs_checked_engines_and_their_record(trt_stub, method_checkp
         (profile,) = header["profiles"]
         (shapes,) = profile.values()
         assert [s[0] for s in shapes] == [model["min_batch"], model["opt_batch"], model["max_batch"]]
+        assert list(profile.values()) == [list(map(list, s)) for s in model["profile"].values()]
+        if name == "text_encoder":  # tokens too: 1 to the context, opt a caption's bucket
+            assert [s[1] for s in shapes] == [1, 32, 77]
         assert (out / "model_repository" / name / "1" / "model.plan").read_bytes() == plan
     major = int(version.split(".")[0])
     assert check_engines(out, ckpt.fingerprint, trt_major=major) == record
@@ -150,6 +160,47 @@ def test_build_installs_checked_engines_and_their_record(trt_stub, method_checkp
         assert torch.nn.functional.cosine_similarity(got, want, dim=-1).min() >= threshold
     with pytest.raises(ValueError, match="outside the engine's optimization profile"):
         runner(pixels=torch.randn(17, 3, 64, 32))
+    # the text engine takes captions padded to their longest, up to the context, and gives torch's sets
+    text = TrtRunner(out / "text_encoder.plan", "cpu")
+    captions = ["a man in a red coat", "a woman with a black handbag and white shoes"]
+    for ids in (ckpt.tokenizer(captions, longest=True), ckpt.tokenizer(captions, longest=True, multiple_of=16),
+                ckpt.tokenizer(captions), ckpt.tokenizer(captions * 8, longest=True)):
+        ids = torch.from_numpy(ids)
+        with torch.no_grad():
+            want = ckpt.model.encode_text(ids)
+        got = text(input_ids=ids)["text_sets"]
+        assert torch.nn.functional.cosine_similarity(got, want, dim=-1).min() >= threshold
+    with pytest.raises(ValueError, match="outside the engine's optimization profile"):
+        text(input_ids=torch.ones(2, 78, dtype=torch.int32))
+
+
+def test_a_profile_that_does_not_fit_the_network_builds_nothing(trt_stub, exported, tmp_path):
+    """The stub refuses what TensorRT refuses: a fixed axis given another size, a dynamic one left at 0."""
+    trt_stub()
+    manifest = load_manifest(exported("esa"))
+    onnx_file = exported("esa") / "text_encoder.onnx"
+    for shapes in ({"input_ids": ((1, 0), (8, 32), (16, 77))}, {"input_ids": ((1,), (8,), (16,))}):
+        with pytest.raises(to_trt.BuildError, match="could not build an engine"):
+            to_trt.build_engine(onnx_file, tmp_path / "t.plan", shapes, tmp_path / "timing.cache")
+    pixels = profile_shapes(manifest, 4)["image_encoder"]["pixels"]
+    with pytest.raises(to_trt.BuildError, match="could not build an engine"):
+        to_trt.build_engine(exported("esa") / "image_encoder.onnx", tmp_path / "i.plan",
+                            {"pixels": tuple((b, 3, 64, 31) for b, *_ in pixels)}, tmp_path / "timing.cache")
+    assert to_trt.build_engine(onnx_file, tmp_path / "t.plan", profile_shapes(manifest, 4)["text_encoder"],
+                               tmp_path / "timing.cache").is_file()
+
+
+def test_a_version_1_export_is_exported_again(trt_stub, method_checkpoints, exported, tmp_path, capsys):
+    """An export with a fixed 77-token axis (version 1) is replaced before the build: engines get the token profile."""
+    trt_stub()
+    out = copy_export(exported("esa"), tmp_path / "trt")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["version"] = 1
+    manifest["models"]["text_encoder"]["inputs"] = [{"name": "input_ids", "dtype": "int32", "shape": [-1, 77]}]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert build(method_checkpoints["esa"], out, "--max-batch", "2") == 0
+    assert load_manifest(out)["version"] == 2
+    assert json.loads((out / RECORD).read_text())["models"]["text_encoder"]["profile"]["input_ids"][2] == [2, 77]
 
 
 def test_a_plan_loads_only_under_the_tensorrt_that_built_it(trt_stub, method_checkpoints, exported, tmp_path):
@@ -263,8 +314,10 @@ def test_engine_build_profiles_and_parity(method_checkpoints, tmp_path, fp16):
         assert got.dtype == torch.float32 and cosine.min() >= (0.999 if fp16 else 0.99999)
     with pytest.raises(ValueError, match="outside the engine's optimization profile"):
         runner(pixels=torch.randn(5, 3, 64, 32, device="cuda"))
-    ids = torch.from_numpy(ckpt.tokenizer(["a man in a red coat"] * 2)).cuda()
-    got = TrtRunner(out / "text_encoder.plan")(input_ids=ids)["text_sets"]
-    with torch.no_grad():
-        want = ckpt.model.encode_text(ids)
-    assert torch.nn.functional.cosine_similarity(got, want, dim=-1).min() >= (0.999 if fp16 else 0.99999)
+    text = TrtRunner(out / "text_encoder.plan")
+    for ids in (ckpt.tokenizer(["a man in a red coat"] * 2), ckpt.tokenizer(["a man in a red coat", "bag"], longest=True)):
+        ids = torch.from_numpy(ids).cuda()  # the full context, and padded to the longest caption
+        got = text(input_ids=ids)["text_sets"]
+        with torch.no_grad():
+            want = ckpt.model.encode_text(ids)
+        assert torch.nn.functional.cosine_similarity(got, want, dim=-1).min() >= (0.999 if fp16 else 0.99999)

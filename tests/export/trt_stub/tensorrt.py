@@ -9,7 +9,10 @@ TensorRT 10.x / 11.x Python API documents:
   TensorRT version or device, and get_timing_cache() is then None (no cache set);
 - Builder.build_serialized_network returns None when the build fails;
 - Runtime.deserialize_cuda_engine returns None for a plan of another TensorRT version;
-- IExecutionContext.set_input_shape is False outside the optimization profile.
+- IExecutionContext.set_input_shape is False outside the optimization profile (on every axis);
+- a profile must give every input of the network its rank and, on its fixed axes, its sizes,
+  and cover each dynamic axis (min >= 1 here: an empty caption or batch is never sent);
+  the build fails (returns None) otherwise.
 The "engine" is the parsed ONNX graph, run by ONNX Runtime on the CPU when executed; tensor
 addresses are host pointers (torch CPU tensors' data_ptr()), so engine outputs are real.
 
@@ -196,6 +199,13 @@ class Builder:
                    if any(d.dim_param or d.dim_value <= 0 for d in i.type.tensor_type.shape.dim)]
         if not config.profiles or any(n not in p.shapes for p in config.profiles for n in dynamic):
             return None  # a dynamic input without a profile: TensorRT logs an error and builds nothing
+        for i in network.model.graph.input:
+            dims = [None if d.dim_param or d.dim_value <= 0 else d.dim_value for d in i.type.tensor_type.shape.dim]
+            for p in config.profiles:
+                for shape in p.shapes.get(i.name, ()):
+                    if len(shape) != len(dims) or any(
+                            (size != fixed) if fixed is not None else size < 1 for size, fixed in zip(shape, dims)):
+                        return None  # a profile that does not fit the network: TensorRT logs it, builds nothing
         strongly_typed = MAJOR >= 11 or bool(network.flags & (1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
         if config._cache is not None:  # the build adds its tactic timings to the attached cache
             config._cache.entries.append(network.model.graph.name or "graph")
