@@ -166,7 +166,8 @@ def create_app(urls: str | list[str], root: str | os.PathLike, cache: str | os.P
         except SearchError as e:
             down = await unreachable(client)
             if down:
-                return error(503, f"the search server is not reachable at {', '.join(down)} ({e})")
+                return error(503, f"the search server is not reachable at {', '.join(down)}: is it running "
+                                  f"(tbps serve REPOSITORY)? ({e})")
             return error(400, f"the server refused the query: {e}")
         return JSONResponse([{"text": t, "hits": [asdict(h) for h in hits]} for t, hits in zip(texts, results)])
 

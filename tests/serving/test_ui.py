@@ -92,16 +92,22 @@ def get_json(base: str, path: str) -> tuple[int, object]:
     return status, json.loads(body)
 
 
-def search_and_wait(page, text: str | None = None, k: int | None = None) -> None:
-    """Type (if given) and press Enter, or just wait for the page's own search (a load of a query URL)."""
-    # a selector, not wait_for_function: the page's Content-Security-Policy forbids eval.
-    # A page just loaded runs its URL's search as its first.
-    done = 1 if text is None else int(page.get_attribute("body", "data-searches") or 0) + 1
-    if text is not None:
+def wait_for_search(page, action=None) -> None:
+    """Run `action` (typing, a click) and wait for the search it starts to be drawn; with no
+    action, for the search a page just loaded runs from its URL (its first)."""
+    # a selector, not wait_for_function: the page's Content-Security-Policy forbids eval
+    done = 1 if action is None else int(page.get_attribute("body", "data-searches") or 0) + 1
+    if action is not None:
+        action()
+    page.wait_for_selector(f'body[data-searches="{done}"]', state="attached")
+
+
+def type_and_enter(page, text: str, k: int) -> None:
+    def act():
         page.fill("#q", text)
         page.fill("#k", str(k))
         page.press("#q", "Enter")
-    page.wait_for_selector(f'body[data-searches="{done}"]', state="attached")
+    wait_for_search(page, act)
 
 
 def grid(page) -> list[list]:
@@ -115,7 +121,7 @@ def test_enter_draws_the_top_k_in_the_order_of_tbps_search(ui, page, server, cap
     with SearchClient(server.grpc_url) as client:
         expected = client.search(text, K)[0]
     page.goto(ui)
-    search_and_wait(page, text, K)
+    type_and_enter(page, text, K)
     shown = grid(page)
     assert [path for path, _, _ in shown] == [h.path for h in expected]
     for (_, caption, width), h in zip(shown, expected):
@@ -126,8 +132,17 @@ def test_enter_draws_the_top_k_in_the_order_of_tbps_search(ui, page, server, cap
     if os.environ.get("TBPS_UI_SCREENSHOT"):
         page.screenshot(path=os.environ["TBPS_UI_SCREENSHOT"])
     page.reload()  # the URL alone brings the same search back
-    search_and_wait(page)
+    wait_for_search(page)
     assert page.input_value("#q") == text and grid(page) == shown
+
+
+def test_an_example_description_searches_when_clicked(ui, page):
+    page.goto(ui)
+    example = page.locator(".example").first
+    text = example.text_content()
+    wait_for_search(page, example.click)
+    assert page.input_value("#q") == text and len(grid(page)) > 0
+    assert urllib.parse.parse_qs(urllib.parse.urlparse(page.url).query)["q"] == [text]
 
 
 def test_api_answers_what_tbps_search_json_prints(ui, server, captions):
@@ -141,7 +156,7 @@ def test_api_answers_what_tbps_search_json_prints(ui, server, captions):
 
 def test_a_refused_query_shows_the_servers_message(ui, page):
     page.goto(ui)
-    search_and_wait(page, "   ", 3)
+    type_and_enter(page, "   ", 3)
     assert "text 0 is empty" in page.text_content("#error") and grid(page) == []
     status, body = get_json(ui, "/api/search?text=&k=3")
     assert status == 400 and "text 0 is empty" in body["error"]
@@ -187,7 +202,7 @@ def test_a_thumbnail_is_made_once_and_remade_when_the_image_changes(ui, ui_root,
 
 def test_server_down_shows_a_message_not_a_traceback(down_ui, page):
     page.goto(f"{down_ui}/?q=a+woman+in+a+red+dress&k=3")
-    search_and_wait(page)
+    wait_for_search(page)
     message = page.text_content("#error")
     assert "not reachable" in message and "Traceback" not in message and grid(page) == []
     status, body = get_json(down_ui, "/api/search?text=a+man&k=3")
