@@ -1,7 +1,7 @@
 """`tbps`: the engine's command line, composed at the end of the line.
 
 The trainer's commands (synth, train, eval: trainer/cli.py), the export stage's (export,
-gallery, trt: export/cli.py), then this stage's: repo, serve, search, report and demo.
+gallery, trt: export/cli.py), then this stage's: repo, serve, search, ui, report and demo.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from export.cli import add_commands as add_export_commands
+from serving import ui
 from trainer.cli import add_commands as add_trainer_commands
 from trainer.cli import run
 from trainer.recipes import DEMO_IDS, RECIPES
@@ -16,7 +17,7 @@ from trainer.recipes import DEMO_IDS, RECIPES
 
 def cmd_demo(a) -> None:
     from serving.demo import run_demo
-    run_demo(Path(a.workdir), fresh=a.fresh, ids=a.ids, epochs=a.epochs)
+    run_demo(Path(a.workdir), fresh=a.fresh, ids=a.ids, epochs=a.epochs, ui_port=a.ui_port)
 
 
 def cmd_repo(a) -> None:
@@ -89,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_search)
 
+    p = sub.add_parser("ui", help="the search page over a running server, on http://127.0.0.1:8080",
+                       description=ui.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ui.add_arguments(p)
+    p.set_defaults(fn=ui.run)
+
     p = sub.add_parser("report", help="write an HTML results page: top-10 of sample captions and the metrics")
     p.add_argument("checkpoint")
     p.add_argument("gallery", help="a gallery file built by the same checkpoint (export/build_gallery.py)")
@@ -104,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="rebuild everything instead of reusing it")
     p.add_argument("--ids", type=int, default=DEMO_IDS, help="people in the synthetic dataset")
     p.add_argument("--epochs", type=int, default=RECIPES["tiny"]["epochs"])
+    p.add_argument("--ui", dest="ui_port", nargs="?", type=int, const=8080, default=None, metavar="PORT",
+                   help="then keep the server up with the search page on PORT (default 8080) until Ctrl-C")
     p.set_defaults(fn=cmd_demo)
     return parser
 

@@ -3,7 +3,8 @@
 Stages: synthesize -> train -> export ONNX -> encode the gallery -> start a local Triton
 server -> send held-out captions over gRPC: their top-5, the field's metrics and an HTML
 results page (workdir/report.html). Each stage reuses what an earlier run built in the
-work directory unless `fresh`.
+work directory unless `fresh`. With `ui_port`, the server stays up with the search page
+(serving/ui.py) on that port until Ctrl-C.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from serving.client import SearchClient
 from serving.launch import TritonServer
 from serving.report import spread, write_report
 from serving.repository import write_repository
+from serving.ui import serve_ui
 from trainer.checkpoint import load_checkpoint
 from trainer.data.formats import load_dataset
 from trainer.data.synthetic import write_synthetic
@@ -46,7 +48,7 @@ def _reusable(check) -> bool:
 
 
 def run_demo(workdir: Path, fresh: bool = False, ids: int = DEMO_IDS,
-             epochs: int = TINY_RECIPE["epochs"], shown: int = 5) -> dict:
+             epochs: int = TINY_RECIPE["epochs"], shown: int = 5, ui_port: int | None = None) -> dict:
     if fresh:
         shutil.rmtree(workdir, ignore_errors=True)
     data_dir, run_dir = workdir / "data", workdir / "run"
@@ -84,6 +86,21 @@ def run_demo(workdir: Path, fresh: bool = False, ids: int = DEMO_IDS,
         print(f"ready: gRPC {server.grpc_url}")
         _stage(f"6/6 {len(queries)} held-out captions over gRPC (unseen people)")
         hits = client.search([c for c, _ in queries], k=len(gallery))  # full rankings: mAP needs them
+        metrics = _results(workdir, queries, hits, gallery, ckpt, shown)
+        print(f"done in {time.time() - t0:.0f} s; checkpoint {ckpt.path}")
+        if ui_port is None:
+            print("search page: tbps demo --ui (the server stays up with the page on http://127.0.0.1:8080/ "
+                  "until Ctrl-C)")
+            return metrics
+        try:
+            serve_ui(server.grpc_url, gallery.root, port=ui_port)
+        except KeyboardInterrupt:  # how the page is meant to stop
+            print("stopped the search page and the server")
+    return metrics
+
+
+def _results(workdir: Path, queries: list, hits: list, gallery, ckpt, shown: int) -> dict:
+    """The field's metrics of the served rankings, a few examples and the results page."""
     # the scores of every gallery image, back in gallery order, for the field's metrics
     scores = np.full((len(queries), len(gallery)), -np.inf, dtype=np.float32)
     for row, ranked in enumerate(hits):
@@ -101,5 +118,4 @@ def run_demo(workdir: Path, fresh: bool = False, ids: int = DEMO_IDS,
                         metrics, gallery.root, title="tbps demo: tiny ESA on synthetic pedestrians, served over gRPC",
                         info={"checkpoint": ckpt.fingerprint, "queries": len(queries), "gallery images": len(gallery)})
     print(f"\nresults page: {page}")
-    print(f"done in {time.time() - t0:.0f} s; checkpoint {ckpt.path}")
     return metrics

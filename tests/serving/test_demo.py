@@ -1,8 +1,15 @@
 """`tbps` as a user runs it: the whole line composed, and the demo end to end."""
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+from serving.launch import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -15,9 +22,21 @@ def tbps(*args, check=True):
     return done
 
 
+def _get(url: str, wait_s: float = 30.0) -> bytes:
+    """GET, retrying while the page's server is still binding (it says its URL just before)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return urllib.request.urlopen(url, timeout=30).read()
+        except urllib.error.URLError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def test_tbps_lists_every_stage_command():
     usage = tbps("--help").stdout
-    assert "{synth,train,eval,export,gallery,trt,repo,serve,search,report,demo}" in usage, usage
+    assert "{synth,train,eval,export,gallery,trt,repo,serve,search,ui,report,demo}" in usage, usage
     assert "strongly typed" in tbps("trt", "--help").stdout  # the wrapped script's own description
 
 
@@ -29,9 +48,28 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path):
         assert stage in first.stdout, stage
     assert (work / "run" / "best" / "model.safetensors").is_file()
     assert "results page:" in first.stdout and "<img" in (work / "report.html").read_text()
-    again = tbps("demo", "--workdir", work, "--ids", 8, "--epochs", 1)
+    assert "tbps demo --ui" in first.stdout  # how to get the search page
+    # again, with the page: everything reused, the same rankings, then the server stays up with the page
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "demo", "--workdir", str(work), "--ids", "8",
+                             "--epochs", "1", "--ui", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        lines = []
+        while not lines or "search page: http" not in lines[-1]:
+            lines.append(proc.stdout.readline())
+            assert lines[-1], "".join(lines[-30:])
+        api = json.loads(_get(f"http://127.0.0.1:{port}/api/search?text=a+man&k=3"))
+        assert [h["rank"] for h in api[0]["hits"]] == [1, 2, 3]
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    again = "".join(lines) + rest
+    assert proc.returncode == 0 and "stopped the search page and the server" in again, again[-2000:]
     for reused in ("reusing the existing dataset", "nothing to train", "reusing the export", "reusing the gallery"):
-        assert reused in again.stdout, reused
+        assert reused in again, reused
     # the same rankings from the rebuilt server
     assert first.stdout.split("text-to-image:")[1].split("done in")[0] == \
-        again.stdout.split("text-to-image:")[1].split("done in")[0]
+        again.split("text-to-image:")[1].split("done in")[0]
