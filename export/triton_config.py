@@ -5,7 +5,14 @@ One owner for `config.pbtxt`: the encoders of both profiles, the python models (
 gallery_search, the portable encoders) and the `person_search` ensemble are built here, and
 whatever reads a config back (the served fingerprint, the client's batch limit) parses it.
 Tensor specs are the export manifest's ({"name", "dtype", "shape"} with the batch first, -1);
-the batch dimension is implied by max_batch_size, so dims are the shape without it.
+the batch dimension is implied by max_batch_size, so dims are the shape without it (-1: any
+size, as the text encoder's token axis).
+
+Token padding: the tokenizer pads each request's captions to their longest (an encoder with a
+dynamic token axis costs what the caption costs, not the 77-token context). Triton's dynamic
+batcher only joins requests whose other dims are equal, so where the encoder is Triton's own
+backend (production) the tokenizer rounds the length up to a bucket (TOKEN_BUCKET); the
+portable python encoder takes ragged batches instead and pads them to their longest itself.
 """
 from __future__ import annotations
 
@@ -25,23 +32,26 @@ RESULTS = [{"name": name, "dtype": dtype, "shape": [-1, -1]}  # [batch, k] each
            for name, dtype in (("SCORES", "float32"), ("IDS", "int64"), ("PATHS", "string"), ("INDICES", "int64"))]
 TEXT = {"name": "TEXT", "dtype": "string", "shape": [-1, 1]}
 TOPK = {"name": "TOPK", "dtype": "int32", "shape": [-1, 1]}
+TOKEN_BUCKET = 16  # production: token lengths rounded up to a multiple of this, so requests batch
 
 
-def _tensors(field, specs: list[dict]) -> None:
+def _tensors(field, specs: list[dict], ragged: tuple[str, ...] = ()) -> None:
     for spec in specs:
         if spec["dtype"] not in DATA_TYPES:
             raise ValueError(f"tensor {spec['name']!r}: no Triton type for dtype {spec['dtype']!r}")
-        field.add(name=spec["name"], data_type=DATA_TYPES[spec["dtype"]], dims=spec["shape"][1:])
+        tensor = field.add(name=spec["name"], data_type=DATA_TYPES[spec["dtype"]], dims=spec["shape"][1:])
+        if spec["name"] in ragged:
+            tensor.allow_ragged_batch = True
 
 
 def _model(name: str, inputs: list[dict], outputs: list[dict], max_batch_size: int, instances: int, kind: str,
-           max_queue_delay_us: int | None, **fields) -> mc.ModelConfig:
+           max_queue_delay_us: int | None, ragged: tuple[str, ...] = (), **fields) -> mc.ModelConfig:
     if max_batch_size < 1 or instances < 1:
         raise ValueError(f"max_batch_size and instances must be >= 1, got {max_batch_size} and {instances}")
     if kind not in KINDS:
         raise ValueError(f"instance kind must be KIND_GPU or KIND_CPU, got {kind!r}")
     config = mc.ModelConfig(name=name, max_batch_size=max_batch_size, **fields)
-    _tensors(config.input, inputs)
+    _tensors(config.input, inputs, ragged)
     _tensors(config.output, outputs)
     if max_queue_delay_us is not None:  # None: no dynamic batching, one request per execution
         config.dynamic_batching.CopyFrom(mc.ModelDynamicBatching(max_queue_delay_microseconds=max_queue_delay_us))
@@ -62,18 +72,32 @@ def encoder_config(name: str, platform: str, inputs: list[dict], outputs: list[d
 
 def python_config(name: str, inputs: list[dict], outputs: list[dict], max_batch_size: int,
                   parameters: dict[str, str] | None = None, instances: int = 1, kind: str = "KIND_CPU",
-                  max_queue_delay_us: int | None = 0) -> mc.ModelConfig:
+                  max_queue_delay_us: int | None = 0, ragged: tuple[str, ...] = ()) -> mc.ModelConfig:
     """A python-backend model. The default queue delay is 0: requests that arrive while the
-    instance is busy are still batched together, but a lone request does not wait."""
-    config = _model(name, inputs, outputs, max_batch_size, instances, kind, max_queue_delay_us, backend="python")
+    instance is busy are still batched together, but a lone request does not wait. Inputs named
+    in `ragged` batch across requests whatever their non-batch dims (the model pads them)."""
+    config = _model(name, inputs, outputs, max_batch_size, instances, kind, max_queue_delay_us, ragged,
+                    backend="python")
     for key, value in (parameters or {}).items():
         config.parameters[key].string_value = str(value)
     return config
 
 
-def tokenizer_config(manifest: dict, max_batch_size: int, **options) -> mc.ModelConfig:
-    ids = {"name": "input_ids", "dtype": "int32", "shape": [-1, manifest["tokenizer"]["context_length"]]}
-    return python_config(TOKENIZER, [TEXT], [ids], max_batch_size, **options)
+def text_input(manifest: dict) -> dict:
+    """The text encoder's input spec: [batch, tokens] (-1: dynamic), or [batch, context] (version 1)."""
+    (ids,) = manifest["models"][TEXT_ENCODER]["inputs"]
+    return ids
+
+
+def tokenizer_config(manifest: dict, max_batch_size: int, bucket: int = 1, **options) -> mc.ModelConfig:
+    """tokenizer: TEXT -> input_ids, the text encoder's input. Where its token axis is dynamic,
+    each request is padded to its longest caption rounded up to a multiple of `bucket`
+    (parameters `pad` = "longest", `multiple_of`); otherwise to the full context."""
+    ids = text_input(manifest)
+    dynamic = ids["shape"][1] == -1
+    pad = {"pad": "longest", "multiple_of": str(bucket)} if dynamic else {"pad": "context", "multiple_of": "1"}
+    return python_config(TOKENIZER, [TEXT], [{k: ids[k] for k in ("name", "dtype", "shape")}], max_batch_size,
+                         pad, **options)
 
 
 def gallery_config(manifest: dict, max_batch_size: int, index_offset: int = 0, **options) -> mc.ModelConfig:

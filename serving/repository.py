@@ -1,6 +1,6 @@
 """Write the Triton model repository that serves person search, and publish gallery versions.
 
-    REPO/tokenizer        python: TEXT (BYTES) -> input_ids (INT32 [77])
+    REPO/tokenizer        python: TEXT (BYTES) -> input_ids (INT32 [T], T <= 77: padded to the longest)
     REPO/text_encoder     input_ids -> text_sets (FP32 [K+1, D])
     REPO/image_encoder    pixels (FP32 [3, H, W]) -> image_sets, for ingestion
     REPO/gallery_search   python: text_sets + TOPK -> SCORES, IDS, PATHS, INDICES (kernels.search)
@@ -23,7 +23,7 @@ from pathlib import Path
 from export.gallery import load_gallery
 from export.manifest import load_manifest
 from export.model_repository import write_encoders, write_model
-from export.triton_config import (ENSEMBLE, GALLERY_MODEL, TEXT_ENCODER, ensemble_config, gallery_config,
+from export.triton_config import (ENSEMBLE, GALLERY_MODEL, TEXT_ENCODER, TOKEN_BUCKET, ensemble_config, gallery_config,
                                   parameter, python_config, read_config, tokenizer_config, write_config)
 
 PROFILES = ("portable", "production")
@@ -51,6 +51,15 @@ def _engine_batches(engines: Path, manifest: dict, max_batch_size: int | None) -
         if m["min_batch"] != 1:
             raise ValueError(f"{engines}: the {name} engine's profile starts at batch {m['min_batch']}; "
                              f"Triton sends batches from 1: rebuild it with export/to_trt.py")
+    (ids,) = manifest["models"][TEXT_ENCODER]["inputs"]
+    if ids["shape"][1] == -1:  # the tokenizer sends any length up to the context: the profile must take it
+        context = manifest["tokenizer"]["context_length"]
+        profile = models[TEXT_ENCODER].get("profile", {}).get(ids["name"])
+        if profile is None or profile[0][1] > min(TOKEN_BUCKET, context) or profile[2][1] < context:
+            tokens = "a fixed token count" if profile is None else f"tokens {profile[0][1]}..{profile[2][1]}"
+            raise ValueError(f"{engines}: the text_encoder engine's profile ({tokens}) does not take captions of "
+                             f"{min(TOKEN_BUCKET, context)} to {context} tokens, which this export's tokenizer "
+                             f"sends: rebuild the engines with export/to_trt.py")
     text_max = models[TEXT_ENCODER]["max_batch"]
     if max_batch_size is not None and max_batch_size > text_max:
         raise ValueError(f"--max-batch {max_batch_size} exceeds the engines' max batch {text_max} ({engines}): "
@@ -62,14 +71,17 @@ def _engine_batches(engines: Path, manifest: dict, max_batch_size: int | None) -
 def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out: str | os.PathLike,
                      profile: str = "portable", engines: str | os.PathLike | None = None,
                      max_batch_size: int | None = None, index_offset: int = 0, kind: str = "KIND_CPU",
-                     threads: int = 1, batching: bool = True) -> Path:
+                     threads: int = 1, batching: bool = True, token_bucket: int | None = None) -> Path:
     """The repository for a checkpoint or an ONNX export directory (`source`) and a gallery
     file built by the same checkpoint. `engines`: a to_trt.py output folder (production); the
     encoders' max_batch_size is then the engines', and `max_batch_size` (default: theirs, else
     DEFAULT_MAX_BATCH) may only lower the other models'. `threads`: ONNX Runtime's intra-op
     threads per portable encoder (1: on a few cores shared with the other models a thread pool
     costs more in wake-ups than it saves on this model's small ops). `batching=False` turns dynamic batching off in the python
-    models (for comparison)."""
+    models (for comparison). `token_bucket`: the tokenizer pads each request to its longest
+    caption rounded up to a multiple of this (default: 1 for portable, whose text encoder
+    batches ragged requests; TOKEN_BUCKET for production, whose backends batch equal shapes
+    only). An export of version 1 (a fixed token axis) is padded to the full context."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; available: {', '.join(PROFILES)}")
     if engines is not None and profile != "production":
@@ -90,16 +102,21 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
             files, encoder_batch = _engine_batches(Path(engines), manifest, max_batch_size)
         batch = min(max_batch_size or encoder_batch[TEXT_ENCODER], encoder_batch[TEXT_ENCODER])
         delay = {} if batching else {"max_queue_delay_us": None}
+        if token_bucket is None:
+            token_bucket = TOKEN_BUCKET if profile == "production" else 1
         out.mkdir(parents=True, exist_ok=True)
         if profile == "production":
             write_encoders(out, manifest, files, "tensorrt_plan" if engines else "onnxruntime_onnx", encoder_batch)
         else:
             for name, spec in manifest["models"].items():
+                # the text encoder takes ragged batches (requests padded to their own longest
+                # caption) and pads them to the batch's longest: exact, and every request batches
+                ragged = tuple(i["name"] for i in spec["inputs"] if name == TEXT_ENCODER and i["shape"][1] == -1)
                 # two single-threaded text encoders: one runs a batch while the next one forms
                 _write_python_model(out, "serving.models.onnx_encoder", {"model.onnx": files[name]}, python_config(
                     name, spec["inputs"], spec["outputs"], encoder_batch[name], {"threads": threads},
-                    instances=2 if name == TEXT_ENCODER else 1, **delay))
-        tokenizer = tokenizer_config(manifest, batch, **delay)
+                    instances=2 if name == TEXT_ENCODER else 1, ragged=ragged, **delay))
+        tokenizer = tokenizer_config(manifest, batch, token_bucket, **delay)
         vocabulary = export_dir / manifest["tokenizer"]["file"]
         _write_python_model(out, "serving.models.tokenizer", {"tokenizer.txt.gz": vocabulary}, tokenizer)
         search = gallery_config(manifest, batch, index_offset, kind="KIND_GPU" if profile == "production" else kind,

@@ -27,12 +27,21 @@ def input_array(request, name: str) -> np.ndarray:
     return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
 
 
-def run_batched(requests, inputs: list[str], fn) -> list:
+def pad_to_longest(arrays: list[np.ndarray], value=0) -> list[np.ndarray]:
+    """Arrays [B_i, L_i] of one ragged batch, each padded with `value` to the longest L_i."""
+    width = max(a.shape[1] for a in arrays)
+    return [a if a.shape[1] == width else np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=value)
+            for a in arrays]
+
+
+def run_batched(requests, inputs: list[str], fn, ragged: tuple[str, ...] = ()) -> list:
     """One call of fn over the rows of every request (what dynamic batching is for), split back
-    into one response per request. fn(*arrays) -> list of (name, array) with rows aligned."""
+    into one response per request. fn(*arrays) -> list of (name, array) with rows aligned.
+    Inputs named in `ragged` (token ids of a ragged batch) are 0-padded to the longest first."""
     arrays = [[input_array(r, name) for name in inputs] for r in requests]
     sizes = [a[0].shape[0] for a in arrays]
-    merged = [np.concatenate([a[i] for a in arrays]) for i in range(len(inputs))]
+    merged = [np.concatenate(pad_to_longest([a[i] for a in arrays]) if name in ragged and len(arrays) > 1
+                             else [a[i] for a in arrays]) for i, name in enumerate(inputs)]
     outputs = fn(*merged)
     responses, start = [], 0
     for size in sizes:

@@ -1,5 +1,8 @@
-"""Triton model `tokenizer`: TEXT (BYTES, UTF-8) -> input_ids (INT32 [77]), the project's tokenizer
+"""Triton model `tokenizer`: TEXT (BYTES, UTF-8) -> input_ids (INT32 [T]), the project's tokenizer
 (trainer/data/tokenizer.py) with the merges file of the checkpoint, next to this model.py.
+Parameters (export/triton_config.py's tokenizer_config): `pad` = "longest" pads each request's
+captions to the longest of them, rounded up to a multiple of `multiple_of` (T <= 77, for a
+text encoder with a dynamic token axis), "context" to the full 77 (version 1 exports).
 
 A request whose texts include an empty or whitespace-only caption, invalid UTF-8, or more
 than MAX_TEXT_BYTES bytes gets one error naming the text's position and the problem; the
@@ -11,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.models.common import RequestError, error_response, input_array
+from serving.models.common import RequestError, error_response, input_array, parameters
 from trainer.data.tokenizer import Tokenizer
 
 MAX_TEXT_BYTES = 4096  # a caption is a sentence or three; the model reads 77 tokens of it
@@ -35,6 +38,9 @@ def caption(raw, index: int) -> str:
 class TritonPythonModel:
     def initialize(self, args):
         self.tokenizer = Tokenizer(Path(args["model_repository"]) / args["model_version"] / "tokenizer.txt.gz")
+        params = parameters(args)
+        self.pad = {"longest": params.get("pad", "context") == "longest",
+                    "multiple_of": int(params.get("multiple_of", "1"))}
 
     def execute(self, requests):
         import triton_python_backend_utils as pb_utils
@@ -42,7 +48,7 @@ class TritonPythonModel:
         for request in requests:
             texts = input_array(request, "TEXT")
             try:
-                ids = self.tokenizer([caption(t, i) for i, t in enumerate(texts.reshape(-1))])
+                ids = self.tokenizer([caption(t, i) for i, t in enumerate(texts.reshape(-1))], **self.pad)
             except RequestError as e:
                 responses.append(error_response(str(e)))
                 continue

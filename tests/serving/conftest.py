@@ -52,15 +52,23 @@ def captions(synthetic_data):
 @pytest.fixture(scope="session")
 def engines(esa_export, tmp_path_factory):
     """A to_trt.py output folder as tbps repo reads it: engines.json and non-empty plans (no
-    TensorRT here; the repository never opens a plan). Text engine batch 1..32, image 1..16."""
+    TensorRT here; the repository never opens a plan). Text engine batch 1..32 and tokens
+    1..77, image batch 1..16: the profiles export/to_trt.py writes."""
     from export.engines import write_record
     from export.manifest import load_manifest
+    from export.to_trt import profile_batches, profile_shapes
     folder = tmp_path_factory.mktemp("engines")
+    manifest = load_manifest(esa_export)
     batches = {"text_encoder": 32, "image_encoder": 16}
     for name in batches:
         (folder / f"{name}.plan").write_bytes(b"a serialized engine")
-    write_record(folder, {"fingerprint": load_manifest(esa_export)["fingerprint"], "precision": "fp16",
+
+    def model(name, b):
+        low, opt, high = profile_batches(b)[name]
+        ends = profile_shapes(manifest, b)[name]
+        return {"plan": f"{name}.plan", "min_batch": low, "opt_batch": opt, "max_batch": high,
+                "profile": {i: [list(s) for s in shapes] for i, shapes in ends.items()}}
+    write_record(folder, {"fingerprint": manifest["fingerprint"], "precision": "fp16",
                           "tensorrt": "10.8.0.43", "gpu": {"name": "NVIDIA H100", "compute_capability": "9.0"},
-                          "models": {name: {"plan": f"{name}.plan", "min_batch": 1, "opt_batch": min(8, b),
-                                            "max_batch": b} for name, b in batches.items()}})
+                          "models": {name: model(name, b) for name, b in batches.items()}})
     return folder

@@ -82,6 +82,50 @@ def test_every_config_parses_and_the_ensemble_fits_its_steps(repository, product
         assert read_config(production[kind] / "gallery_search").instance_group[0].kind == gpu
 
 
+def test_captions_are_padded_to_their_longest_and_still_batch(repository, production):
+    """The text encoder's token axis is dynamic (dims -1) from the tokenizer through the ensemble.
+    Portable: the tokenizer pads a request to its longest caption and the python text encoder
+    takes ragged batches (it pads them itself). Production: Triton's backends batch equal
+    shapes only, so the tokenizer rounds lengths up to buckets of 16 and nothing is ragged."""
+    for repo, bucket, ragged in ((repository, "1", True), (production["onnx"], "16", False),
+                                 (production["trt"], "16", False)):
+        tokenizer, encoder = read_config(repo / "tokenizer"), read_config(repo / "text_encoder")
+        assert [(t.name, list(t.dims)) for t in tokenizer.output] == [("input_ids", [-1])]
+        assert [(t.name, list(t.dims), t.allow_ragged_batch) for t in encoder.input] == [("input_ids", [-1], ragged)]
+        assert {k: v.string_value for k, v in tokenizer.parameters.items()} == {"pad": "longest",
+                                                                               "multiple_of": bucket}
+        assert ensemble_problems(repo) == []
+        assert not any(t.allow_ragged_batch for t in read_config(repo / "image_encoder").input)
+
+
+def test_a_version_1_export_is_still_served_at_the_full_context(esa_export, gallery, tmp_path):
+    """An export with a fixed 77-token text encoder (manifest version 1) keeps dims 77, padded to the context."""
+    old = shutil.copytree(esa_export, tmp_path / "v1")
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["version"] = 1
+    manifest["models"]["text_encoder"]["inputs"] = [{"name": "input_ids", "dtype": "int32", "shape": [-1, 77]}]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    repo = write_repository(old, gallery, tmp_path / "repo")
+    tokenizer, encoder = read_config(repo / "tokenizer"), read_config(repo / "text_encoder")
+    assert list(tokenizer.output[0].dims) == list(encoder.input[0].dims) == [77]
+    assert not encoder.input[0].allow_ragged_batch and tokenizer.parameters["pad"].string_value == "context"
+    assert ensemble_problems(repo) == []
+
+
+def test_engines_of_a_fixed_token_count_are_refused(esa_export, gallery, engines, tmp_path):
+    """Engines built before the token axis was dynamic (a 77-token profile) cannot take the tokenizer's lengths."""
+    record = json.loads((engines / "engines.json").read_text())
+    text = dict(record["models"]["text_encoder"], profile={"input_ids": [[1, 77], [8, 77], [32, 77]]})
+    folder = edit_record(engines, tmp_path, models=dict(record["models"], text_encoder=text))
+    with pytest.raises(ValueError, match=r"profile \(tokens 77..77\) does not take captions of 16 to 77 tokens"):
+        write_repository(esa_export, gallery, tmp_path / "repo", profile="production", engines=folder)
+    del text["profile"]
+    folder = edit_record(engines, tmp_path / "b", models=dict(record["models"], text_encoder=text))
+    with pytest.raises(ValueError, match=r"profile \(a fixed token count\) .* rebuild the engines"):
+        write_repository(esa_export, gallery, tmp_path / "repo", profile="production", engines=folder)
+    assert not (tmp_path / "repo").exists()
+
+
 def test_the_cross_check_finds_a_broken_ensemble(repository, tmp_path):
     """The check above can fail: a gallery_search expecting sets of another shape, a smaller batch."""
     repo = shutil.copytree(repository, tmp_path / "repo")

@@ -33,6 +33,23 @@ def test_results_equal_kernels_search_in_process(server, esa_export, gallery, ca
     assert results[0][0].path == g.paths[index[0, 0]] and results[0][0].rank == 1
 
 
+def test_concurrent_captions_of_every_length_batch_and_answer_as_alone(server, esa_export, gallery, captions):
+    """Requests padded to their own longest caption (2 to 77 tokens, truncated ones too) meet in
+    the text encoder's ragged batches: each answer is what the caption gets in-process alone."""
+    words = " ".join(captions).split()
+    texts = [" ".join(words[:n]) for n in (1, 3, 8, 20, 40, 120)] + captions[:6]
+
+    async def run():
+        async with AsyncSearchClient(server.grpc_url) as client:
+            return await asyncio.gather(*(client.search(t, k=5) for t in texts * 4))
+    answers = asyncio.run(run())
+    (scores, index), _ = in_process(esa_export, gallery, texts, 5)  # full 77-token rows, in one batch
+    for i, text in enumerate(texts * 4):
+        row = i % len(texts)
+        assert [h.index for h in answers[i][0]] == index[row].tolist(), text
+        np.testing.assert_allclose([h.score for h in answers[i][0]], scores[row].numpy(), atol=1e-5)
+
+
 def test_a_list_longer_than_the_servers_batch_limit_is_split_by_the_client(server, esa_export, gallery, captions):
     """The client reads max_batch_size from the server's ensemble config (here 8), whatever the
     repository was written with: 20 texts go as 8 + 8 + 4, sync and async alike."""
