@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import hashlib
 import os
+import socket
 import threading
 import time
 from dataclasses import asdict
@@ -194,38 +195,56 @@ def create_app(urls: str | list[str], root: str | os.PathLike, cache: str | os.P
                      lifespan=lifespan, exception_handlers={Exception: internal})
 
 
-def _server(app: Starlette, host: str, port: int):
+def _server(app: Starlette):
     import uvicorn
-    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a port in use is one clear error before the page
+    says where it is (and port 0 picks a free one with no race)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(2048)
+    return sock
+
+
+def _base_url(host: str, sock: socket.socket) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
 
 
 def serve_ui(urls: str | list[str], root: str | os.PathLike, host: str = "127.0.0.1", port: int = 8080,
              cache: str | os.PathLike | None = None) -> None:
     """Serve the page until Ctrl-C, which ends in KeyboardInterrupt after a clean shutdown
     (uvicorn re-raises the signal it caught)."""
-    server = _server(create_app(urls, root, cache), host, port)
-    print(f"search page: http://{host}:{port}/ (Ctrl-C stops)", flush=True)
-    server.run()
+    server = _server(create_app(urls, root, cache))
+    with _listen(host, port) as sock:
+        print(f"search page: {_base_url(host, sock)}/ (Ctrl-C stops)", flush=True)
+        server.run(sockets=[sock])
 
 
 @contextlib.contextmanager
 def running_ui(urls: str | list[str], root: str | os.PathLike, cache: str | os.PathLike | None = None,
-               host: str = "127.0.0.1", port: int | None = None, timeout: float = 60.0):
+               host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0):
     """The page served from a background thread (tests, benchmarks): yields its base URL."""
-    from serving.launch import free_port
-    port = port or free_port(host)
-    server = _server(create_app(urls, root, cache, timeout), host, port)
-    thread = threading.Thread(target=server.run, name="tbps-ui", daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise OSError(f"the search page did not start on {host}:{port}")
-        time.sleep(0.02)
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join()
+    server = _server(create_app(urls, root, cache, timeout))
+    with _listen(host, port) as sock:
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="tbps-ui", daemon=True)
+        thread.start()
+        while not server.started:
+            if not thread.is_alive():
+                raise OSError(f"the search page did not start on {host}:{port}")
+            time.sleep(0.02)
+        try:
+            yield _base_url(host, sock)
+        finally:
+            server.should_exit = True
+            thread.join()
 
 
 def gallery_root(gallery: str | os.PathLike) -> str:

@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 
 import pytest
@@ -217,18 +216,15 @@ def test_the_command_serves_a_gallerys_images_until_interrupted(server, gallery,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == f"search page: http://127.0.0.1:{port}/ (Ctrl-C stops)"
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(200):  # the line comes just before uvicorn binds
-            try:
-                status, _, body = get(base, "/")
-                break
-            except ConnectionRefusedError:
-                assert proc.poll() is None, proc.stderr.read()
-                time.sleep(0.05)
+        base = f"http://127.0.0.1:{port}"  # listening already: the line comes after the bind
+        status, _, body = get(base, "/")
         assert status == 200 and b'id="q"' in body
         status, hits = get_json(base, "/api/search?text=a+man+in+a+black+jacket&k=2")
         assert status == 200 and len(hits[0]["hits"]) == 2
         assert get(base, f"/thumb/{hits[0]['hits'][0]['path']}")[0] == 200
+        busy = subprocess.run([sys.executable, "-m", "serving.ui", "--root", str(tmp_path), "--port", str(port)],
+                              capture_output=True, text=True, timeout=60)
+        assert busy.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr, busy.stderr
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
