@@ -21,16 +21,15 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from PIL import Image
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 
 from serving.client import AsyncSearchClient, SearchError
 from trainer.cli import run as run_command
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 STATIC = Path(__file__).with_name("ui_static")
 DEFAULT_URL = "127.0.0.1:8001"
@@ -117,10 +116,6 @@ def parse_k(value: str | None) -> int:
     return k
 
 
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
 async def unreachable(client: AsyncSearchClient) -> list[str]:
     """The urls whose server does not answer a liveness probe."""
     from tritonclient.utils import InferenceServerException
@@ -138,6 +133,13 @@ async def unreachable(client: AsyncSearchClient) -> list[str]:
 def create_app(urls: str | list[str], root: str | os.PathLike, cache: str | os.PathLike | None = None,
                timeout: float = 60.0) -> Starlette:
     """The page and its API over the servers at `urls` (one per shard), images from `root`."""
+    # here, not at the top: `tbps --help` and the other commands need no web framework
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import FileResponse, JSONResponse, Response
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
     images = ImageRoot(root)
     thumbnails = Thumbnails(cache or default_cache())
 
@@ -149,6 +151,9 @@ def create_app(urls: str | list[str], root: str | os.PathLike, cache: str | os.P
             yield
         finally:
             await app.state.client.close()
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
 
     async def page(request):
         return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
