@@ -70,6 +70,7 @@ class Thumbnails:
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)  # an unusable folder is an error at start, not per image
 
     def get(self, image: Path) -> Path | None:
         """The thumbnail of `image` (made now if not cached), None if it is not a readable image."""
