@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from serving.client import AsyncSearchClient, SearchError
-from trainer.cli import run as run_command
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -275,15 +274,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(a: argparse.Namespace) -> None:
     root = gallery_root(a.gallery) if a.gallery else a.root
     serve_ui(a.url or [DEFAULT_URL], root, host=a.host, port=a.port, cache=a.cache)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="tbps ui", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    parser.set_defaults(fn=run)
-    run_command(parser, argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -211,8 +211,8 @@ def test_server_down_shows_a_message_not_a_traceback(down_ui, page):
 def test_the_command_serves_a_gallerys_images_until_interrupted(server, gallery, tmp_path):
     from serving.launch import free_port
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "serving.ui", "--gallery", str(gallery), "--url", server.grpc_url,
-                             "--port", str(port), "--cache", str(tmp_path)],
+    proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "ui", "--gallery", str(gallery),
+                             "--url", server.grpc_url, "--port", str(port), "--cache", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == f"search page: http://127.0.0.1:{port}/ (Ctrl-C stops)"
@@ -222,13 +222,13 @@ def test_the_command_serves_a_gallerys_images_until_interrupted(server, gallery,
         status, hits = get_json(base, "/api/search?text=a+man+in+a+black+jacket&k=2")
         assert status == 200 and len(hits[0]["hits"]) == 2
         assert get(base, f"/thumb/{hits[0]['hits'][0]['path']}")[0] == 200
-        busy = subprocess.run([sys.executable, "-m", "serving.ui", "--root", str(tmp_path), "--port", str(port)],
+        busy = subprocess.run([sys.executable, "-m", "serving.cli", "ui", "--root", str(tmp_path), "--port", str(port)],
                               capture_output=True, text=True, timeout=60)
         assert busy.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr, busy.stderr
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "Traceback" not in err, err
-    bad = subprocess.run([sys.executable, "-m", "serving.ui", "--root", str(tmp_path / "missing")],
+    bad = subprocess.run([sys.executable, "-m", "serving.cli", "ui", "--root", str(tmp_path / "missing")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "image folder not found" in bad.stderr and "Traceback" not in bad.stderr
