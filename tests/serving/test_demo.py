@@ -64,8 +64,12 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path):
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # a failed check: Ctrl-C first, so the demo stops its Triton server too
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     again = "".join(lines) + rest
     assert proc.returncode == 0 and "stopped the search page and the server" in again, again[-2000:]
     for reused in ("reusing the existing dataset", "nothing to train", "reusing the export", "reusing the gallery"):
