@@ -15,11 +15,9 @@ from torch import Tensor, nn
 from kernels import set_scores
 from kernels.scores_autograd import set_scores_with_grad
 from kernels.set_similarity import set_similarity_reference
-from trainer.heads import METHODS, get_method
+from trainer.heads import get_method
 from trainer.heads.base import Gather
 from trainer.model import ClipConfig
-
-__all__ = ["METHODS", "Retriever", "build_retriever"]  # METHODS: the names a Retriever is built with
 
 
 class Retriever(nn.Module):

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.retriever import METHODS, build_retriever
+from trainer.heads import METHODS
+from trainer.retriever import build_retriever
 
 
 @pytest.fixture(scope="session")

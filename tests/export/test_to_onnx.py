@@ -12,7 +12,7 @@ from export.manifest import ENCODERS, ManifestError, load_manifest
 from export.ort_encoders import OnnxEncoders
 from export.to_onnx import export_onnx
 from trainer.checkpoint import load_checkpoint
-from trainer.retriever import METHODS
+from trainer.heads import METHODS
 
 WORDS = "a woman in a red coat with black trousers and white shoes carrying a bag".split()
 
