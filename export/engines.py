@@ -17,11 +17,11 @@ deployment target is named here once: the Triton container the Dockerfile starts
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from export.manifest import ENCODERS
+from export.records import read_json_record, write_json_record
 
 RECORD = "engines.json"
 CONTAINER = "25.01"      # nvcr.io/nvidia/tritonserver:25.01-py3: CUDA 12.8, TensorRT 10.8.0.43, Python 3.12
@@ -33,11 +33,7 @@ _MODEL_KEYS = ("plan", "min_batch", "opt_batch", "max_batch")
 
 def write_record(folder: str | os.PathLike, record: dict) -> Path:
     """DIR/engines.json, atomically (a reader sees the old record or the new one, never half)."""
-    path = Path(folder) / RECORD
-    tmp = path.with_name(RECORD + ".tmp")
-    tmp.write_text(json.dumps(dict({"format": _FORMAT, "version": _VERSION}, **record), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_record(Path(folder) / RECORD, dict({"format": _FORMAT, "version": _VERSION}, **record))
 
 
 def check_engines(folder: str | os.PathLike, fingerprint: str, trt_major: int = CONTAINER_TRT_MAJOR) -> dict:
@@ -45,21 +41,9 @@ def check_engines(folder: str | os.PathLike, fingerprint: str, trt_major: int = 
     the checkpoint `fingerprint`; ValueError (one line) otherwise."""
     folder = Path(folder)
     path = folder / RECORD
-    if not path.is_file():
-        raise ValueError(f"no {RECORD} in {folder}: not a checked engine build "
-                         f"(build one with: python export/to_trt.py CKPT --out {folder})")
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON ({e})") from None
-    missing = [k for k in _KEYS if k not in record]
-    models = record.get("models", {})
-    missing += [f"models.{n}.{k}" for n in ENCODERS for k in _MODEL_KEYS if k not in models.get(n, {})]
-    if missing:
-        raise ValueError(f"{path}: missing field(s) {missing}")
-    if record["format"] != _FORMAT or record["version"] > _VERSION:
-        raise ValueError(f"{path}: format {record['format']!r} version {record['version']} "
-                         f"is not a {_FORMAT} of version <= {_VERSION}")
+    keys = _KEYS + tuple(f"models.{n}.{k}" for n in ENCODERS for k in _MODEL_KEYS)
+    record = read_json_record(path, _FORMAT, _VERSION, keys, ValueError, ValueError,
+                              f"not a checked engine build (build one with: tbps trt CKPT --out {folder})")
     if record["fingerprint"] != fingerprint:
         raise ValueError(f"{path}: engines built from checkpoint {record['fingerprint']}, expected checkpoint "
                          f"{fingerprint} (rebuild them with export/to_trt.py)")

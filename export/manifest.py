@@ -12,9 +12,10 @@ its version, not by a shape mismatch at the first query.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
+
+from export.records import read_json_record, write_json_record
 
 FORMAT = "tbps-onnx-export"
 VERSION = 2
@@ -29,30 +30,15 @@ class ManifestError(ValueError):
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> Path:
-    path = Path(out_dir) / NAME
-    tmp = path.with_name(NAME + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_record(Path(out_dir) / NAME, manifest)
 
 
 def load_manifest(export_dir: str | os.PathLike, fingerprint: str | None = None) -> dict:
     """The validated manifest of an export directory; with `fingerprint`, it must be that checkpoint's."""
     export_dir = Path(export_dir)
     path = export_dir / NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no {NAME} in {export_dir}: not an ONNX export "
-                                f"(write one with: python export/to_onnx.py CKPT --out {export_dir})")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{path}: invalid JSON ({e})") from None
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise ManifestError(f"{path}: missing field(s) {missing}")
-    if manifest["format"] != FORMAT or manifest["version"] > VERSION:
-        raise ManifestError(f"{path}: format {manifest['format']!r} version {manifest['version']} "
-                            f"is not a {FORMAT} of version <= {VERSION}")
+    manifest = read_json_record(path, FORMAT, VERSION, REQUIRED_KEYS, ManifestError, FileNotFoundError,
+                                f"not an ONNX export (write one with: tbps export CKPT --out {export_dir})")
     for name in ENCODERS:
         file = export_dir / manifest["models"][name]["file"]
         if not file.is_file():

@@ -41,7 +41,7 @@ def test_dummy_plans_without_a_record_are_refused(folder):
     """Fault 8: plan files alone (anything named .plan) are not engines of this checkpoint."""
     (folder / RECORD).unlink()
     with pytest.raises(ValueError, match=rf"^no {RECORD} in {folder}: not a checked engine build "
-                                         rf"\(build one with: python export/to_trt.py CKPT --out {folder}\)$"):
+                                         rf"\(build one with: tbps trt CKPT --out {folder}\)$"):
         check_engines(folder, FINGERPRINT)
 
 
