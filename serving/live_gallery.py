@@ -21,6 +21,7 @@ one, theirs is 0.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sqlite3
@@ -104,10 +105,22 @@ class LiveGallery:
             for stale in set(os.listdir(self.folder / SEGMENTS)) - segments:
                 (self.folder / SEGMENTS / stale).unlink()  # written, never committed: never acknowledged
 
+    @contextlib.contextmanager
+    def _transaction(self):
+        """One write transaction. Explicit: the connection autocommits (isolation_level=None, so
+        reads can take their own snapshot), and there `with connection:` would commit each row."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
     def _bind_base(self) -> None:
         want = {"fingerprint": self.base.fingerprint, "base_items": str(len(self.base)),
                 "base_cameras": ",".join(self.base.cameras)}
-        with self.db:
+        with self._transaction():
             self.db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)", want.items())
         found = dict(self.db.execute("SELECT key, value FROM meta"))
         if found != want:
@@ -195,7 +208,7 @@ class LiveGallery:
             first = len(self.paths)
             segment = f"{first:012d}.safetensors"
             _fsync_write({"sets": sets.detach().cpu().to(torch.float16).contiguous()}, self.folder / SEGMENTS / segment)
-            with self.db:  # one transaction: all of the call or none of it
+            with self._transaction():  # all of the call or none of it
                 self.db.executemany("INSERT INTO cameras VALUES (?, ?)", [(i, c) for c, i in new.items()])
                 self.db.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)",
                                     [(first + r, segment, r, p, persons[r], cams[r], stamps[r])
@@ -214,7 +227,7 @@ class LiveGallery:
             if persons:
                 wanted = torch.tensor([int(p) for p in persons])
                 hit |= set((torch.isin(self.ids.view(), wanted) & self.alive.view()).nonzero().squeeze(1).tolist())
-            with self.db:
+            with self._transaction():
                 self.db.executemany("INSERT OR IGNORE INTO erased VALUES (?)", [(i,) for i in sorted(hit)])
             self._hide(hit)
             return sorted(hit)

@@ -103,6 +103,39 @@ def test_bad_additions_are_refused_and_change_nothing(tmp_path, base):
         LiveGallery(tmp_path / "live", other)
 
 
+class _KilledBetweenRows:
+    """The writer's connection, killed after the first row of an add's items."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    def __enter__(self):
+        return self.db.__enter__()
+
+    def __exit__(self, *exc):
+        return self.db.__exit__(*exc)
+
+    def executemany(self, sql, rows):
+        rows = list(rows)
+        if sql.startswith("INSERT INTO items"):
+            self.db.execute(sql, rows[0])
+            raise KeyboardInterrupt
+        return self.db.executemany(sql, rows)
+
+
+def test_an_add_interrupted_between_rows_leaves_nothing(tmp_path, base):
+    live = LiveGallery(tmp_path / "live", base)
+    live.db = _KilledBetweenRows(live.db)
+    with pytest.raises(KeyboardInterrupt):
+        live.add(unit(3, seed=9), ["k/0.jpg", "k/1.jpg", "k/2.jpg"])
+    live.db.db.close()
+    again = LiveGallery(tmp_path / "live", base)
+    assert len(again) == 20 and os.listdir(tmp_path / "live" / SEGMENTS) == []  # all of the call or none
+
+
 def test_a_reader_takes_in_the_writers_commits_and_never_deletes_its_segments(tmp_path, base):
     writer = LiveGallery(tmp_path / "live", base)
     reader = LiveGallery(tmp_path / "live", base, writer=False)
