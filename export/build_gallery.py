@@ -44,7 +44,7 @@ from export.gallery import save_gallery
 from export.gallery_meta import read_sidecar
 from export.manifest import load_manifest
 from trainer.checkpoint import Checkpoint, load_checkpoint
-from trainer.cli import run as run_command
+from trainer.cli import run_script
 from trainer.data.dataset import ImageDataset
 from trainer.data.formats import ImageEntry, load_dataset
 from trainer.data.transforms import build_transform
@@ -247,10 +247,7 @@ def run(a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    parser.set_defaults(fn=run)
-    run_command(parser, argv)
+    run_script(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

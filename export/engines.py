@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from export.manifest import ENCODERS
-from export.records import read_json_record, write_json_record
+from trainer.records import read_json_record, write_json_record
 
 RECORD = "engines.json"
 CONTAINER = "25.01"      # nvcr.io/nvidia/tritonserver:25.01-py3: CUDA 12.8, TensorRT 10.8.0.43, Python 3.12

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from export.records import read_json_record, write_json_record
+from trainer.records import read_json_record, write_json_record
 
 FORMAT = "tbps-onnx-export"
 VERSION = 2

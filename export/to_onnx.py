@@ -31,7 +31,7 @@ from tqdm import tqdm
 from export.fp16 import convert_to_fp16
 from export.manifest import FORMAT, VERSION, write_manifest
 from trainer.checkpoint import Checkpoint, load_checkpoint
-from trainer.cli import run as run_command
+from trainer.cli import run_script
 
 OPSET = 17
 BATCH = "batch"  # the dynamic axis' name in the graphs
@@ -152,10 +152,7 @@ def run(a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    parser.set_defaults(fn=run)
-    run_command(parser, argv)
+    run_script(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

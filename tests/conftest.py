@@ -1,9 +1,25 @@
-"""Shared fixtures: a small synthetic dataset and a tiny trained checkpoint, built once per session."""
+"""Shared fixtures: a small synthetic dataset and a tiny trained checkpoint, built once per session;
+and the command line run as a user runs it."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from trainer.recipes import RECIPES
 
 TEST_RECIPE = RECIPES["test"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_command(module: str, *args, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS...` in a real process (`serving.cli` is `tbps`); with `check`, it must succeed."""
+    done = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
+    if check:
+        assert done.returncode == 0, done.stderr[-2000:]
+    return done
 
 
 @pytest.fixture(scope="session")

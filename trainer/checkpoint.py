@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from trainer.data.tokenizer import Tokenizer
 from trainer.data.transforms import CLIP_MEAN, CLIP_STD
+from trainer.records import read_json_record
 from trainer.retriever import Retriever, build_retriever
 
 FORMAT = "tbps-checkpoint"
@@ -124,18 +125,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 def read_config(path: str | os.PathLike) -> dict:
     """The validated config.json of a checkpoint (or run) directory."""
     path = resolve_checkpoint(path)
-    file = path / CONFIG_NAME
-    try:
-        config = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{file}: invalid JSON ({e})") from None
-    missing = [k for k in REQUIRED_KEYS if k not in config]
-    if missing:
-        raise CheckpointError(f"{file}: missing field(s) {missing}")
-    if config["format"] != FORMAT or config["version"] > VERSION:
-        raise CheckpointError(f"{file}: format {config['format']!r} version {config['version']} "
-                              f"is not a {FORMAT} of version <= {VERSION}")
-    return config
+    return read_json_record(path / CONFIG_NAME, FORMAT, VERSION, REQUIRED_KEYS, CheckpointError, CheckpointError,
+                            "not a checkpoint")
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:

@@ -126,6 +126,15 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
         sys.exit(status)
 
 
+def run_script(description: str, add_arguments, fn, argv: list[str] | None = None) -> None:
+    """A stage script's own command line (`python export/X.py ...`): the arguments and the action
+    of its `tbps` command, so the two cannot drift apart."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.set_defaults(fn=fn)
+    run(parser, argv)
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m trainer`: the trainer's own commands (what `torchrun -m trainer train` runs)."""
     parser = argparse.ArgumentParser(prog="python -m trainer", description="synthesize, train and evaluate")

@@ -7,19 +7,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 from serving.launch import free_port
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO, run_command
 
 
 def tbps(*args, check=True):
-    done = subprocess.run([sys.executable, "-m", "serving.cli", *map(str, args)], capture_output=True,
-                          text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
-    if check:
-        assert done.returncode == 0, done.stderr[-2000:]
-    return done
+    return run_command("serving.cli", *args, check=check)
 
 
 def _get(url: str, wait_s: float = 30.0) -> bytes:

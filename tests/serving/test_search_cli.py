@@ -5,12 +5,13 @@ import sys
 
 import pytest
 
+from tests.conftest import run_command
+
 pytestmark = pytest.mark.slow
 
 
 def tbps(*args):
-    return subprocess.run([sys.executable, "-m", "serving.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+    return run_command("serving.cli", *args, check=False)
 
 
 def test_search_prints_ranked_hits_as_json(server):

@@ -1,21 +1,13 @@
 """`python -m trainer` (the trainer's commands, what torchrun runs) as a user runs it: a real process, real files."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import run_command
 
 
 def tbps(*args, check=True):
-    done = subprocess.run([sys.executable, "-m", "trainer", *map(str, args)], capture_output=True,
-                          text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
-    if check:
-        assert done.returncode == 0, done.stderr[-2000:]
-    return done
+    return run_command("trainer", *args, check=check)
 
 
 def test_synth_writes_dataset_and_refuses_to_overwrite(tmp_path):

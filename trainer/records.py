@@ -1,5 +1,6 @@
-"""The JSON records an export folder carries (manifest.json, engines.json): written atomically,
-read back checked for their format, version and fields, one way for every record."""
+"""The project's JSON records (a checkpoint's config.json, an export's manifest.json, an engine
+folder's engines.json): written atomically, read back checked for their format, version and
+fields, one way for every record."""
 from __future__ import annotations
 
 import json
