@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_encoders.py [--configs tiny vit-b16-384x128] [--batches 1 32]
                                                   [--threads 2] [--method esa] [--budget 3]
+                                                  [--results benchmarks/results]
 
 Both encoders (text: 77 token ids; image: the config's size) of a randomly initialised model
 (speed does not depend on the weights), exported by export.to_onnx.export_encoder. Each case is
@@ -10,8 +11,8 @@ each, after an untimed one per block); the median is reported. On CPU: torch fp3
 ONNX Runtime (CPU provider), both limited to `--threads`. On a GPU also: torch fp16 eager,
 torch fp16 replayed from a CUDA graph, and TensorRT (fp16 ONNX, strongly typed) when it imports.
 The machine's load matters: on a shared machine, compare the ratios rather than absolute times.
-Writes benchmarks/results/encoders_{cpu,gpu}.json and .png (with --quick: *_quick.*), and prints
-ONNX Runtime / torch ratios.
+Writes benchmarks/results/encoders_{cpu,gpu}.json and .png (with --quick: *_quick.*; --results:
+another folder), and prints ONNX Runtime / torch ratios.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from typing import Callable
 import onnxruntime as ort
 import torch
 
-from common import grouped_bars, machine_record, pyplot, result_stem, save_plot, write_result
+from common import RESULTS, grouped_bars, machine_record, pyplot, result_stem, save_plot, write_result
 from export.to_onnx import encoder_specs, export_encoder
 from trainer.model import load_config
 from trainer.retriever import Retriever
@@ -165,6 +166,7 @@ def main() -> None:
     parser.add_argument("--method", default="esa")
     parser.add_argument("--budget", type=float, default=3.0, help="seconds of timed runs per case (at least 2 runs)")
     parser.add_argument("--quick", action="store_true", help="tiny only, 1 s a case")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON / PNG go")
     args = parser.parse_args()
     if args.quick:
         args.configs, args.budget = ["tiny"], 1.0
@@ -201,7 +203,7 @@ def main() -> None:
               "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]}, **machine_record("torch"),
               "onnxruntime": ort.__version__, "results": rows,
               "onnxruntime_speedup_over_torch": ratios}
-    stem = result_stem(f"encoders_{'gpu' if gpu else 'cpu'}", args.quick)
+    stem = result_stem(f"encoders_{'gpu' if gpu else 'cpu'}", args.quick, args.results)
     write_result(stem, result)
     plot(result, stem)
     print(f"\n{'config':<18}{'encoder':<15}{'batch':>6}  {'backend':<30}{'ms':>10}{'items/s':>10}")

@@ -1,6 +1,6 @@
 """Top-k set-similarity search: kernels.search against its baselines, measured in the same run.
 
-    .venv/bin/python benchmarks/bench_search.py [--quick]
+    .venv/bin/python benchmarks/bench_search.py [--quick] [--results benchmarks/results]
 
 CPU (always): the blocked CPU path against the naive torch reference (the [Q, N, Kq, Kg]
 einsum + reductions + topk) for N in {10k, 100k}, Q in {1, 32}, K = 5 rows a set, D = 512,
@@ -8,7 +8,8 @@ and for K = 1 against faiss-cpu IndexFlatIP. GPU (when CUDA is present): the Tri
 for N in {100k, 1M}, Kq = Kg = 5, D = 512, fp16, Q in {1, 64}, against torch eager and
 torch.compile of the reference, with achieved bytes/s and FLOP/s next to the device's copy
 bandwidth and fp16 matmul rate measured in the same run. Writes
-benchmarks/results/search_cpu.json/.png and search_gpu_<device>.json/.png (--quick: *_quick.*).
+benchmarks/results/search_cpu.json/.png and search_gpu_<device>.json/.png (--quick: *_quick.*;
+--results: another folder).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from common import grouped_bars, machine_record, median_seconds, pyplot, result_stem, save_plot, write_result
+from common import RESULTS, grouped_bars, machine_record, median_seconds, pyplot, result_stem, save_plot, write_result
 from kernels.set_similarity import set_similarity_reference
 
 K_TOP, D, ALPHA = 10, 512, 16.0
@@ -138,19 +139,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the smaller sizes only")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON / PNG go")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     machine = machine_record("machine", "processor", "threads", "torch")  # threads: as set above
     rows = bench_cpu(args.quick)
-    stem = result_stem("search_cpu", args.quick)
+    stem = result_stem("search_cpu", args.quick, args.results)
     write_result(stem, {"benchmark": "search_cpu", **machine, "k": K_TOP, "alpha": ALPHA, "rows": rows})
     plot(rows, ["naive_s", "faiss_s"], stem,
          f"top-{K_TOP} search on CPU ({args.threads} threads): kernels.search vs naive torch vs faiss")
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
         gpu = bench_gpu(args.quick)
-        stem = result_stem(f"search_gpu_{name.replace(' ', '_').replace('/', '_')}", args.quick)
+        stem = result_stem(f"search_gpu_{name.replace(' ', '_').replace('/', '_')}", args.quick, args.results)
         write_result(stem, {"benchmark": "search_gpu", "device": name, **machine, "k": K_TOP, **gpu})
         plot(gpu["rows"], ["eager_s", "compile_s"], stem,
              f"top-{K_TOP} search on {name}, fp16: Triton kernel vs torch eager / compile")

@@ -1,6 +1,6 @@
 """End-to-end serving latency: text over gRPC -> tokenizer -> text encoder -> gallery search.
 
-    .venv/bin/python benchmarks/bench_serving.py [--quick] [--gallery-size 20000]
+    .venv/bin/python benchmarks/bench_serving.py [--quick] [--gallery-size 20000] [--results benchmarks/results]
 
 The floor first: the same tokenizer + ONNX Runtime text encoder + kernels.search in this
 process, one query at a time (what the server adds is measured against it: `p50_vs_floor`).
@@ -11,7 +11,8 @@ dynamic batching on (the default repository), off, and the gallery split over 2 
 synthetic set: latency depends on its shapes, not its accuracy. The gallery holds
 --gallery-size random unit embedding sets under that checkpoint's fingerprint (search cost
 depends on N, not on content; the demo's gallery is 401 images). Writes
-benchmarks/results/serving_cpu[_n<N> unless N is 20000][_quick].json and .png.
+benchmarks/results/serving_cpu[_n<N> unless N is 20000][_quick].json and .png (--results: another
+folder).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from common import machine_record, percentiles_ms, pyplot, result_stem, save_plot, write_result  # noqa: E402
+from common import RESULTS, machine_record, percentiles_ms, pyplot, result_stem, save_plot, write_result  # noqa: E402
 
 CAPTIONS = ["a woman in a red coat with a black handbag", "a man in a grey hoodie, dark jeans and a backpack",
             "a young man wearing a white t-shirt and blue shorts", "a woman with long hair in a green dress",
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="concurrency 1, 8 and 32; 4 s each")
     parser.add_argument("--gallery-size", type=int, default=20_000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON / PNG go")
     args = parser.parse_args()
     from serving.launch import TritonServer
     from serving.load import run_load
@@ -120,7 +122,7 @@ def main() -> None:
     for r in rows:
         r["qps_vs_batching_on"] = r["qps"] / base[r["concurrency"]]
     size = "" if args.gallery_size == 20_000 else f"_n{args.gallery_size}"
-    stem = result_stem(f"serving_cpu{size}", args.quick)
+    stem = result_stem(f"serving_cpu{size}", args.quick, args.results)
     c1 = next(r for r in rows if r["setup"] == "batching on" and r["concurrency"] == 1)
     write_result(stem, {
         "benchmark": "serving_cpu", **machine_record("machine", "processor", "cores"),

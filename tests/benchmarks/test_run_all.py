@@ -1,5 +1,6 @@
 """`benchmarks/run_all.py --quick` (the README's benchmark command) runs every benchmark and
-each writes its JSON and plot. Timings are not asserted: these machines are shared."""
+each writes its JSON and plot, into the folder given by --results (here the test's own, so that
+a run never touches benchmarks/results/). Timings are not asserted: these machines are shared."""
 import json
 import subprocess
 import sys
@@ -11,11 +12,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_run_all_quick_writes_every_result():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick"],
-                          capture_output=True, text=True, timeout=900)
+def test_run_all_quick_writes_every_result(tmp_path):
+    results = tmp_path / "results"  # not there yet: the scripts make it
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick",
+                           "--results", str(results)], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = ROOT / "benchmarks" / "results"
     for stem in ("encoders_cpu_quick", "search_cpu_quick", "serving_cpu_quick"):
         data = json.loads((results / f"{stem}.json").read_text())
         rows = data.get("rows") or data.get("results")
