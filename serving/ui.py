@@ -2,13 +2,17 @@
 
     tbps ui --gallery GALLERY_FILE | --root IMAGES  [--url 127.0.0.1:8001 ...] [--port 8080]
 
-Routes: `/` the page (ui_static/: plain HTML and a little JavaScript), `/api/search?text=...&k=...`
-the hits exactly as `tbps search --json` prints them (one entry per `text`, repeatable),
-`/thumb/PATH` a thumbnail of a gallery image (made once, cached on disk) and `/image/PATH` the
-image itself. PATH is a hit's `path`, relative to the gallery's image root: a file is served
-only if it resolves, symlinks followed, to an image inside that root; anything else is a 404.
-The page keeps the query in its URL (?q=...&k=...), so a search can be shared and reloaded.
-Filters and search by image are to be more parameters of /api/search, passed to the client.
+Routes: `/` the page (ui_static/: plain HTML and a little JavaScript);
+`/api/search?text=...&k=...` (or `like=INDEX`: more like that gallery item) the hits exactly as
+`tbps search --json` prints them, one entry per `text` or `like` (repeatable), with the filter
+`camera` (repeatable: any of), `since`, `until` (ISO 8601); `POST /api/search/image?k=...`
+the same for the image file that is the request's body (at most 16 MB); `/api/options` the
+gallery's camera names and that limit; `/thumb/PATH` a thumbnail of a gallery image (made once,
+cached on disk) and `/image/PATH` the image itself. PATH is a hit's `path`, relative to the
+gallery's image root: a file is served only if it resolves, symlinks followed, to an image
+inside that root; anything else is a 404. The page keeps its query and filters in its URL
+(?q=...&k=...&camera=...&since=...&until=..., or ?like=INDEX&...), so a search can be shared
+and reloaded; an uploaded image is the one query no URL can hold.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import argparse
 import contextlib
 import hashlib
 import os
+import re
 import socket
 import threading
 import time
@@ -25,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from serving.client import AsyncSearchClient, SearchError
+from serving.client import AsyncSearchClient, Filter, SearchError
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -35,6 +40,9 @@ DEFAULT_URL = "127.0.0.1:8001"
 THUMB_BOX = (128, 256)  # width, height: person crops are tall; PIL only ever shrinks to fit
 MAX_K = 500             # a grid larger than this is no page to look at
 LIVE_TIMEOUT_S = 2.0    # the liveness probe that tells "server down" from "query refused"
+# the server's own limit (serving/models/images.py): a larger upload is refused before it is forwarded
+MAX_IMAGE_BYTES = 16 << 20
+INDEX = re.compile(r"[0-9]{1,18}")  # a gallery index as hits give it, and nothing int() would also take
 # the page loads nothing but its own files; no inline script can run even if text slipped into HTML
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'", "X-Content-Type-Options": "nosniff"}
 
@@ -101,7 +109,11 @@ def image_type(path: Path) -> str | None:
 
 
 class QueryError(ValueError):
-    """A malformed /api/search request (the page's own checks, before the server is asked)."""
+    """A malformed request (the page's own checks, before the server is asked); `status` its HTTP code."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 def parse_k(value: str | None) -> int:
@@ -114,6 +126,21 @@ def parse_k(value: str | None) -> int:
     if not 1 <= k <= MAX_K:
         raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
     return k
+
+
+def parse_filter(cameras: list[str], since: str | None, until: str | None) -> Filter:
+    """The client's Filter; an empty field is no bound (a form sends empty fields)."""
+    try:
+        return Filter(tuple(c for c in cameras if c), since or None, until or None)
+    except ValueError as e:  # a bad time or since > until: Filter says which
+        raise QueryError(str(e)) from None
+
+
+def parse_like(values: list[str]) -> list[int]:
+    bad = [v for v in values if not INDEX.fullmatch(v)]
+    if bad:
+        raise QueryError(f"like must be a gallery index (a whole number, as a hit's index gives it), got {bad[0]!r}")
+    return [int(v) for v in values]
 
 
 async def unreachable(client: AsyncSearchClient) -> list[str]:
@@ -130,9 +157,27 @@ async def unreachable(client: AsyncSearchClient) -> list[str]:
     return down
 
 
+async def read_image(request) -> bytes:
+    """The request's body, refused (413) past MAX_IMAGE_BYTES before more of it is read."""
+    too_large = QueryError(f"the image is over {MAX_IMAGE_BYTES >> 20} MB: the server searches images of at most "
+                           f"{MAX_IMAGE_BYTES >> 20} MB", status=413)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_IMAGE_BYTES:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_IMAGE_BYTES:
+            raise too_large
+    if not body:
+        raise QueryError("no image: POST the image file as the request's body")
+    return bytes(body)
+
+
 def create_app(urls: str | list[str], root: str | os.PathLike, cache: str | os.PathLike | None = None,
-               timeout: float = 60.0) -> Starlette:
-    """The page and its API over the servers at `urls` (one per shard), images from `root`."""
+               timeout: float = 60.0, cameras: list[str] = ()) -> Starlette:
+    """The page and its API over the servers at `urls` (one per shard), images from `root`;
+    `cameras`: the gallery's camera names, the page's choices (a filter may name others)."""
     # here, not at the top: `tbps --help` and the other commands need no web framework
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -142,6 +187,7 @@ def create_app(urls: str | list[str], root: str | os.PathLike, cache: str | os.P
 
     images = ImageRoot(root)
     thumbnails = Thumbnails(cache or default_cache())
+    options = {"cameras": list(cameras), "max_image_bytes": MAX_IMAGE_BYTES}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -155,27 +201,52 @@ def create_app(urls: str | list[str], root: str | os.PathLike, cache: str | os.P
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
 
-    async def page(request):
-        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+    def query_filter(params) -> tuple[int, Filter]:
+        return parse_k(params.get("k")), parse_filter(params.getlist("camera"), params.get("since"),
+                                                      params.get("until"))
 
-    async def search(request):
-        texts = request.query_params.getlist("text")
-        if not texts:
-            return error(400, "no description: ask /api/search?text=...&k=10")
-        try:
-            k = parse_k(request.query_params.get("k"))
-        except QueryError as e:
-            return error(400, str(e))
+    async def answer(request, labels: list[str], query) -> JSONResponse:
+        """`await query(client)`'s hits as `tbps search --json` prints them, or the reason there are none."""
         client = request.app.state.client
         try:
-            results = await client.search(texts, k)
+            results = await query(client)
         except SearchError as e:
             down = await unreachable(client)
             if down:
                 return error(503, f"the search server is not reachable at {', '.join(down)}: is it running "
                                   f"(tbps serve REPOSITORY)? ({e})")
             return error(400, f"the server refused the query: {e}")
-        return JSONResponse([{"text": t, "hits": [asdict(h) for h in hits]} for t, hits in zip(texts, results)])
+        return JSONResponse([{"text": t, "hits": [asdict(h) for h in hits]} for t, hits in zip(labels, results)])
+
+    async def page(request):
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+    async def page_options(request):
+        return JSONResponse(options)
+
+    async def search(request):
+        params = request.query_params
+        texts, likes = params.getlist("text"), params.getlist("like")
+        try:
+            if not texts and not likes:
+                raise QueryError("no description: ask /api/search?text=...&k=10 (or like=INDEX)")
+            if texts and likes:
+                raise QueryError("search by text or by like, not both in one request")
+            k, flt = query_filter(params)
+            indices = parse_like(likes)
+        except QueryError as e:
+            return error(e.status, str(e))
+        if texts:
+            return await answer(request, texts, lambda client: client.search(texts, k, flt))
+        return await answer(request, [f"like #{i}" for i in indices], lambda client: client.like(indices, k, flt))
+
+    async def search_image(request):
+        try:
+            k, flt = query_filter(request.query_params)
+            body = await read_image(request)
+        except QueryError as e:
+            return error(e.status, str(e))
+        return await answer(request, ["image"], lambda client: client.search_images(body, k, flt))
 
     async def thumb(request):
         path = images.find(request.path_params["path"])
@@ -194,7 +265,8 @@ def create_app(urls: str | list[str], root: str | os.PathLike, cache: str | os.P
     async def internal(request, exc):  # the last resort: a line, never a traceback, reaches the page
         return error(500, f"internal error of the search page ({type(exc).__name__})")
 
-    return Starlette(routes=[Route("/", page), Route("/api/search", search),
+    return Starlette(routes=[Route("/", page), Route("/api/options", page_options), Route("/api/search", search),
+                             Route("/api/search/image", search_image, methods=["POST"]),
                              Route("/thumb/{path:path}", thumb), Route("/image/{path:path}", image),
                              Mount("/static", StaticFiles(directory=STATIC))],
                      lifespan=lifespan, exception_handlers={Exception: internal})
@@ -224,10 +296,10 @@ def _base_url(host: str, sock: socket.socket) -> str:
 
 
 def serve_ui(urls: str | list[str], root: str | os.PathLike, host: str = "127.0.0.1", port: int = 8080,
-             cache: str | os.PathLike | None = None) -> None:
+             cache: str | os.PathLike | None = None, cameras: list[str] = ()) -> None:
     """Serve the page until Ctrl-C, which ends in KeyboardInterrupt after a clean shutdown
     (uvicorn re-raises the signal it caught)."""
-    server = _server(create_app(urls, root, cache))
+    server = _server(create_app(urls, root, cache, cameras=cameras))
     with _listen(host, port) as sock:
         print(f"search page: {_base_url(host, sock)}/ (Ctrl-C stops)", flush=True)
         server.run(sockets=[sock])
@@ -235,9 +307,9 @@ def serve_ui(urls: str | list[str], root: str | os.PathLike, host: str = "127.0.
 
 @contextlib.contextmanager
 def running_ui(urls: str | list[str], root: str | os.PathLike, cache: str | os.PathLike | None = None,
-               host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0):
+               host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0, cameras: list[str] = ()):
     """The page served from a background thread (tests, benchmarks): yields its base URL."""
-    server = _server(create_app(urls, root, cache, timeout))
+    server = _server(create_app(urls, root, cache, timeout, cameras))
     with _listen(host, port) as sock:
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="tbps-ui", daemon=True)
         thread.start()
@@ -252,19 +324,21 @@ def running_ui(urls: str | list[str], root: str | os.PathLike, cache: str | os.P
             thread.join()
 
 
-def gallery_root(gallery: str | os.PathLike) -> str:
+def gallery_images(gallery: str | os.PathLike) -> tuple[str, list[str]]:
+    """A gallery file's image folder and camera names (its sets are not read)."""
     from export.gallery import load_gallery
-    root = load_gallery(gallery).root
-    if not root:
+    g = load_gallery(gallery, with_sets=False)
+    if not g.root:
         raise ValueError(f"{gallery} records no image folder: give it with --root")
-    return root
+    return g.root, g.cameras
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", action="append", default=[],
                         help=f"host:port of the server's gRPC endpoint; repeat for each shard (default {DEFAULT_URL})")
     images = parser.add_mutually_exclusive_group(required=True)
-    images.add_argument("--gallery", help="the served gallery file: its images are under the folder it records")
+    images.add_argument("--gallery", help="the served gallery file: its images are under the folder it records, "
+                                          "its cameras are the page's choices")
     images.add_argument("--root", help="the folder the gallery's image paths are relative to")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback only)")
@@ -272,5 +346,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> None:
-    root = gallery_root(a.gallery) if a.gallery else a.root
-    serve_ui(a.url or [DEFAULT_URL], root, host=a.host, port=a.port, cache=a.cache)
+    root, cameras = gallery_images(a.gallery) if a.gallery else (a.root, [])
+    serve_ui(a.url or [DEFAULT_URL], root, host=a.host, port=a.port, cache=a.cache, cameras=cameras)
