@@ -27,33 +27,13 @@ from pathlib import Path
 # ~200 ms after each op on the core the floor's ONNX Runtime needs; read when torch loads
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from common import RESULTS, machine_record, percentiles_ms, pyplot, result_stem, save_plot, write_result  # noqa: E402
+from tiny_runs import served_model  # noqa: E402
 
 CAPTIONS = ["a woman in a red coat with a black handbag", "a man in a grey hoodie, dark jeans and a backpack",
             "a young man wearing a white t-shirt and blue shorts", "a woman with long hair in a green dress",
             "a person in a black jacket carrying a yellow umbrella", "a girl with a pink bag and white shoes"]
-
-
-def build(work: Path, gallery_size: int) -> tuple[Path, Path]:
-    """(ONNX export directory, gallery file) of a freshly trained tiny ESA model."""
-    from export.gallery import save_gallery
-    from export.to_onnx import export_onnx
-    from trainer.checkpoint import load_checkpoint
-    from trainer.data.synthetic import write_synthetic
-    from trainer.recipes import recipe
-    from trainer.fit import TrainConfig, train
-    data = write_synthetic(work / "data", ids=16, seed=0, image_size=(64, 32), progress=False)
-    recipe = recipe("tiny", epochs=1, batch_size=16, progress=False, bpe_vocab=600)
-    ckpt = load_checkpoint(train(TrainConfig(data=str(data), out=str(work / "run"), **recipe)))
-    export = export_onnx(ckpt, work / "onnx").parent
-    torch.manual_seed(0)
-    sets = F.normalize(torch.randn(gallery_size, ckpt.model.set_size, ckpt.config["embed_dim"]), dim=-1)
-    gallery = save_gallery(work / "gallery.safetensors", sets, torch.arange(gallery_size) // 4,
-                           [f"img{i:07d}.jpg" for i in range(gallery_size)], ckpt.fingerprint,
-                           **ckpt.model.score_params)
-    return export, gallery
 
 
 def in_process(export: Path, gallery: Path, texts: list[str], seconds: float, k: int = 10) -> dict:
@@ -84,7 +64,8 @@ def in_process(export: Path, gallery: Path, texts: list[str], seconds: float, k:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="concurrency 1, 8 and 32; 4 s each")
+    parser.add_argument("--quick", action="store_true",
+                        help="concurrency 1, 8 and 32, 2 s each, models batching up to 32 (what 32 clients send)")
     parser.add_argument("--gallery-size", type=int, default=20_000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON / PNG go")
@@ -94,22 +75,23 @@ def main() -> None:
     from serving.repository import write_repository
     from serving.shards import write_shard_repositories
     levels = (1, 8, 32) if args.quick else (1, 4, 16, 64)
-    seconds = 4.0 if args.quick else args.seconds
+    seconds = 2.0 if args.quick else args.seconds
+    batch = {"max_batch_size": max(levels)} if args.quick else {}  # fewer warm-up shapes: a faster start
     rows = []
     with tempfile.TemporaryDirectory(prefix="tbps-bench-serving-") as tmp:
         work = Path(tmp)
-        export, gallery = build(work, args.gallery_size)
+        export, gallery, _ = served_model(work, args.gallery_size)
         floor = in_process(export, gallery, CAPTIONS, seconds)
         print(f"in-process floor: p50 {floor['p50_ms']:.2f} ms  p95 {floor['p95_ms']:.2f}  "
               f"{floor['qps']:.1f} q/s", flush=True)
-        setups = {"batching on": [write_repository(export, gallery, work / "on")],
-                  "batching off": [write_repository(export, gallery, work / "off", batching=False)],
-                  "2 shards": write_shard_repositories(export, gallery, 2, work / "shards")}
+        setups = {"batching on": [write_repository(export, gallery, work / "on", **batch)],
+                  "batching off": [write_repository(export, gallery, work / "off", batching=False, **batch)],
+                  "2 shards": write_shard_repositories(export, gallery, 2, work / "shards", **batch)}
         for name, repos in setups.items():
             with contextlib.ExitStack() as stack:
                 servers = [stack.enter_context(TritonServer(r)) for r in repos]
                 urls = [s.grpc_url for s in servers]
-                run_load(urls, CAPTIONS, concurrency=4, duration=2.0)  # warm-up
+                run_load(urls, CAPTIONS, concurrency=4, duration=seconds / 2)  # warm-up
                 for concurrency in levels:
                     report = run_load(urls, CAPTIONS, concurrency=concurrency, duration=seconds)
                     row = {"setup": name, **{k: v for k, v in report.items() if k != "errors"},

@@ -1,5 +1,6 @@
 """`tiny` trained from scratch on the demo's synthetic people, by method and seed, and evaluated on
-the unseen test people: the runs that bench_esa_vs_baseline.py and bench_methods.py compare.
+the unseen test people: the runs that bench_esa_vs_baseline.py and bench_methods.py compare; and
+the one-epoch model with a random gallery that the serving benchmarks serve (`served_model`).
 
 A library module of benchmarks/ (never run): finished runs are reused, so every comparison
 trains and scores its runs the same way.
@@ -19,6 +20,28 @@ from trainer.recipes import DEMO_IDS, RECIPES
 
 BETAS = (0.0, 0.5, 1.0)  # weights of the gallery adaptive margin b_g
 METRICS = ("R1", "R5", "R10", "mAP")  # those printed and plotted (the JSON has every metric)
+
+
+def served_model(work: Path, gallery_size: int) -> tuple[Path, Path, Path]:
+    """(ONNX export directory, gallery file, synthetic data folder) of a freshly trained tiny ESA
+    model; the gallery holds `gallery_size` random unit embedding sets under its fingerprint
+    (search cost depends on N and the shapes, not on content)."""
+    import torch
+    import torch.nn.functional as F
+
+    from export.gallery import save_gallery
+    from export.to_onnx import export_onnx
+    from trainer.recipes import recipe
+    data = write_synthetic(work / "data", ids=16, seed=0, image_size=(64, 32), progress=False)
+    ckpt = load_checkpoint(train(TrainConfig(data=str(data), out=str(work / "run"),
+                                             **recipe("tiny", epochs=1, batch_size=16, progress=False, bpe_vocab=600))))
+    export = export_onnx(ckpt, work / "onnx").parent
+    torch.manual_seed(0)
+    sets = F.normalize(torch.randn(gallery_size, ckpt.model.set_size, ckpt.config["embed_dim"]), dim=-1)
+    gallery = save_gallery(work / "gallery.safetensors", sets, torch.arange(gallery_size) // 4,
+                           [f"img{i:07d}.jpg" for i in range(gallery_size)], ckpt.fingerprint,
+                           **ckpt.model.score_params)
+    return export, gallery, data
 
 
 def synthetic_data(data_dir: Path, ids: int = DEMO_IDS):

@@ -116,16 +116,21 @@ def save_gallery(path: str | os.PathLike, sets: torch.Tensor, ids, paths: list[s
     return path
 
 
-def load_gallery(path: str | os.PathLike, fingerprint: str | None = None) -> Gallery:
+def load_gallery(path: str | os.PathLike, fingerprint: str | None = None, with_sets: bool = True) -> Gallery:
     """A validated gallery; with `fingerprint` (the querying checkpoint's), a gallery built by
-    other weights is refused."""
+    other weights is refused. `with_sets=False` reads everything but the sets, which are then a
+    storage-less `meta` tensor of their shape (a process that only needs the items' metadata)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"gallery file not found: {path}")
     try:
         with safe_open(path, "pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys() if with_sets or k != "sets"}
+            if not with_sets and "sets" in f.keys():
+                sets = f.get_slice("sets")
+                dtype = {"F16": torch.float16}.get(sets.get_dtype(), torch.float32)
+                tensors["sets"] = torch.empty(sets.get_shape(), dtype=dtype, device="meta")
     except (SafetensorError, OSError) as e:
         raise GalleryError(f"{path}: not a readable safetensors gallery file ({e})") from None
     if meta.get("format") != FORMAT:

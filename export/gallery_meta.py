@@ -10,6 +10,8 @@ A sidecar file gives them to `tbps gallery --meta FILE`, CSV with a header or JS
 sidecar does not list. In the gallery file a camera is an index into its list of camera
 names (-1: unknown) and a time int64 milliseconds since the Unix epoch (NO_TIME: unknown),
 so a query's filter becomes a boolean mask on the search's device in two comparisons.
+torch is imported where tensors are built: the server's torch-free processes (ingest, erasure)
+parse times with this module.
 """
 from __future__ import annotations
 
@@ -18,10 +20,12 @@ import datetime as dt
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-NO_TIME = torch.iinfo(torch.int64).min
+NO_TIME = -(1 << 63)  # torch.iinfo(torch.int64).min
 NO_CAMERA = -1
 FIELDS = ("path", "camera", "time")
 
@@ -66,39 +70,44 @@ def _rows(path: Path):
             yield reader.line_num, row
 
 
-def read_sidecar(sidecar: str | os.PathLike, paths: list[str]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """(camera names, camera int32 [N], time int64 [N]) of the gallery items `paths` from a
-    sidecar. A row naming no gallery item, a repeated path or a bad time is refused, with its line."""
+def sidecar_fields(sidecar: str | os.PathLike, paths: list[str]) -> list[tuple[str, str]]:
+    """(camera, time) strings of each of `paths` from a sidecar ("": unknown, or not listed). A
+    row naming none of `paths`, a repeated path or a bad time is refused, with its line."""
     sidecar = Path(sidecar)
     if sidecar.suffix.lower() not in (".csv", ".jsonl"):
         raise ValueError(f"{sidecar}: a sidecar is .csv or .jsonl")
     if not sidecar.is_file():
         raise FileNotFoundError(f"metadata sidecar not found: {sidecar}")
     index = {p: i for i, p in enumerate(paths)}
-    camera = torch.full((len(paths),), NO_CAMERA, dtype=torch.int32)
-    time = torch.full((len(paths),), NO_TIME, dtype=torch.int64)
-    names: dict[str, int] = {}
-    seen: set[int] = set()
+    fields: list[tuple[str, str] | None] = [None] * len(paths)
     for line_no, row in _rows(sidecar):
         where = f"{sidecar}:{line_no}"
         path = str(row.get("path") or "")
         if path not in index:
-            raise ValueError(f"{where}: {path!r} is not an image of this gallery (paths are relative to its root, "
+            raise ValueError(f"{where}: {path!r} is not one of the images (paths are relative to their root, "
                              f"such as {paths[0]!r})")
         i = index[path]
-        if i in seen:
+        if fields[i] is not None:
             raise ValueError(f"{where}: {path!r} is listed twice")
-        seen.add(i)
-        name = str(row.get("camera") or "").strip()
-        if name:
-            camera[i] = names.setdefault(name, len(names))
         when = str(row.get("time") or "").strip()
         if when:
             try:
-                time[i] = parse_time(when)
+                parse_time(when)
             except ValueError as e:
                 raise ValueError(f"{where}: {e}") from None
-    return list(names), camera, time
+        fields[i] = (str(row.get("camera") or "").strip(), when)
+    return [f or ("", "") for f in fields]
+
+
+def read_sidecar(sidecar: str | os.PathLike, paths: list[str]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """(camera names, camera int32 [N], time int64 [N]) of the gallery items `paths` from a
+    sidecar (sidecar_fields)."""
+    import torch
+    fields = sidecar_fields(sidecar, paths)
+    names = list(dict.fromkeys(c for c, _ in fields if c))
+    camera = torch.tensor([names.index(c) if c else NO_CAMERA for c, _ in fields], dtype=torch.int32)
+    time = torch.tensor([parse_time(t) if t else NO_TIME for _, t in fields], dtype=torch.int64)
+    return names, camera, time
 
 
 def allowed_items(cameras: list[str], camera: torch.Tensor, time: torch.Tensor, want_cameras=None,
@@ -107,6 +116,7 @@ def allowed_items(cameras: list[str], camera: torch.Tensor, time: torch.Tensor, 
     device of `camera`/`time`; None when nothing is filtered. A camera the gallery does not
     have and a window with since > until are refused; an item of unknown camera or time
     never passes a filter on it. `since`/`until`: ISO 8601 or milliseconds, both inclusive."""
+    import torch
     mask = None
     if want_cameras:
         unknown = sorted(set(want_cameras) - set(cameras))

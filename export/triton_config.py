@@ -16,6 +16,7 @@ portable python encoder takes ragged batches instead and pads them to their long
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -24,22 +25,42 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 CONFIG_FILE = "config.pbtxt"
 TOKENIZER, TEXT_ENCODER, GALLERY_MODEL, ENSEMBLE = "tokenizer", "text_encoder", "gallery_search", "person_search"
+IMAGE_ENCODER, IMAGE_DECODER, IMAGE_ENSEMBLE = "image_encoder", "image_decoder", "image_search"
+INGEST_MODEL, ERASE_MODEL = "gallery_ingest", "gallery_erase"
 ENCODER_PLATFORMS = ("tensorrt_plan", "onnxruntime_onnx")
 DATA_TYPES = {"float32": mc.TYPE_FP32, "float16": mc.TYPE_FP16, "int32": mc.TYPE_INT32, "int64": mc.TYPE_INT64,
               "string": mc.TYPE_STRING}  # Triton's BYTES tensors: the serving models' text in, paths out
 KINDS = {"KIND_GPU": mc.ModelInstanceGroup.KIND_GPU, "KIND_CPU": mc.ModelInstanceGroup.KIND_CPU}
-RESULTS = [{"name": name, "dtype": dtype, "shape": [-1, -1]}  # [batch, k] each
-           for name, dtype in (("SCORES", "float32"), ("IDS", "int64"), ("PATHS", "string"), ("INDICES", "int64"))]
+RESULTS = [{"name": name, "dtype": dtype, "shape": [-1, -1]}  # [batch, k] each; CAMERA_NAMES, TIMES: "" unknown
+           for name, dtype in (("SCORES", "float32"), ("IDS", "int64"), ("PATHS", "string"), ("INDICES", "int64"),
+                               ("CAMERA_NAMES", "string"), ("TIMES", "string"))]
 TEXT = {"name": "TEXT", "dtype": "string", "shape": [-1, 1]}
 TOPK = {"name": "TOPK", "dtype": "int32", "shape": [-1, 1]}
+IMAGE = {"name": "IMAGE", "dtype": "string", "shape": [-1, 1]}  # an encoded image file (JPEG, PNG, ...)
+# a query's filter, one per request (optional: absent = no filter): camera names, ISO 8601 window
+FILTERS = [{"name": "CAMERAS", "dtype": "string", "shape": [-1, -1], "optional": True},
+           {"name": "SINCE", "dtype": "string", "shape": [-1, 1], "optional": True},
+           {"name": "UNTIL", "dtype": "string", "shape": [-1, 1], "optional": True}]
+LIKE = {"name": "LIKE", "dtype": "int64", "shape": [-1, 1], "optional": True}  # a gallery item as the query
+# ingest: one row per image; PERSON -1, CAMERA "" and TIME "" for unknown
+INGEST_INPUTS = [IMAGE, {"name": "PATH", "dtype": "string", "shape": [-1, 1]},
+                 {"name": "PERSON", "dtype": "int64", "shape": [-1, 1]},
+                 {"name": "CAMERA", "dtype": "string", "shape": [-1, 1]},
+                 {"name": "TIME", "dtype": "string", "shape": [-1, 1]}]
+INGEST_OUTPUTS = [{"name": "INDEX", "dtype": "int64", "shape": [-1, 1]},   # -1: refused, see ERROR
+                  {"name": "ERROR", "dtype": "string", "shape": [-1, 1]}]  # "": ingested
 TOKEN_BUCKET = 16  # production: token lengths rounded up to a multiple of this, so requests batch
 
 
-def _tensors(field, specs: list[dict], ragged: tuple[str, ...] = ()) -> None:
+def _tensors(field, specs: list[dict], ragged: tuple[str, ...] = (), batched: bool = True) -> None:
+    """Specs' shapes start with the batch (-1), implied by max_batch_size, unless not `batched`."""
     for spec in specs:
         if spec["dtype"] not in DATA_TYPES:
             raise ValueError(f"tensor {spec['name']!r}: no Triton type for dtype {spec['dtype']!r}")
-        tensor = field.add(name=spec["name"], data_type=DATA_TYPES[spec["dtype"]], dims=spec["shape"][1:])
+        tensor = field.add(name=spec["name"], data_type=DATA_TYPES[spec["dtype"]],
+                           dims=spec["shape"][1:] if batched else spec["shape"])
+        if spec.get("optional"):
+            tensor.optional = True
         if spec["name"] in ragged:
             tensor.allow_ragged_batch = True
 
@@ -100,30 +121,96 @@ def tokenizer_config(manifest: dict, max_batch_size: int, bucket: int = 1, **opt
                          pad, **options)
 
 
-def gallery_config(manifest: dict, max_batch_size: int, index_offset: int = 0, **options) -> mc.ModelConfig:
-    """gallery_search: the text encoder's sets + TOPK -> the results; it refuses a gallery of
-    another checkpoint than `fingerprint`, and numbers its images from `index_offset` (shards)."""
-    sets = manifest["models"][TEXT_ENCODER]["outputs"][0]
-    return python_config(GALLERY_MODEL, [sets, TOPK], RESULTS, max_batch_size,
-                         {"fingerprint": manifest["fingerprint"], "index_offset": str(index_offset)}, **options)
+def live_parameters(manifest: dict, index_offset: int, added_offset: int | None) -> dict[str, str]:
+    """What the models over the live gallery share: the checkpoint, and how local indices map to
+    global ones (base items from `index_offset`, additions from `added_offset`; "": right after
+    the base, one server)."""
+    return {"fingerprint": manifest["fingerprint"], "gallery_model": GALLERY_MODEL, "index_offset": str(index_offset),
+            "added_offset": "" if added_offset is None else str(added_offset)}
+
+
+def gallery_config(manifest: dict, max_batch_size: int, index_offset: int = 0, added_offset: int | None = None,
+                   **options) -> mc.ModelConfig:
+    """gallery_search: a query (exactly one of text_sets, image_sets or LIKE) + TOPK and an
+    optional filter -> the results over the live gallery. It refuses a gallery of another
+    checkpoint than `fingerprint`; see live_parameters for the indices."""
+    text_sets = manifest["models"][TEXT_ENCODER]["outputs"][0]
+    image_sets = manifest["models"][IMAGE_ENCODER]["outputs"][0]
+    queries = [dict(text_sets, optional=True), dict(image_sets, optional=True), LIKE]
+    return python_config(GALLERY_MODEL, [*queries, TOPK, *FILTERS], RESULTS, max_batch_size,
+                         live_parameters(manifest, index_offset, added_offset), ragged=("CAMERAS",), **options)
+
+
+def image_decoder_config(manifest: dict, max_batch_size: int, **options) -> mc.ModelConfig:
+    """image_decoder: IMAGE (encoded bytes) -> the image encoder's pixels, the eval transform."""
+    (pixels,) = manifest["models"][IMAGE_ENCODER]["inputs"]
+    return python_config(IMAGE_DECODER, [IMAGE], [pixels], max_batch_size, {"image": json.dumps(manifest["image"])},
+                         **options)
+
+
+def ingest_config(manifest: dict, max_batch_size: int, encoder_batch: int, index_offset: int = 0,
+                  added_offset: int | None = None, **options) -> mc.ModelConfig:
+    """gallery_ingest: images + path, person, camera, time -> their global indices, durable. One
+    instance: the live gallery's one adding process. It encodes through the image_encoder model
+    (its tensors and `encoder_batch`, its max_batch_size, are in the parameters)."""
+    spec = manifest["models"][IMAGE_ENCODER]
+    encoder = {"model": IMAGE_ENCODER, "input": spec["inputs"][0]["name"], "output": spec["outputs"][0]["name"],
+               "max_batch": encoder_batch}
+    params = dict(live_parameters(manifest, index_offset, added_offset), image=json.dumps(manifest["image"]),
+                  encoder=json.dumps(encoder))
+    return python_config(INGEST_MODEL, INGEST_INPUTS, INGEST_OUTPUTS, max_batch_size, params, instances=1, **options)
+
+
+def erase_config(manifest: dict, index_offset: int = 0, added_offset: int | None = None) -> mc.ModelConfig:
+    """gallery_erase: PATHS and/or PERSONS (optional, any number) -> ERASED (their global
+    indices) and LIVE (items left). Not batched: one request is one erasure."""
+    config = mc.ModelConfig(name=ERASE_MODEL, max_batch_size=0, backend="python")
+    _tensors(config.input, [{"name": "PATHS", "dtype": "string", "shape": [-1], "optional": True},
+                            {"name": "PERSONS", "dtype": "int64", "shape": [-1], "optional": True}],
+             batched=False)
+    _tensors(config.output, [{"name": "ERASED", "dtype": "int64", "shape": [-1]},
+                             {"name": "LIVE", "dtype": "int64", "shape": [1]}], batched=False)
+    config.instance_group.add(count=1, kind=KINDS["KIND_CPU"])
+    for key, value in live_parameters(manifest, index_offset, added_offset).items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def _ensemble(name: str, inputs: list[dict], steps: list, outputs: list[dict]) -> mc.ModelConfig:
+    """An ensemble of `steps` (model config, {model input: ensemble tensor}, {model output:
+    ensemble tensor}); its max_batch_size is the smallest of its steps' (a larger one would be
+    refused at load)."""
+    config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=min(m.max_batch_size for m, _, _ in steps))
+    _tensors(config.input, inputs)
+    _tensors(config.output, outputs)
+    for model, model_inputs, model_outputs in steps:
+        config.ensemble_scheduling.step.add(model_name=model.name, model_version=-1, input_map=model_inputs,
+                                            output_map=model_outputs)
+    return config
+
+
+_FILTER_MAP = {f["name"]: f["name"] for f in FILTERS}
+_RESULT_MAP = {r["name"]: r["name"] for r in RESULTS}
 
 
 def ensemble_config(tokenizer: mc.ModelConfig, text_encoder: mc.ModelConfig,
                     gallery: mc.ModelConfig) -> mc.ModelConfig:
-    """person_search: TEXT + TOPK -> tokenizer -> text_encoder -> gallery_search -> the results.
-    Its max_batch_size is the smallest of its steps' (a larger one would be refused at load)."""
-    config = mc.ModelConfig(name=ENSEMBLE, platform="ensemble",
-                            max_batch_size=min(m.max_batch_size for m in (tokenizer, text_encoder, gallery)))
-    _tensors(config.input, [TEXT, TOPK])
-    _tensors(config.output, RESULTS)
+    """person_search: TEXT + TOPK (+ filter) -> tokenizer -> text_encoder -> gallery_search."""
     (ids,), (sets,) = tokenizer.output, text_encoder.output
-    steps = [(tokenizer, {"TEXT": "TEXT"}, {ids.name: "ids"}),
-             (text_encoder, {text_encoder.input[0].name: "ids"}, {sets.name: "sets"}),
-             (gallery, {gallery.input[0].name: "sets", "TOPK": "TOPK"}, {r["name"]: r["name"] for r in RESULTS})]
-    for model, inputs, outputs in steps:
-        config.ensemble_scheduling.step.add(model_name=model.name, model_version=-1, input_map=inputs,
-                                            output_map=outputs)
-    return config
+    return _ensemble(ENSEMBLE, [TEXT, TOPK, *FILTERS], [
+        (tokenizer, {"TEXT": "TEXT"}, {ids.name: "ids"}),
+        (text_encoder, {text_encoder.input[0].name: "ids"}, {sets.name: "sets"}),
+        (gallery, {sets.name: "sets", "TOPK": "TOPK", **_FILTER_MAP}, _RESULT_MAP)], RESULTS)
+
+
+def image_ensemble_config(decoder: mc.ModelConfig, image_encoder: mc.ModelConfig,
+                          gallery: mc.ModelConfig) -> mc.ModelConfig:
+    """image_search: IMAGE + TOPK (+ filter) -> image_decoder -> image_encoder -> gallery_search."""
+    (pixels,), (sets,) = decoder.output, image_encoder.output
+    return _ensemble(IMAGE_ENSEMBLE, [IMAGE, TOPK, *FILTERS], [
+        (decoder, {"IMAGE": "IMAGE"}, {pixels.name: "pixels"}),
+        (image_encoder, {image_encoder.input[0].name: "pixels"}, {sets.name: "sets"}),
+        (gallery, {sets.name: "sets", "TOPK": "TOPK", **_FILTER_MAP}, _RESULT_MAP)], RESULTS)
 
 
 def write_config(folder: str | os.PathLike, config: mc.ModelConfig) -> Path:

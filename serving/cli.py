@@ -1,7 +1,8 @@
 """`tbps`: the engine's command line, composed at the end of the line.
 
 The trainer's commands (synth, train, eval: trainer/cli.py), the export stage's (export,
-gallery, trt: export/cli.py), then this stage's: repo, serve, search, ui, report and demo.
+gallery, trt: export/cli.py), then this stage's: repo, serve, search, ui, report and demo, and
+the live gallery's ingest, delete and compact (serving/live_commands.py).
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 from export.cli import add_commands as add_export_commands
 from serving import ui
+from serving.live_commands import DEFAULT_URL
+from serving.live_commands import add_commands as add_live_commands
 from trainer.cli import add_commands as add_trainer_commands
 from trainer.cli import run
 from trainer.recipes import DEMO_IDS, RECIPES
@@ -39,12 +42,23 @@ def cmd_serve(a) -> int:
 
 
 def cmd_search(a) -> None:
-    from serving.client import SearchClient, SearchError, print_hits
+    from serving.client import Filter, SearchClient, SearchError, print_hits
+    kinds = [name for name, given in (("text", a.text), ("--image", a.image), ("--like", a.like)) if given]
+    if len(kinds) != 1:
+        raise ValueError("search by one of: descriptions, --image FILE or --like INDEX" +
+                         (f" (got {' and '.join(kinds)})" if kinds else ""))
+    flt = Filter(tuple(a.camera), a.since, a.until)
     try:
-        with SearchClient(a.url or ["127.0.0.1:8001"]) as client:
-            print_hits(a.text, client.search(a.text, k=a.k), as_json=a.json)
+        with SearchClient(a.url or [DEFAULT_URL]) as client:
+            if a.text:
+                labels, hits = a.text, client.search(a.text, k=a.k, filter=flt)
+            elif a.image:
+                labels, hits = a.image, client.search_images([Path(f).read_bytes() for f in a.image], k=a.k, filter=flt)
+            else:
+                labels, hits = [f"like #{i}" for i in a.like], client.like(a.like, k=a.k, filter=flt)
     except SearchError as e:
         raise ValueError(f"the server refused the query: {e}") from None
+    print_hits(labels, hits, as_json=a.json)
 
 
 def cmd_report(a) -> None:
@@ -82,13 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="port of Triton's Prometheus metrics, http://HOST:PORT/metrics")
     p.set_defaults(fn=cmd_serve)
 
-    p = sub.add_parser("search", help="query a running server over gRPC")
-    p.add_argument("text", nargs="+", help="one or more descriptions (quote each)")
-    p.add_argument("-k", type=int, default=10, help="results per description")
+    p = sub.add_parser("search", help="query a running server over gRPC: by description, image or gallery item")
+    p.add_argument("text", nargs="*", help="one or more descriptions (quote each)")
+    p.add_argument("--image", action="append", default=[], metavar="FILE", help="an image as the query (repeatable)")
+    p.add_argument("--like", action="append", default=[], type=int, metavar="INDEX",
+                   help="a gallery item (its index, as results give it) as the query: more of this person")
+    p.add_argument("-k", type=int, default=10, help="results per query")
+    p.add_argument("--camera", action="append", default=[], help="only images of this camera (repeatable: any of)")
+    p.add_argument("--since", default=None, help="only images taken at or after this ISO 8601 time (UTC unless "
+                                                 "it says otherwise)")
+    p.add_argument("--until", default=None, help="only images taken at or before this ISO 8601 time")
     p.add_argument("--url", action="append", default=[],
-                   help="host:port of the server's gRPC endpoint; repeat for each shard (default 127.0.0.1:8001)")
+                   help=f"host:port of the server's gRPC endpoint; repeat for each shard (default {DEFAULT_URL})")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_search)
+
+    add_live_commands(sub)
 
     p = sub.add_parser("ui", help="the search page over a running server, on http://127.0.0.1:8080",
                        description=ui.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

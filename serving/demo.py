@@ -93,7 +93,7 @@ def run_demo(workdir: Path, fresh: bool = False, ids: int = DEMO_IDS,
                   "until Ctrl-C)")
             return metrics
         try:
-            serve_ui(server.grpc_url, gallery.root, port=ui_port)
+            serve_ui(server.grpc_url, gallery.root, port=ui_port, cameras=gallery.cameras)
         except KeyboardInterrupt:  # how the page is meant to stop
             print("stopped the search page and the server")
     return metrics

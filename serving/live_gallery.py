@@ -1,17 +1,10 @@
 """A live gallery: a gallery file plus durable additions and erasures, searched as one gallery.
 
-    FOLDER/live.sqlite             SQLite in WAL mode, synchronous=FULL: items added, erasures,
-                                   camera names added, and which base gallery they apply to
-    FOLDER/segments/<idx>.safetensors   the embedding sets of one call to `add`
-
-Indices are stable: the base gallery's items are 0 .. N-1 and every added item takes the next
-one, so a hit's index names one image until compaction. `add` writes its segment (temporary
-name, fsync, rename, fsync of the folder) and then commits its rows in one transaction;
-`erase` commits its rows. A call that returned is on disk: a `kill -9` after it loses
-nothing, and a segment whose transaction never committed is deleted on the next open.
-One process writes (the server's ingest); searches in other processes open it to read and
-`refresh` before each query, which costs one PRAGMA when nothing changed, so an item is
-searchable everywhere once its `add` returned.
+The durable part is serving/live_store.py's (SQLite and safetensors segments, torch-free: the
+server's ingest and erasure processes use it alone); this is the searchable part: the base
+file's tensors and every committed addition's, with an `alive` mask, on the search's device.
+Searches `refresh` before each query, which costs one PRAGMA when nothing changed, so an item
+is searchable everywhere once its `add` returned, and gone once its `erase` returned.
 Erased items stay in memory, hidden from every search by the `alive` mask, until `compact`
 writes base + additions - erasures as one gallery file (indices renumbered in order, so it
 ranks exactly as the live gallery did).
@@ -21,41 +14,25 @@ one, theirs is 0.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
-import sqlite3
 import threading
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from export.gallery import Gallery, load_gallery, save_gallery
-from export.gallery_meta import NO_CAMERA, NO_TIME, allowed_items, parse_time
-
-DB_NAME, SEGMENTS = "live.sqlite", "segments"
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS cameras (idx INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS items (idx INTEGER PRIMARY KEY, segment TEXT NOT NULL, row INTEGER NOT NULL,
-                                  path TEXT NOT NULL, person INTEGER NOT NULL, camera INTEGER NOT NULL,
-                                  time INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS erased (idx INTEGER PRIMARY KEY);
-"""
+from export.gallery_meta import allowed_items
+from serving.live_store import LiveStore
 
 
-def _fsync_write(tensors: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself
-    finally:
-        os.close(fd)
+def start_live(folder: str | os.PathLike, gallery: Gallery, adder: bool = False) -> LiveStore:
+    """The live store of a gallery's items in `folder` (LiveStore.create: started once, reopened
+    after)."""
+    g = gallery
+    return LiveStore.create(folder, g.fingerprint, g.paths, g.ids.tolist(), g.cameras, g.camera.tolist(),
+                            g.time.tolist(), adder)
 
 
 class _Rows:
@@ -78,80 +55,44 @@ class _Rows:
 
 class LiveGallery:
     def __init__(self, folder: str | os.PathLike, base: str | os.PathLike, fingerprint: str | None = None,
-                 writer: bool = True):
-        """Open (or start) the live gallery in `folder` over the gallery file `base`; additions
-        and erasures recorded against another base are refused. One process writes; readers
-        (writer=False: searches in other processes) take its commits in with `refresh`."""
+                 writer: bool = True, sets: str | torch.device | None = "cpu", dtype: torch.dtype = torch.float16):
+        """Open (or start) the live gallery in `folder` over the gallery file `base`; one
+        started for another file is refused. `writer`: the one process that adds. `sets`: the
+        device the embedding sets are kept on, in `dtype` (None: not loaded)."""
         self.folder, self.base_path = Path(folder), Path(base)
-        self.base: Gallery = load_gallery(self.base_path, fingerprint)
-        (self.folder / SEGMENTS).mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.folder / DB_NAME, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # a commit that returned survives a power cut
-        self.db.executescript(SCHEMA)
-        self.lock, self.writer = threading.Lock(), writer
-        self._bind_base()
+        self.base: Gallery = load_gallery(self.base_path, fingerprint, with_sets=sets is not None)
         b = self.base
+        self.store = start_live(folder, b, adder=writer)
+        self.lock, self.writer = threading.Lock(), writer
+        self.set_shape = tuple(b.sets.shape[1:])
         self.cameras = list(b.cameras)
-        self.sets, self.ids = _Rows(b.sets), _Rows(b.ids)
-        self.camera, self.time = _Rows(b.camera), _Rows(b.time)
-        self.margin = None if b.margin is None else _Rows(b.margin)
+        self.sets = None if sets is None else _Rows(b.sets.to(sets, dtype))
+        self.ids, self.camera, self.time = _Rows(b.ids), _Rows(b.camera), _Rows(b.time)
+        self.margin = None if b.margin is None or sets is None else _Rows(b.margin.to(sets))
         self.alive = _Rows(torch.ones(len(b), dtype=torch.bool))
+        self.hidden = 0  # items erased: while 0, a search without a filter needs no mask
         self.paths = list(b.paths)
-        self.where = {p: i for i, p in enumerate(self.paths)}
         self._version = None
-        segments = self.refresh()
-        if writer:
-            for stale in set(os.listdir(self.folder / SEGMENTS)) - segments:
-                (self.folder / SEGMENTS / stale).unlink()  # written, never committed: never acknowledged
+        self.refresh()
 
-    @contextlib.contextmanager
-    def _transaction(self):
-        """One write transaction. Explicit: the connection autocommits (isolation_level=None, so
-        reads can take their own snapshot), and there `with connection:` would commit each row."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
-
-    def _bind_base(self) -> None:
-        want = {"fingerprint": self.base.fingerprint, "base_items": str(len(self.base)),
-                "base_cameras": ",".join(self.base.cameras)}
-        with self._transaction():
-            self.db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)", want.items())
-        found = dict(self.db.execute("SELECT key, value FROM meta"))
-        if found != want:
-            raise ValueError(f"{self.folder} holds the additions and erasures of another gallery "
-                             f"({found['base_items']} items, checkpoint {found['fingerprint']}), not of "
-                             f"{self.base_path} ({len(self.base)} items, checkpoint {self.base.fingerprint})")
-
-    def refresh(self) -> set[str]:
+    def refresh(self, own: bool = False) -> set[str]:
         """Take in what was committed since this object last looked (by another process, or
-        everything on open), from one consistent snapshot; the segments taken in. Cheap when
-        nothing changed: SQLite's data_version says so without reading a table."""
-        version = self.db.execute("PRAGMA data_version").fetchone()[0]
-        if version == self._version:
+        everything on open; `own`: by this one too), from one consistent snapshot; the
+        segments taken in. Cheap when nothing changed: SQLite's data_version says so without
+        reading a table (it counts other connections' commits only)."""
+        version = self.store.data_version()
+        if version == self._version and not own:
             return set()
         with self.lock:
-            self.db.execute("BEGIN")  # one read snapshot: items, names and erasures agree
-            try:
-                cams = self.db.execute("SELECT name FROM cameras WHERE idx >= ? ORDER BY idx",
-                                       (len(self.cameras),)).fetchall()
-                rows = self.db.execute("SELECT segment, path, person, camera, time FROM items WHERE idx >= ? "
-                                       "ORDER BY idx", (len(self.paths),)).fetchall()
-                erased = [i for (i,) in self.db.execute("SELECT idx FROM erased")]
-            finally:
-                self.db.execute("COMMIT")
+            with self.store.transaction():  # one read snapshot: items, names and erasures agree
+                cams, rows, erased = self.store.read_since(len(self.paths), len(self.cameras))
             self._version = version
-            self.cameras.extend(n for (n,) in cams)
+            self.cameras.extend(cams)
             segments = set()
             for segment, group in itertools.groupby(rows, key=lambda r: r[0]):  # one add call's rows, in order
-                _, paths, persons, cameras, times = zip(*group)
-                self._append(load_file(self.folder / SEGMENTS / segment)["sets"], list(paths), persons, cameras,
-                             times)
+                _, _, paths, persons, cameras, times = zip(*group)
+                sets = None if self.sets is None else load_file(self.store.segment_path(segment))["sets"]
+                self._append(sets, list(paths), persons, cameras, times)
                 segments.add(segment)
             self._hide(erased)
             return segments
@@ -160,77 +101,42 @@ class LiveGallery:
         for i in erased:
             if self.alive.data[i]:
                 self.alive.data[i] = False
-                if self.where.get(self.paths[i]) == i:
-                    del self.where[self.paths[i]]
+                self.hidden += 1
 
     def _append(self, sets, paths, persons, cameras, times) -> None:
-        first = len(self.paths)
-        self.sets.append(sets.to(self.sets.data.dtype))
+        if self.sets is not None:
+            self.sets.append(sets.to(self.sets.data.device, self.sets.data.dtype))
         self.ids.append(torch.tensor(persons, dtype=torch.int64))
         self.camera.append(torch.tensor(cameras, dtype=torch.int32))
         self.time.append(torch.tensor(times, dtype=torch.int64))
         if self.margin is not None:
-            self.margin.append(torch.zeros(len(paths)))
+            self.margin.append(torch.zeros(len(paths), device=self.margin.data.device))
         self.alive.append(torch.ones(len(paths), dtype=torch.bool))
         self.paths.extend(paths)
-        self.where.update((p, first + r) for r, p in enumerate(paths))
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _camera_index(self, name: str | None, new: dict) -> int:
-        if not name:
-            return NO_CAMERA
-        if name in self.cameras:
-            return self.cameras.index(name)
-        return new.setdefault(name, len(self.cameras) + len(new))
+    def live_items(self) -> int:
+        return len(self) - self.hidden
 
     def add(self, sets: torch.Tensor, paths: list[str], persons=None, cameras=None, times=None) -> list[int]:
-        """Append items (sets [B, K+1, D]; person ids, camera names and ISO 8601 times optional,
-        None or "" for unknown); their indices, once on disk. A path already live is refused."""
-        n = len(paths)
-        persons = [-1] * n if persons is None else [int(p) for p in persons]
-        cameras, times = cameras or [None] * n, times or [None] * n
-        shape = tuple(self.sets.data.shape[1:])
-        if sets.ndim != 3 or tuple(sets.shape[1:]) != shape or sets.shape[0] != n or not (
-                len(persons) == len(cameras) == len(times) == n):
-            raise ValueError(f"expected {n} sets of shape {list(shape)} with as many paths, persons, cameras and "
-                             f"times, got sets {list(sets.shape)}")
+        """Append items (LiveStore.add: sets [B, K+1, D], optional person ids, camera names and
+        ISO 8601 times); their indices, once on disk and searchable here."""
+        if tuple(sets.shape[1:]) != self.set_shape:
+            raise ValueError(f"expected sets of shape [B, {', '.join(map(str, self.set_shape))}], got {list(sets.shape)}")
         if not self.writer:
             raise RuntimeError("this live gallery was opened to read: one process writes")
-        with self.lock:
-            taken = [p for p in paths if p in self.where] or [p for p in set(paths) if paths.count(p) > 1]
-            if taken:
-                raise ValueError(f"already in the gallery: {taken[:3]}")
-            new: dict[str, int] = {}
-            cams = [self._camera_index(c, new) for c in cameras]
-            stamps = [NO_TIME if not t else parse_time(t) for t in times]
-            first = len(self.paths)
-            segment = f"{first:012d}.safetensors"
-            _fsync_write({"sets": sets.detach().cpu().to(torch.float16).contiguous()}, self.folder / SEGMENTS / segment)
-            with self._transaction():  # all of the call or none of it
-                self.db.executemany("INSERT INTO cameras VALUES (?, ?)", [(i, c) for c, i in new.items()])
-                self.db.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                    [(first + r, segment, r, p, persons[r], cams[r], stamps[r])
-                                     for r, p in enumerate(paths)])
-            self.cameras.extend(new)
-            self._append(sets.cpu(), list(paths), persons, cams, stamps)
-            return list(range(first, first + n))
+        indices = self.store.add(sets.detach().cpu().to(torch.float16).numpy(), list(paths), persons, cameras, times)
+        self.refresh(own=True)
+        return indices
 
     def erase(self, paths=(), persons=()) -> list[int]:
         """Hide the live items with these paths or person ids from every later search, durably;
-        the indices erased (none: nothing matched, nothing changed)."""
-        if not self.writer:
-            raise RuntimeError("this live gallery was opened to read: one process writes")
-        with self.lock:
-            hit = {self.where[p] for p in paths if p in self.where}
-            if persons:
-                wanted = torch.tensor([int(p) for p in persons])
-                hit |= set((torch.isin(self.ids.view(), wanted) & self.alive.view()).nonzero().squeeze(1).tolist())
-            with self._transaction():
-                self.db.executemany("INSERT OR IGNORE INTO erased VALUES (?)", [(i,) for i in sorted(hit)])
-            self._hide(hit)
-            return sorted(hit)
+        the indices erased (none: nothing matched, nothing changed). Any process may erase."""
+        hit = self.store.erase(paths, persons)
+        self.refresh(own=True)
+        return hit
 
     def allowed(self, cameras=None, since=None, until=None) -> torch.Tensor:
         """The live items a query's filter keeps: kernels.search's `allowed` mask."""
@@ -239,6 +145,9 @@ class LiveGallery:
 
     def compact(self, out: str | os.PathLike) -> dict:
         """Write base + additions - erasures as one gallery file `out`; what it kept and dropped."""
+        if self.sets is None:
+            raise RuntimeError("this live gallery was opened without its sets (sets=None): nothing to compact")
+        self.refresh()
         with self.lock:
             keep = self.alive.view().nonzero().squeeze(1)
             b = self.base
@@ -249,4 +158,4 @@ class LiveGallery:
                     "added": len(self) - len(b)}
 
     def close(self) -> None:
-        self.db.close()
+        self.store.close()

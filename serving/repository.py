@@ -2,9 +2,14 @@
 
     REPO/tokenizer        python: TEXT (BYTES) -> input_ids (INT32 [T], T <= 77: padded to the longest)
     REPO/text_encoder     input_ids -> text_sets (FP32 [K+1, D])
-    REPO/image_encoder    pixels (FP32 [3, H, W]) -> image_sets, for ingestion
-    REPO/gallery_search   python: text_sets + TOPK -> SCORES, IDS, PATHS, INDICES (kernels.search)
-    REPO/person_search    the ensemble: TEXT + TOPK -> SCORES, IDS, PATHS, INDICES
+    REPO/image_encoder    pixels (FP32 [3, H, W]) -> image_sets
+    REPO/image_decoder    python: IMAGE (BYTES, an encoded file) -> pixels
+    REPO/gallery_search   python: text_sets | image_sets | LIKE, TOPK, filter -> SCORES, IDS, PATHS,
+                          INDICES (kernels.search over the live gallery: gallery.safetensors + live/)
+    REPO/gallery_ingest   python: IMAGE, PATH, PERSON, CAMERA, TIME -> INDEX, ERROR (durable additions)
+    REPO/gallery_erase    python: PATHS, PERSONS -> ERASED, LIVE (durable erasures)
+    REPO/person_search    the ensemble: TEXT + TOPK (+ CAMERAS, SINCE, UNTIL) -> SCORES, IDS, PATHS, INDICES
+    REPO/image_search     the ensemble: IMAGE + TOPK (+ CAMERAS, SINCE, UNTIL) -> the same
 
 Profiles differ only in how the encoders run: `portable` runs ONNX Runtime inside the python
 backend (the only backend of the tritonserver bundled with nvidia-pytriton, what CI and the
@@ -23,11 +28,14 @@ from pathlib import Path
 from export.gallery import load_gallery
 from export.manifest import load_manifest
 from export.model_repository import write_encoders, write_model
-from export.triton_config import (ENSEMBLE, GALLERY_MODEL, TEXT_ENCODER, TOKEN_BUCKET, ensemble_config, gallery_config,
+from export.triton_config import (ENSEMBLE, ERASE_MODEL, GALLERY_MODEL, IMAGE_ENCODER, IMAGE_ENSEMBLE, INGEST_MODEL,
+                                  TEXT_ENCODER, TOKEN_BUCKET, ensemble_config, erase_config,
+                                  gallery_config, image_decoder_config, image_ensemble_config, ingest_config,
                                   parameter, python_config, read_config, tokenizer_config, write_config)
+from serving.live_gallery import start_live
+from serving.live_store import GALLERY_FILE, LIVE_FOLDER, live_changes
 
 PROFILES = ("portable", "production")
-GALLERY_FILE = "gallery.safetensors"
 DEFAULT_MAX_BATCH = 64
 
 
@@ -38,6 +46,14 @@ def _write_python_model(repo: Path, module: str, files: dict[str, Path], config=
     (folder / str(version) / "model.py").write_text(
         f"# Written by tbps (serving/repository.py): the code is the installed package's.\n"
         f"from {module} import TritonPythonModel  # noqa: F401\n")
+    return folder
+
+
+def _write_gallery_version(repo: Path, gallery: Path, config=None, version: int = 1) -> Path:
+    """gallery_search version `version`: the gallery file, and its live state started empty."""
+    folder = _write_python_model(repo, "serving.models.gallery_search", {GALLERY_FILE: gallery}, config,
+                                 GALLERY_MODEL, version)
+    start_live(folder / str(version) / LIVE_FOLDER, load_gallery(gallery, with_sets=False)).close()
     return folder
 
 
@@ -70,8 +86,9 @@ def _engine_batches(engines: Path, manifest: dict, max_batch_size: int | None) -
 
 def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out: str | os.PathLike,
                      profile: str = "portable", engines: str | os.PathLike | None = None,
-                     max_batch_size: int | None = None, index_offset: int = 0, kind: str = "KIND_CPU",
-                     threads: int = 1, batching: bool = True, token_bucket: int | None = None) -> Path:
+                     max_batch_size: int | None = None, index_offset: int = 0, added_offset: int | None = None,
+                     kind: str = "KIND_CPU", threads: int = 1, batching: bool = True,
+                     token_bucket: int | None = None) -> Path:
     """The repository for a checkpoint or an ONNX export directory (`source`) and a gallery
     file built by the same checkpoint. `engines`: a to_trt.py output folder (production); the
     encoders' max_batch_size is then the engines', and `max_batch_size` (default: theirs, else
@@ -81,7 +98,9 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
     models (for comparison). `token_bucket`: the tokenizer pads each request to its longest
     caption rounded up to a multiple of this (default: 1 for portable, whose text encoder
     batches ragged requests; TOKEN_BUCKET for production, whose backends batch equal shapes
-    only). An export of version 1 (a fixed token axis) is padded to the full context."""
+    only). An export of version 1 (a fixed token axis) is padded to the full context.
+    `index_offset`, `added_offset`: the global indices of this gallery's items and additions
+    (shards; serving/models/live.py)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; available: {', '.join(PROFILES)}")
     if engines is not None and profile != "production":
@@ -95,7 +114,7 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
             from export.to_onnx import export_onnx
             export_dir = export_onnx(source, tmp).parent
         manifest = load_manifest(export_dir)
-        load_gallery(gallery, fingerprint=manifest["fingerprint"])  # refuse another model's gallery now
+        load_gallery(gallery, fingerprint=manifest["fingerprint"], with_sets=False)  # refuse another model's now
         files = {name: export_dir / spec["file"] for name, spec in manifest["models"].items()}
         encoder_batch = dict.fromkeys(files, max_batch_size or DEFAULT_MAX_BATCH)
         if engines is not None:  # every check before the first file is written
@@ -119,11 +138,19 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
         tokenizer = tokenizer_config(manifest, batch, token_bucket, **delay)
         vocabulary = export_dir / manifest["tokenizer"]["file"]
         _write_python_model(out, "serving.models.tokenizer", {"tokenizer.txt.gz": vocabulary}, tokenizer)
-        search = gallery_config(manifest, batch, index_offset, kind="KIND_GPU" if profile == "production" else kind,
-                                **delay)
-        _write_python_model(out, "serving.models.gallery_search", {GALLERY_FILE: Path(gallery)}, search)
+        search = gallery_config(manifest, batch, index_offset, added_offset,
+                                kind="KIND_GPU" if profile == "production" else kind, **delay)
+        _write_gallery_version(out, Path(gallery), search)
+        image_batch = min(batch, encoder_batch[IMAGE_ENCODER])
+        decoder = image_decoder_config(manifest, image_batch, **delay)
+        _write_python_model(out, "serving.models.image_decoder", {}, decoder)
+        _write_python_model(out, "serving.models.gallery_ingest", {}, ingest_config(
+            manifest, batch, encoder_batch[IMAGE_ENCODER], index_offset, added_offset, **delay))
+        _write_python_model(out, "serving.models.gallery_erase", {}, erase_config(manifest, index_offset, added_offset))
         write_config(out / ENSEMBLE, ensemble_config(tokenizer, read_config(out / TEXT_ENCODER), search))
-        (out / ENSEMBLE / "1").mkdir()
+        write_config(out / IMAGE_ENSEMBLE, image_ensemble_config(decoder, read_config(out / IMAGE_ENCODER), search))
+        for ensemble in (ENSEMBLE, IMAGE_ENSEMBLE):
+            (out / ensemble / "1").mkdir()
     return out
 
 
@@ -135,11 +162,10 @@ def gallery_versions(repo: str | os.PathLike) -> list[int]:
 def stage_gallery(repo: str | os.PathLike, gallery: str | os.PathLike, fingerprint: str) -> int:
     """Add a new version of gallery_search holding `gallery` (checked against the served
     checkpoint's fingerprint first); returns it. Load it with `publish_gallery`."""
-    load_gallery(gallery, fingerprint=fingerprint)
+    load_gallery(gallery, fingerprint=fingerprint, with_sets=False)
     repo = Path(repo)
     version = gallery_versions(repo)[-1] + 1
-    _write_python_model(repo, "serving.models.gallery_search", {GALLERY_FILE: Path(gallery)}, name=GALLERY_MODEL,
-                        version=version)
+    _write_gallery_version(repo, Path(gallery), version=version)
     return version
 
 
@@ -147,19 +173,52 @@ def publish_gallery(repo: str | os.PathLike, gallery: str | os.PathLike, url: st
     """Put a new gallery live on a running server (started with explicit model control) without
     a restart: stage it as the next version and reload the model. Triton's version policy
     (latest 1) serves the new version once it is ready; requests already running finish on the
-    old one, which is then unloaded. Versions before the previous one are deleted; a version
-    the server did not load is deleted too (ValueError, one line)."""
+    old one, which is then unloaded; ingest and erasure follow the new version. Versions before
+    the previous one are deleted; a version the server did not load is deleted too (ValueError,
+    one line). Refused while the served version has live additions or erasures, which the new
+    file does not hold: compact them into a version first (`tbps compact`, offline)."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
-    fingerprint = parameter(read_config(Path(repo) / GALLERY_MODEL), "fingerprint")
+    repo = Path(repo)
+    added, erased = live_changes(repo / GALLERY_MODEL / str(gallery_versions(repo)[-1]) / LIVE_FOLDER)
+    if added or erased:
+        raise ValueError(f"the served gallery of {repo} has {added} live additions and {erased} erasures that "
+                         f"{gallery} does not hold: stop the server and run `tbps compact {repo}` first")
+    fingerprint = parameter(read_config(repo / GALLERY_MODEL), "fingerprint")
     version = stage_gallery(repo, gallery, fingerprint)
+    client = grpcclient.InferenceServerClient(url)
     try:
-        grpcclient.InferenceServerClient(url).load_model(GALLERY_MODEL)
+        client.load_model(GALLERY_MODEL)
     except InferenceServerException as e:
-        shutil.rmtree(Path(repo) / GALLERY_MODEL / str(version))
+        shutil.rmtree(repo / GALLERY_MODEL / str(version))
         raise ValueError(f"the server at {url} did not load gallery version {version}: {e.message()} (a live "
                          f"update needs explicit model control: tbps serve, or tritonserver "
                          f"--model-control-mode explicit)") from None
+    for follower in (INGEST_MODEL, ERASE_MODEL):  # they work on the latest version: reopen on it
+        if (repo / follower).is_dir():
+            client.load_model(follower)
     for old in gallery_versions(repo)[:-2]:
-        shutil.rmtree(Path(repo) / GALLERY_MODEL / str(old))
+        shutil.rmtree(repo / GALLERY_MODEL / str(old))
     return version
+
+
+def compact_repository(repo: str | os.PathLike) -> dict:
+    """Offline (no server on `repo`): write the served gallery version plus its live additions
+    minus its erasures as the next version, whose live state starts empty; the version before
+    it is kept (a rollback), older ones deleted. What it kept and dropped, and the bytes before
+    and after. The new version ranks exactly as the live gallery did (indices renumbered)."""
+    from serving.live_gallery import LiveGallery
+    repo = Path(repo)
+    current = repo / GALLERY_MODEL / str(gallery_versions(repo)[-1])
+    before = sum(f.stat().st_size for f in [current / GALLERY_FILE, *(current / LIVE_FOLDER).rglob("*")]
+                 if f.is_file())
+    live = LiveGallery(current / LIVE_FOLDER, current / GALLERY_FILE, writer=False)
+    with tempfile.TemporaryDirectory(prefix="tbps-compact-") as tmp:
+        report = live.compact(Path(tmp) / GALLERY_FILE)
+        live.close()
+        version = stage_gallery(repo, Path(tmp) / GALLERY_FILE, live.base.fingerprint)
+    for old in gallery_versions(repo)[:-2]:
+        shutil.rmtree(repo / GALLERY_MODEL / str(old))
+    after = (repo / GALLERY_MODEL / str(version) / GALLERY_FILE).stat().st_size
+    return dict(report, gallery=str(repo / GALLERY_MODEL / str(version) / GALLERY_FILE), version=version,
+                bytes_before=before, bytes_after=after)

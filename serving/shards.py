@@ -2,7 +2,9 @@
 
 Each shard's gallery_search knows the global index of its first image (`index_offset`), so
 the INDICES it returns are global and the client's merge (serving/client.py) breaks ties
-exactly as a single search over the whole gallery does.
+exactly as a single search over the whole gallery does. Images ingested live into shard s are
+numbered from `added_offset` = N + s * ADDED_RANGE (N: the whole gallery's size), so indices
+stay unique over shards without the shards agreeing on anything at run time.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from pathlib import Path
 
 from export.gallery import load_gallery, save_gallery
 from serving.repository import write_repository
+
+ADDED_RANGE = 1 << 40  # the indices of one shard's live additions: more than any shard will hold
 
 
 def split_gallery(gallery: str | os.PathLike, shards: int, out_dir: str | os.PathLike) -> list[tuple[Path, int]]:
@@ -33,5 +37,7 @@ def write_shard_repositories(source: str | os.PathLike, gallery: str | os.PathLi
                              out_dir: str | os.PathLike, **options) -> list[Path]:
     """OUT/shard{i}/ repositories (see serving.repository.write_repository for `options`)."""
     out_dir = Path(out_dir)
-    return [write_repository(source, path, out_dir / f"shard{i}", index_offset=offset, **options)
+    total = len(load_gallery(gallery, with_sets=False))
+    return [write_repository(source, path, out_dir / f"shard{i}", index_offset=offset,
+                             added_offset=total + i * ADDED_RANGE, **options)
             for i, (path, offset) in enumerate(split_gallery(gallery, shards, out_dir / "galleries"))]

@@ -20,7 +20,7 @@ def error_response(message: str):
 def parameters(args: dict) -> dict[str, str]:
     """The model config's `parameters { key: ... value: { string_value: ... } }` as a dict."""
     config = json.loads(args["model_config"])
-    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}  # "" is left out
 
 
 def input_array(request, name: str) -> np.ndarray:

@@ -1,29 +1,35 @@
-"""Triton model `gallery_search`: text_sets (FP32 [K+1, D]) + TOPK (INT32 [1]) -> SCORES, IDS,
-PATHS, INDICES of the top-k gallery images, through kernels.search (the Triton GPU kernel when
-the instance is on a GPU, the blocked CPU path otherwise).
+"""Triton model `gallery_search`: a query + TOPK (INT32 [1]) and an optional filter -> SCORES,
+IDS, PATHS, INDICES, CAMERA_NAMES and TIMES (ISO 8601; "" unknown) of the top-k live gallery items, through kernels.search (the Triton GPU
+kernel when the instance is on a GPU, the blocked CPU path otherwise).
 
-The gallery file (export/gallery.py) next to this model.py is loaded once at start-up and
-checked against the checkpoint fingerprint in the config's parameters. An instance of kind
-KIND_GPU runs on its own `cuda:N` or refuses to start (no silent CPU fallback), and is warmed
-up at every batch size and k bucket it can be asked for (warmup_shapes), so READY means its
-kernels are compiled and tuned. Parameters: `fingerprint`, `index_offset` (the global index
-of this shard's first image: INDICES are global, so a client merging shards breaks ties
-exactly as one search would). All requests of a dynamic batch share one kernels.search call.
+The query is exactly one of: `text_sets` (the text encoder's, person_search; the gallery's
+adaptive margin applies), `image_sets` (the image encoder's, image_search) or `LIKE` (a
+gallery item's global index: its stored sets); the last two are image-to-image and take no
+margin (it corrects text-to-image hubness). The filter: CAMERAS (names), SINCE and UNTIL (ISO
+8601), one per request, applied as a mask before the top-k (kernels.search's `allowed`).
+
+The gallery is this version's file plus its live state (serving/models/live.py): additions
+and erasures committed by gallery_ingest / gallery_erase are taken in before every execution,
+so an item is searchable once its ingest returned and gone once its erasure returned. An
+instance of kind KIND_GPU runs on its own `cuda:N` or refuses to start (no silent CPU
+fallback), and is warmed up at every batch size and k bucket it can be asked for
+(warmup_shapes), filtered or not, so READY means its kernels are compiled and tuned. Requests with the same
+kind of query and filter share one kernels.search call.
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
 import kernels
-from export.gallery import load_gallery
-from serving.models.common import RequestError, error_response, input_array, parameters
+from export.gallery_meta import NO_CAMERA, format_time
+from serving.models.common import RequestError, error_response, input_array
+from serving.models.live import open_live
 
-GALLERY_FILE = "gallery.safetensors"
 WARMUP_MAX_K = 128  # k is rounded up to a power of two per compiled kernel; larger k take one dense path
+QUERIES = ("text_sets", "image_sets", "LIKE")
 
 
 def claim_device(kind: str, device_id: int) -> torch.device:
@@ -50,59 +56,139 @@ def warmup_shapes(max_batch_size: int, max_k: int = WARMUP_MAX_K) -> list[tuple[
     return [(b, k) for b in powers(max_batch_size) for k in powers(max_k)]
 
 
+def _same_rows(array: np.ndarray, name: str) -> np.ndarray:
+    if (array != array[:1]).any():
+        raise RequestError(f"{name} must be the same for every query of one request")
+    return array[0]
+
+
+def _text(raw) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
 class TritonPythonModel:
     def initialize(self, args):
-        params = parameters(args)
         self.device = claim_device(args["model_instance_kind"], int(args["model_instance_device_id"]))
-        folder = Path(args["model_repository"]) / args["model_version"]
-        gallery = load_gallery(folder / GALLERY_FILE, fingerprint=params.get("fingerprint") or None)
         # the CPU path computes in fp32: convert the fp16 file once, not per query
-        self.sets = gallery.sets.to(self.device, torch.float32 if self.device.type == "cpu" else torch.float16)
-        self.margin = None if gallery.margin is None else gallery.margin.to(self.device)
-        self.params = {"alpha": gallery.alpha, "weight": gallery.weight}
-        self.ids = gallery.ids.numpy()
-        self.paths = np.array([p.encode("utf-8") for p in gallery.paths], dtype=object)
-        self.offset = int(params.get("index_offset", "0"))
+        dtype = torch.float32 if self.device.type == "cpu" else torch.float16
+        self.live, self.index = open_live(args, writer=False, sets=self.device, dtype=dtype)
+        base = self.live.base
+        self.params = {"alpha": base.alpha, "weight": base.weight}
         max_batch = json.loads(args["model_config"])["max_batch_size"]
+        sets = self.live.sets.view()
+        # the GPU compiles a filtered kernel of its own: warm it too (the CPU path has nothing to compile)
+        masks = [None] + ([torch.ones(len(sets), dtype=torch.bool)] if self.device.type == "cuda" else [])
         for batch, k in warmup_shapes(max_batch):  # queries: gallery sets, the shape the encoder gives
-            self.search(self.sets[torch.arange(batch) % len(self.sets)].float(), k)
+            for allowed in masks:
+                self.search(sets[torch.arange(batch) % len(sets)].float(), k, margin=True, allowed=allowed)
 
-    def search(self, queries: torch.Tensor, k: int):
-        return kernels.search(queries.to(self.device), self.sets, k,
-                              margin=self.margin, **self.params)
+    def search(self, queries: torch.Tensor, k: int, margin: bool, allowed: torch.Tensor | None):
+        live = self.live
+        return kernels.search(queries.to(self.device), live.sets.view(), k,
+                              margin=live.margin.view() if margin and live.margin is not None else None,
+                              allowed=None if allowed is None else allowed.to(self.device), **self.params)
 
-    def _topk(self, request) -> int:
+    def _topk(self, request, rows: int) -> int:
         topk = input_array(request, "TOPK").reshape(-1)
         if (topk < 1).any():
             raise RequestError(f"TOPK must be at least 1, got {int(topk.min())}")
-        if (topk != topk[0]).any():
-            raise RequestError("TOPK must be the same for every text of one request")
-        return int(topk[0])
+        if topk.shape[0] != rows:
+            raise RequestError(f"TOPK has {topk.shape[0]} rows for {rows} queries")
+        return int(_same_rows(topk, "TOPK"))
+
+    def _query(self, request) -> tuple[str, torch.Tensor]:
+        import triton_python_backend_utils as pb_utils
+        given = [name for name in QUERIES if pb_utils.get_input_tensor_by_name(request, name) is not None]
+        if len(given) != 1:
+            raise RequestError(f"a query is exactly one of {', '.join(QUERIES)}; got {given or 'none'}")
+        (kind,) = given
+        if kind != "LIKE":
+            return kind, torch.from_numpy(input_array(request, kind))
+        locals_ = []
+        for index in input_array(request, "LIKE").reshape(-1).tolist():
+            local = self.index.to_local(index)
+            if local is None or local >= len(self.live):
+                raise RequestError(f"LIKE {index}: no such item in this gallery")
+            if not self.live.alive.data[local]:
+                raise RequestError(f"LIKE {index}: that item was erased")
+            locals_.append(local)
+        return kind, self.live.sets.view()[torch.tensor(locals_)].float()
+
+    def _filter(self, request, rows: int) -> tuple:
+        """(cameras, since, until), None where absent: the request's filter, a key to group by."""
+        import triton_python_backend_utils as pb_utils
+        key = []
+        for name in ("CAMERAS", "SINCE", "UNTIL"):
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                key.append(None)
+                continue
+            array = tensor.as_numpy()
+            if array.shape[0] != rows:
+                raise RequestError(f"{name} has {array.shape[0]} rows for {rows} queries")
+            values = [_text(v) for v in _same_rows(array, name).reshape(-1) if _text(v)]
+            key.append(tuple(sorted(set(values))) if name == "CAMERAS" else (values[0] if values else None))
+        return tuple(key)
+
+    def _allowed(self, key: tuple, masks: dict) -> torch.Tensor | None:
+        """The filter's mask over the live items (None: nothing to hide), once per execution."""
+        if key not in masks:
+            cameras, since, until = key
+            if not cameras and since is None and until is None and not self.live.hidden:
+                masks[key] = None  # the unfiltered kernel
+            else:
+                try:
+                    masks[key] = self.live.allowed(list(cameras or ()), since, until)
+                except ValueError as e:  # an unknown camera, a bad time, since > until: the gallery's words
+                    raise RequestError(str(e)) from None
+        return masks[key]
+
+    def _camera(self, local: int) -> str:
+        c = int(self.live.camera.data[local])
+        return "" if c == NO_CAMERA else self.live.cameras[c]
+
+    @staticmethod
+    def _strings(index: np.ndarray, field) -> np.ndarray:
+        """BYTES [rows, k] of field(local index) for every hit."""
+        return np.array([[field(j).encode("utf-8") for j in row] for row in index.tolist()],
+                        dtype=object).reshape(index.shape)
 
     def execute(self, requests):
         import triton_python_backend_utils as pb_utils
-        ks, batches = [], []
-        for request in requests:
+        self.live.refresh()  # what ingest and erase committed: searchable, or gone, from now on
+        parsed, groups, masks = [], {}, {}
+        for n, request in enumerate(requests):
             try:
-                ks.append(self._topk(request))
+                kind, queries = self._query(request)
+                rows = queries.shape[0]
+                k, key = self._topk(request, rows), self._filter(request, rows)
+                self._allowed(key, masks)
             except RequestError as e:
-                ks.append(e)
-            batches.append(input_array(request, "text_sets"))
-        good = [i for i, k in enumerate(ks) if isinstance(k, int)]
-        if good:  # one search for every valid request, at the largest k, sliced back below
-            queries = torch.from_numpy(np.concatenate([batches[i] for i in good]))
-            scores, index = (t.cpu().numpy() for t in self.search(queries, max(ks[i] for i in good)))
-        responses, start = [], 0
-        for k, batch in zip(ks, batches):
-            if not isinstance(k, int):
-                responses.append(error_response(str(k)))
+                parsed.append(e)
                 continue
-            rows = slice(start, start + batch.shape[0])
-            start += batch.shape[0]
-            s, i = scores[rows, :k], index[rows, :k]
+            parsed.append((kind, queries, k))
+            groups.setdefault((kind == "text_sets", key), []).append(n)
+        results = [None] * len(requests)
+        for (margin, key), members in groups.items():  # one search per kind of query and filter
+            queries = torch.cat([parsed[n][1] for n in members])
+            scores, index = (t.cpu().numpy() for t in
+                             self.search(queries, max(parsed[n][2] for n in members), margin, masks[key]))
+            start = 0
+            for n in members:
+                rows, k = parsed[n][1].shape[0], parsed[n][2]
+                results[n] = scores[start:start + rows, :k], index[start:start + rows, :k]
+                start += rows
+        responses = []
+        for item, result in zip(parsed, results):
+            if isinstance(item, RequestError):
+                responses.append(error_response(str(item)))
+                continue
+            s, i = result
             responses.append(pb_utils.InferenceResponse([
                 pb_utils.Tensor("SCORES", np.ascontiguousarray(s, dtype=np.float32)),
-                pb_utils.Tensor("IDS", self.ids[i]),
-                pb_utils.Tensor("PATHS", self.paths[i]),
-                pb_utils.Tensor("INDICES", (i + self.offset).astype(np.int64))]))
+                pb_utils.Tensor("IDS", self.live.ids.view().numpy()[i]),
+                pb_utils.Tensor("PATHS", self._strings(i, self.live.paths.__getitem__)),
+                pb_utils.Tensor("INDICES", self.index.to_global(i)),
+                pb_utils.Tensor("CAMERA_NAMES", self._strings(i, self._camera)),
+                pb_utils.Tensor("TIMES", self._strings(i, lambda j: format_time(int(self.live.time.data[j]))))]))
         return responses

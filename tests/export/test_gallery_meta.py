@@ -47,7 +47,7 @@ def test_csv_and_jsonl_sidecars_give_the_same_metadata(tmp_path):
 
 
 @pytest.mark.parametrize("name, content, message", [
-    ("m.csv", "path,camera\nimgs/009.jpg,c1\n", "m.csv:2: 'imgs/009.jpg' is not an image of this gallery"),
+    ("m.csv", "path,camera\nimgs/009.jpg,c1\n", "m.csv:2: 'imgs/009.jpg' is not one of the images"),
     ("m.csv", "path,camera\nimgs/001.jpg,c1\nimgs/001.jpg,c2\n", "m.csv:3: 'imgs/001.jpg' is listed twice"),
     ("m.csv", "path,time\nimgs/001.jpg,yesterday\n", "m.csv:2: bad time 'yesterday'"),
     ("m.csv", "imgs/001.jpg,c1\n", "needs a header"),
@@ -114,7 +114,7 @@ def test_a_bad_filter_is_refused():
 def test_build_gallery_reads_the_sidecar_first_and_shards_keep_it(tiny_run, synthetic_data, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("path,camera\nnot/there.jpg,c1\n")
-    with pytest.raises(ValueError, match="is not an image of this gallery"):
+    with pytest.raises(ValueError, match="is not one of the images"):
         build_gallery(tiny_run, tmp_path / "g.safetensors", data=synthetic_data, meta=bad, progress=False)
     assert not (tmp_path / "g.safetensors.parts").exists()  # refused before any encoding
     paths = load_gallery(build_gallery(tiny_run, tmp_path / "plain.safetensors", data=synthetic_data,

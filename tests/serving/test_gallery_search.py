@@ -43,7 +43,7 @@ def test_ready_means_warmed_up_at_every_shape_it_serves(gallery_search, reposito
                         or search(q, g, k, **kw))
     model = gallery_search.TritonPythonModel()
     model.initialize(instance_args(repository, "CPU"))
-    assert model.device == torch.device("cpu") and model.sets.dtype == torch.float32
+    assert model.device == torch.device("cpu") and model.live.sets.view().dtype == torch.float32
     assert searched == gallery_search.warmup_shapes(MAX_BATCH)
     assert {b for b, _ in searched} == {1, 2, 4, 8} and {k for _, k in searched} == {1, 2, 4, 8, 16, 32, 64, 128}
 

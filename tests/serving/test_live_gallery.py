@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 import kernels
 from export.gallery import load_gallery, save_gallery
-from serving.live_gallery import SEGMENTS, LiveGallery
+from serving.live_gallery import LiveGallery
+from serving.live_store import SEGMENTS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,7 +64,7 @@ def test_erased_items_are_gone_from_every_query_also_after_a_reopen(tmp_path, ba
         found = top(live, unit(8, seed=3), 30)[1]
         assert found.shape == (8, 15) and not gone & set(found.flatten().tolist())
     live.add(unit(1, seed=4), ["new/b.jpg"])  # an erased path may come back, under a new index
-    assert live.where["new/b.jpg"] == 22
+    assert live.paths[22] == "new/b.jpg" and live.alive.view()[22] and not live.alive.view()[21]
 
 
 def test_compaction_ranks_exactly_as_the_live_gallery(tmp_path, base):
@@ -89,7 +90,7 @@ def test_bad_additions_are_refused_and_change_nothing(tmp_path, base):
     for args, message in [
         ((unit(1), ["base/1.jpg"]), "already in the gallery: \\['base/1.jpg'\\]"),
         ((unit(2), ["x.jpg", "x.jpg"]), "already in the gallery: \\['x.jpg'\\]"),
-        ((unit(1, d=8), ["y.jpg"]), "expected 1 sets of shape \\[3, 16\\]"),
+        ((unit(1, d=8), ["y.jpg"]), "expected sets of shape \\[B, 3, 16\\], got \\[1, 3, 8\\]"),
         ((unit(2), ["y.jpg"]), "expected 1 sets"),
         ((unit(1), ["y.jpg"], None, None, ["noon"]), "bad time 'noon'"),
     ]:
@@ -99,7 +100,7 @@ def test_bad_additions_are_refused_and_change_nothing(tmp_path, base):
     with pytest.raises(ValueError, match="unknown camera"):
         live.allowed(cameras=["c7"])
     other = save_gallery(tmp_path / "other.safetensors", unit(5), range(5), list("abcde"), "fp", 16.0, 1.0)
-    with pytest.raises(ValueError, match="holds the additions and erasures of another gallery"):
+    with pytest.raises(ValueError, match="holds the live gallery of another gallery file"):
         LiveGallery(tmp_path / "live", other)
 
 
@@ -128,10 +129,10 @@ class _KilledBetweenRows:
 
 def test_an_add_interrupted_between_rows_leaves_nothing(tmp_path, base):
     live = LiveGallery(tmp_path / "live", base)
-    live.db = _KilledBetweenRows(live.db)
+    live.store.db = _KilledBetweenRows(live.store.db)
     with pytest.raises(KeyboardInterrupt):
         live.add(unit(3, seed=9), ["k/0.jpg", "k/1.jpg", "k/2.jpg"])
-    live.db.db.close()
+    live.store.db.db.close()
     again = LiveGallery(tmp_path / "live", base)
     assert len(again) == 20 and os.listdir(tmp_path / "live" / SEGMENTS) == []  # all of the call or none
 
@@ -152,6 +153,21 @@ def test_a_reader_takes_in_the_writers_commits_and_never_deletes_its_segments(tm
     with pytest.raises(RuntimeError, match="opened to read"):
         reader.add(unit(1), ["x.jpg"])
 
+
+
+def test_any_process_erases_what_the_adder_committed_and_metadata_only_copies_hold_no_sets(tmp_path, base):
+    adder = LiveGallery(tmp_path / "live", base, sets=None)  # the server's ingest: no copy of the sets
+    eraser = LiveGallery(tmp_path / "live", base, writer=False, sets=None)
+    searcher = LiveGallery(tmp_path / "live", base, writer=False)
+    assert adder.sets is None and adder.base.sets.device.type == "meta"
+    assert adder.add(unit(2, seed=3), ["new/a.jpg", "new/b.jpg"], [42, 43]) == [20, 21]
+    assert eraser.erase(persons=[42, 1]) == [4, 5, 6, 7, 20]  # it took in the adder's item 20 first
+    assert eraser.live_items() == 22 - 5
+    searcher.refresh()
+    assert searcher.live_items() == 17 and not searcher.allowed()[[4, 20]].any() and searcher.allowed()[21]
+    assert adder.add(unit(1, seed=4), ["new/a.jpg"]) == [22]  # the adder saw the erasure: the path is free
+    with pytest.raises(RuntimeError, match="without its sets"):
+        adder.compact(tmp_path / "out.safetensors")
 
 WRITER = textwrap.dedent("""
     import sys, torch

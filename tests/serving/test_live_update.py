@@ -9,6 +9,7 @@ from export.gallery import load_gallery, save_gallery
 from serving.client import SearchClient
 from serving.launch import TritonServer
 from serving.repository import gallery_versions, publish_gallery, write_repository
+from trainer.data.formats import load_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,8 @@ def second_gallery(esa_run, synthetic_data, gallery, tmp_path_factory):
                         old.alpha, old.weight)
 
 
-def test_gallery_swap_without_restart_loses_no_query(esa_export, gallery, second_gallery, tmp_path):
+def test_gallery_swap_without_restart_loses_no_query(esa_export, gallery, second_gallery, synthetic_data,
+                                                     tmp_path):
     repo = write_repository(esa_export, gallery, tmp_path / "repo")
     n_old, n_new = len(load_gallery(gallery)), len(load_gallery(second_gallery))
     sizes, failures, stop = [], [], threading.Event()
@@ -49,6 +51,11 @@ def test_gallery_swap_without_restart_loses_no_query(esa_export, gallery, second
             w.join()
         with SearchClient(server.grpc_url) as client:
             after = client.search("a man in a black jacket", k=1000)[0]
+            image = load_dataset(synthetic_data).train[0].path
+            (added,) = client.ingest([image.read_bytes()], ["new/one.jpg"])  # ingest followed version 2
+            assert added.index == n_new and client.search_images(image.read_bytes(), k=1)[0][0].path == "new/one.jpg"
+        with pytest.raises(ValueError, match="has 1 live additions and 0 erasures"):
+            publish_gallery(repo, gallery, server.grpc_url)  # they would be lost: compact first
     assert not failures
     assert sizes[0] == n_old and sizes[-1] == n_new and set(sizes) == {n_old, n_new}
     assert {h.path for h in after} == set(load_gallery(second_gallery).paths)

@@ -13,14 +13,16 @@ from export.gallery import GalleryError, load_gallery, save_gallery
 from export.triton_config import ENSEMBLE, read_config, write_config
 from serving.repository import publish_gallery, write_repository
 
-MODELS = ["gallery_search", "image_encoder", "person_search", "text_encoder", "tokenizer"]
+MODELS = ["gallery_erase", "gallery_ingest", "gallery_search", "image_decoder", "image_encoder", "image_search",
+          "person_search", "text_encoder", "tokenizer"]
 
 
-def ensemble_problems(repo) -> list[str]:
-    """What Triton would refuse, or serve wrongly, in the ensemble: a step's batch below the
-    ensemble's, an input not fed or fed a tensor of another type or shape, an output not made."""
+def ensemble_problems(repo, name: str = ENSEMBLE) -> list[str]:
+    """What Triton would refuse, or serve wrongly, in an ensemble: a step's batch below the
+    ensemble's, a required input not fed, an input fed a tensor of another type or shape or
+    one the model does not have, an output not made, a name both an input and an output."""
     configs = {p.parent.name: read_config(p.parent) for p in repo.glob("*/config.pbtxt")}
-    ensemble = configs[ENSEMBLE]
+    ensemble = configs[name]
 
     def io(tensors):
         return {t.name: (mc.DataType.Name(t.data_type), list(t.dims)) for t in tensors}
@@ -31,8 +33,10 @@ def ensemble_problems(repo) -> list[str]:
         if model.max_batch_size < ensemble.max_batch_size:
             problems.append(f"{model.name}: max_batch_size {model.max_batch_size} < the ensemble's "
                             f"{ensemble.max_batch_size}")
-        if set(step.input_map) != set(inputs):
-            problems.append(f"{model.name}: inputs {sorted(inputs)} mapped as {sorted(step.input_map)}")
+        required = {t.name for t in model.input if not t.optional}
+        if not required <= set(step.input_map) <= set(inputs):
+            problems.append(f"{model.name}: inputs {sorted(inputs)} (required {sorted(required)}) mapped as "
+                            f"{sorted(step.input_map)}")
         for name, tensor in step.input_map.items():
             if tensor not in made:
                 problems.append(f"{model.name}.{name}: {tensor} is not made before this step")
@@ -43,9 +47,12 @@ def ensemble_problems(repo) -> list[str]:
                 problems.append(f"{model.name} has no output {name}")
             else:
                 made[tensor] = outputs[name]
-    for name, spec in io(ensemble.output).items():
-        if made.get(name) != spec:
-            problems.append(f"ensemble output {name} {spec} is made as {made.get(name)}")
+    for tensor, spec in io(ensemble.output).items():
+        if made.get(tensor) != spec:
+            problems.append(f"ensemble output {tensor} {spec} is made as {made.get(tensor)}")
+    clash = set(io(ensemble.input)) & set(io(ensemble.output))
+    if clash:
+        problems.append(f"{name}: {sorted(clash)} both an input and an output")
     return problems
 
 
@@ -62,13 +69,16 @@ def test_every_config_parses_and_the_ensemble_fits_its_steps(repository, product
         assert sorted(p.name for p in repo.iterdir()) == MODELS, profile
         configs = {name: read_config(repo / name) for name in MODELS}
         assert all(c.name == name for name, c in configs.items())
-        assert ensemble_problems(repo) == [], profile
-        steps = [s.model_name for s in configs[ENSEMBLE].ensemble_scheduling.step]
-        assert steps == ["tokenizer", "text_encoder", "gallery_search"]
-        assert configs[ENSEMBLE].max_batch_size == min(configs[s].max_batch_size for s in steps)
-    portable = {name: read_config(repository / name) for name in MODELS if name != ENSEMBLE}
+        for ensemble, steps in ((ENSEMBLE, ["tokenizer", "text_encoder", "gallery_search"]),
+                                ("image_search", ["image_decoder", "image_encoder", "gallery_search"])):
+            assert ensemble_problems(repo, ensemble) == [], (profile, ensemble)
+            assert [s.model_name for s in configs[ensemble].ensemble_scheduling.step] == steps
+            assert configs[ensemble].max_batch_size == min(configs[s].max_batch_size for s in steps)
+        assert configs["gallery_ingest"].instance_group[0].count == 1  # the live gallery's one adder
+        assert (repo / "gallery_search" / "1" / "live" / "live.sqlite").is_file()
+    portable = {name: read_config(repository / name) for name in MODELS if name not in (ENSEMBLE, "image_search")}
     assert {c.backend for c in portable.values()} == {"python"}
-    assert {c.max_batch_size for c in portable.values()} == {8}  # the fixture's max_batch_size
+    assert {c.max_batch_size for c in portable.values()} == {8, 0}  # the fixture's; gallery_erase does not batch
     assert portable["text_encoder"].instance_group[0].count == 2
     assert {c.parameters["threads"].string_value for c in portable.values() if "encoder" in c.name} == {"1"}
     assert (repository / "text_encoder" / "1" / "model.onnx").is_file()
@@ -140,16 +150,18 @@ def test_the_cross_check_finds_a_broken_ensemble(repository, tmp_path):
 
 def test_engines_set_every_batch_size(esa_export, gallery, engines, production, tmp_path):
     """The engines' profiles (text 32, image 16) are the encoders' max_batch_size; the python
-    models and the ensemble take the text engine's, or a smaller --max-batch."""
+    models and the ensembles take the text engine's (the image decoder and image_search the
+    image engine's), or a smaller --max-batch; ingest encodes in chunks the image engine takes."""
     def batches(repo):
         return {name: read_config(repo / name).max_batch_size for name in MODELS}
+    live = {"gallery_erase": 0, "image_decoder": 16, "image_search": 16}  # image queries: the image engine's 16
     assert batches(production["trt"]) == {"text_encoder": 32, "image_encoder": 16, "tokenizer": 32,
-                                          "gallery_search": 32, "person_search": 32}
+                                          "gallery_search": 32, "person_search": 32, "gallery_ingest": 32, **live}
     assert (production["trt"] / "text_encoder" / "1" / "model.plan").read_bytes() == b"a serialized engine"
     smaller = write_repository(esa_export, gallery, tmp_path / "16", profile="production", engines=engines,
                                max_batch_size=16)
     assert batches(smaller) == {"text_encoder": 32, "image_encoder": 16, "tokenizer": 16, "gallery_search": 16,
-                                "person_search": 16}
+                                "person_search": 16, "gallery_ingest": 16, **live}
     with pytest.raises(ValueError, match="--max-batch 64 exceeds the engines' max batch 32"):
         write_repository(esa_export, gallery, tmp_path / "64", profile="production", engines=engines,
                          max_batch_size=64)

@@ -153,7 +153,7 @@ def test_invalid_utf8_wrong_dtype_shape_and_model_are_refused(server):
         (dict(text=np.array([[b"a", b"b"]], dtype=object), topk=one), "TEXT"),
         (dict(text=np.array([[b"a man"]], dtype=object), topk=one, model="no_such_model"), "no_such_model"),
         (dict(text=np.array([[b"a man"], [b"a dog"]], dtype=object), topk=np.array([[2], [3]], np.int32)),
-         "TOPK must be the same for every text"),
+         "TOPK must be the same for every query"),
     ]
     for kwargs, message in cases:
         with pytest.raises(InferenceServerException, match=message):

@@ -1,6 +1,7 @@
 """Image loading and the train / eval image transforms, without torchvision.
 
-Eval: resize to (H, W) with PIL bicubic, to a float tensor in [0, 1], CLIP-normalise.
+Eval: resize to (H, W) with PIL bicubic, to a float tensor in [0, 1], CLIP-normalise (the
+numpy steps of trainer/data/pixels.py, which the server decodes with).
 
 Train (IRRA's recipe): resize, random horizontal flip (``flip_p``), zero-pad by ``pad`` pixels on
 every side then random-crop back to (H, W) (torchvision ``Pad`` + ``RandomCrop``: the padding is
@@ -20,14 +21,13 @@ from __future__ import annotations
 import math
 import os
 
-import numpy as np
 import torch
 from PIL import Image
 
+from trainer.data.pixels import CLIP_MEAN, CLIP_STD, normalize, resized_uint8
+
 __all__ = ["CLIP_MEAN", "CLIP_STD", "load_image", "build_transform", "ImageTransform"]
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 _ERASE_SCALE = (0.02, 0.33)
 _ERASE_RATIO = (0.3, 3.3)
@@ -42,12 +42,6 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise FileNotFoundError(f"image {path} does not exist") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise OSError(f"cannot decode image {path}: {e}") from e
-
-
-def _to_uint8_chw(img: Image.Image) -> torch.Tensor:
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
 
 
 class ImageTransform:
@@ -70,8 +64,6 @@ class ImageTransform:
         self.train = bool(train)
         self.flip_p, self.erase_p, self.pad = float(flip_p), float(erase_p), int(pad)
         self.generator = generator
-        self._mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(3, 1, 1)
-        self._std = torch.tensor(CLIP_STD, dtype=torch.float32).view(3, 1, 1)
 
     def __repr__(self) -> str:
         if not self.train:
@@ -90,9 +82,7 @@ class ImageTransform:
         if not isinstance(img, Image.Image):
             raise TypeError(f"expected a PIL image, got {type(img).__name__}")
         h, w = self.size
-        if img.size != (w, h):
-            img = img.convert("RGB").resize((w, h), Image.BICUBIC)
-        x = _to_uint8_chw(img)
+        x = torch.from_numpy(resized_uint8(img, self.size))
         if self.train:
             if self._rand() < self.flip_p:
                 x = x.flip(-1)
@@ -102,7 +92,7 @@ class ImageTransform:
                 padded[:, p:p + h, p:p + w] = x
                 i, j = self._randint(2 * p + 1), self._randint(2 * p + 1)
                 x = padded[:, i:i + h, j:j + w]
-        x = (x.float().div_(255.0) - self._mean).div_(self._std).contiguous()
+        x = torch.from_numpy(normalize(x.numpy()))
         if self.train and self._rand() < self.erase_p:
             self._erase(x)
         return x

@@ -1,0 +1,43 @@
+"""Triton model `gallery_erase`: PATHS and/or PERSONS (optional, any number) -> ERASED (the
+global indices of the items hidden by this call) and LIVE (the items left).
+
+The erasure is durable when the response comes (serving/live_store.py's `erase`), and
+gallery_search takes it in before its next execution: the items are gone from every later
+query. A path or person id that matches nothing is not an error: it erases nothing (ERASED
+says what did go). A request with neither input erases nothing and reports LIVE. Torch-free.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from serving.models.common import RequestError, error_response
+from serving.models.live import open_store
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.store, self.index = open_store(args, adder=False)
+
+    def _erase(self, request) -> list[int]:
+        import triton_python_backend_utils as pb_utils
+        paths, persons = (pb_utils.get_input_tensor_by_name(request, n) for n in ("PATHS", "PERSONS"))
+        try:
+            paths = [] if paths is None else [bytes(p).decode("utf-8") for p in paths.as_numpy().reshape(-1)]
+        except UnicodeDecodeError:
+            raise RequestError("PATHS must be UTF-8") from None
+        persons = [] if persons is None else persons.as_numpy().reshape(-1).tolist()
+        return self.store.erase(paths, persons) if paths or persons else []
+
+    def execute(self, requests):
+        import triton_python_backend_utils as pb_utils
+        responses = []
+        for request in requests:
+            try:
+                erased = self._erase(request)
+            except RequestError as e:
+                responses.append(error_response(str(e)))
+                continue
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("ERASED", self.index.to_global(np.array(erased, dtype=np.int64))),
+                pb_utils.Tensor("LIVE", np.array([self.store.live_items()], dtype=np.int64))]))
+        return responses

@@ -1,0 +1,101 @@
+"""Triton model `gallery_ingest`: images (encoded bytes) with their path, person id, camera and
+time -> INDEX (global, -1 where refused) and ERROR ("" where ingested), one row per image.
+
+Each image is checked and decoded (serving/models/images.py), its path and time checked; the
+good ones of every request of the batch are encoded by the repository's own image encoder (a
+BLS call, so both profiles encode as they search) and appended in one durable LiveStore.add:
+a response with an INDEX means the item is on disk, and gallery_search takes it in before its
+next query. A refused image costs only its row; the others of the same call are ingested. One
+instance, torch-free: the live gallery's one adding process.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from export.gallery_meta import parse_time
+from serving.models.common import RequestError, error_response, input_array, parameters
+from serving.models.images import ImageDecoder
+from serving.models.live import open_store
+
+MAX_PATH_BYTES = 1024
+FIELDS = ("IMAGE", "PATH", "PERSON", "CAMERA", "TIME")
+
+
+def _text(raw, what: str) -> str:
+    try:
+        return bytes(raw).decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise RequestError(f"{what} is not valid UTF-8") from None
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        import triton_python_backend_utils as pb_utils
+        self.pb = pb_utils
+        self.store, self.index = open_store(args, adder=True)
+        params = parameters(args)
+        self.decode = ImageDecoder(params["image"])
+        self.encoder = json.loads(params["encoder"])  # the image encoder model, its tensors and batch limit
+
+    def _row(self, r: int, image, path, person, camera, time, seen: set) -> tuple:
+        """One image's fields, checked: (pixels, path, person, camera, time), or a RequestError."""
+        name = _text(path, f"image {r}: PATH")
+        if not name or len(bytes(path)) > MAX_PATH_BYTES:
+            raise RequestError(f"image {r}: PATH must be a non-empty name of at most {MAX_PATH_BYTES} bytes")
+        if name in seen:
+            raise RequestError(f"image {r}: {name!r} is already in the gallery (erase it first to replace it)")
+        when = _text(time, f"image {r} ({name}): TIME")
+        if when:
+            try:
+                parse_time(when)
+            except ValueError as e:
+                raise RequestError(f"image {r} ({name}): {e}") from None
+        pixels = self.decode(image, f"image {r} ({name})")
+        seen.add(name)
+        return pixels, name, int(person), _text(camera, f"image {r} ({name}): CAMERA") or None, when or None
+
+    def _encode(self, pixels: np.ndarray) -> np.ndarray:
+        """The image encoder's sets of the pixels, in chunks it takes, returned in CPU memory."""
+        pb, e = self.pb, self.encoder
+        out = []
+        for start in range(0, len(pixels), e["max_batch"]):
+            response = pb.InferenceRequest(model_name=e["model"], requested_output_names=[e["output"]],
+                                           inputs=[pb.Tensor(e["input"], pixels[start:start + e["max_batch"]])],
+                                           preferred_memory=pb.PreferredMemory(pb.TRITONSERVER_MEMORY_CPU, 0)).exec()
+            if response.has_error():
+                raise RuntimeError(f"{e['model']}: {response.error().message()}")
+            out.append(pb.get_output_tensor_by_name(response, e["output"]).as_numpy())
+        return np.concatenate(out)
+
+    def execute(self, requests):
+        pb = self.pb
+        fields = [[input_array(request, n).reshape(-1) for n in FIELDS] for request in requests]
+        paths = [_path for f in fields for _path in f[1]]
+        try:  # the live paths among them: taken (erasures free theirs)
+            seen = self.store.taken([bytes(p).decode("utf-8", "replace").strip() for p in paths])
+        except Exception as e:
+            return [error_response(f"ingest failed, nothing was added: {e}") for _ in requests]
+        good, errors = [], []  # (request, row, item) of every good row; every row's error ("" if good)
+        for n, f in enumerate(fields):
+            errors.append([])
+            for r in range(len(f[0])):
+                try:
+                    good.append((n, r, self._row(r, *(column[r] for column in f), seen)))
+                    errors[n].append("")
+                except RequestError as e:
+                    errors[n].append(str(e))
+        index = [np.full((len(e), 1), -1, dtype=np.int64) for e in errors]
+        if good:
+            try:
+                pixels, names, persons, cameras, times = zip(*(item for _, _, item in good))
+                added = self.store.add(self._encode(np.stack(pixels)), list(names), persons, cameras, times)
+            except Exception as e:  # nothing was acknowledged: every request of the batch is told
+                return [error_response(f"ingest failed, nothing was added: {e}") for _ in requests]
+            for (n, r, _), i in zip(good, self.index.to_global(np.array(added))):
+                index[n][r, 0] = i
+        return [pb.InferenceResponse([
+            pb.Tensor("INDEX", rows),
+            pb.Tensor("ERROR", np.array([e.encode("utf-8") for e in errs], dtype=object).reshape(-1, 1))])
+            for rows, errs in zip(index, errors)]
