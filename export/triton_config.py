@@ -11,8 +11,9 @@ size, as the text encoder's token axis).
 Token padding: the tokenizer pads each request's captions to their longest (an encoder with a
 dynamic token axis costs what the caption costs, not the 77-token context). Triton's dynamic
 batcher only joins requests whose other dims are equal, so where the encoder is Triton's own
-backend (production) the tokenizer rounds the length up to a bucket (TOKEN_BUCKET); the
-portable python encoder takes ragged batches instead and pads them to their longest itself.
+backend (production) the tokenizer model rounds the length up to a bucket (TOKEN_BUCKET); the
+portable python text encoder takes TEXT and tokenizes itself (one python-backend hop less per
+query), padding a batch to its longest.
 """
 from __future__ import annotations
 
@@ -35,23 +36,21 @@ TOPK = {"name": "TOPK", "dtype": "int32", "shape": [-1, 1]}
 TOKEN_BUCKET = 16  # production: token lengths rounded up to a multiple of this, so requests batch
 
 
-def _tensors(field, specs: list[dict], ragged: tuple[str, ...] = ()) -> None:
+def _tensors(field, specs: list[dict]) -> None:
     for spec in specs:
         if spec["dtype"] not in DATA_TYPES:
             raise ValueError(f"tensor {spec['name']!r}: no Triton type for dtype {spec['dtype']!r}")
-        tensor = field.add(name=spec["name"], data_type=DATA_TYPES[spec["dtype"]], dims=spec["shape"][1:])
-        if spec["name"] in ragged:
-            tensor.allow_ragged_batch = True
+        field.add(name=spec["name"], data_type=DATA_TYPES[spec["dtype"]], dims=spec["shape"][1:])
 
 
 def _model(name: str, inputs: list[dict], outputs: list[dict], max_batch_size: int, instances: int, kind: str,
-           max_queue_delay_us: int | None, ragged: tuple[str, ...] = (), **fields) -> mc.ModelConfig:
+           max_queue_delay_us: int | None, **fields) -> mc.ModelConfig:
     if max_batch_size < 1 or instances < 1:
         raise ValueError(f"max_batch_size and instances must be >= 1, got {max_batch_size} and {instances}")
     if kind not in KINDS:
         raise ValueError(f"instance kind must be KIND_GPU or KIND_CPU, got {kind!r}")
     config = mc.ModelConfig(name=name, max_batch_size=max_batch_size, **fields)
-    _tensors(config.input, inputs, ragged)
+    _tensors(config.input, inputs)
     _tensors(config.output, outputs)
     if max_queue_delay_us is not None:  # None: no dynamic batching, one request per execution
         config.dynamic_batching.CopyFrom(mc.ModelDynamicBatching(max_queue_delay_microseconds=max_queue_delay_us))
@@ -72,12 +71,10 @@ def encoder_config(name: str, platform: str, inputs: list[dict], outputs: list[d
 
 def python_config(name: str, inputs: list[dict], outputs: list[dict], max_batch_size: int,
                   parameters: dict[str, str] | None = None, instances: int = 1, kind: str = "KIND_CPU",
-                  max_queue_delay_us: int | None = 0, ragged: tuple[str, ...] = ()) -> mc.ModelConfig:
+                  max_queue_delay_us: int | None = 0) -> mc.ModelConfig:
     """A python-backend model. The default queue delay is 0: requests that arrive while the
-    instance is busy are still batched together, but a lone request does not wait. Inputs named
-    in `ragged` batch across requests whatever their non-batch dims (the model pads them)."""
-    config = _model(name, inputs, outputs, max_batch_size, instances, kind, max_queue_delay_us, ragged,
-                    backend="python")
+    instance is busy are still batched together, but a lone request does not wait."""
+    config = _model(name, inputs, outputs, max_batch_size, instances, kind, max_queue_delay_us, backend="python")
     for key, value in (parameters or {}).items():
         config.parameters[key].string_value = str(value)
     return config
@@ -89,15 +86,28 @@ def text_input(manifest: dict) -> dict:
     return ids
 
 
+def token_padding(manifest: dict, bucket: int = 1) -> dict[str, str]:
+    """The parameters of the model that tokenizes: where the text encoder's token axis is
+    dynamic, each request is padded to its longest caption rounded up to a multiple of `bucket`
+    (`pad` = "longest", `multiple_of`); otherwise to the full context."""
+    dynamic = text_input(manifest)["shape"][1] == -1
+    return {"pad": "longest", "multiple_of": str(bucket)} if dynamic else {"pad": "context", "multiple_of": "1"}
+
+
 def tokenizer_config(manifest: dict, max_batch_size: int, bucket: int = 1, **options) -> mc.ModelConfig:
-    """tokenizer: TEXT -> input_ids, the text encoder's input. Where its token axis is dynamic,
-    each request is padded to its longest caption rounded up to a multiple of `bucket`
-    (parameters `pad` = "longest", `multiple_of`); otherwise to the full context."""
+    """tokenizer (production): TEXT -> input_ids, the text encoder's input, padded as token_padding says."""
     ids = text_input(manifest)
-    dynamic = ids["shape"][1] == -1
-    pad = {"pad": "longest", "multiple_of": str(bucket)} if dynamic else {"pad": "context", "multiple_of": "1"}
     return python_config(TOKENIZER, [TEXT], [{k: ids[k] for k in ("name", "dtype", "shape")}], max_batch_size,
-                         pad, **options)
+                         token_padding(manifest, bucket), **options)
+
+
+def text_encoder_config(manifest: dict, max_batch_size: int, parameters: dict[str, str], bucket: int = 1,
+                        **options) -> mc.ModelConfig:
+    """text_encoder (portable, python): TEXT -> text_sets, tokenizing in the same model (the
+    tokenizer's padding parameters beside `parameters`): a query crosses one python model less."""
+    sets = manifest["models"][TEXT_ENCODER]["outputs"]
+    return python_config(TEXT_ENCODER, [TEXT], sets, max_batch_size, {**parameters, **token_padding(manifest, bucket)},
+                         **options)
 
 
 def gallery_config(manifest: dict, max_batch_size: int, index_offset: int = 0, **options) -> mc.ModelConfig:
@@ -108,18 +118,20 @@ def gallery_config(manifest: dict, max_batch_size: int, index_offset: int = 0, *
                          {"fingerprint": manifest["fingerprint"], "index_offset": str(index_offset)}, **options)
 
 
-def ensemble_config(tokenizer: mc.ModelConfig, text_encoder: mc.ModelConfig,
+def ensemble_config(tokenizer: mc.ModelConfig | None, text_encoder: mc.ModelConfig,
                     gallery: mc.ModelConfig) -> mc.ModelConfig:
-    """person_search: TEXT + TOPK -> tokenizer -> text_encoder -> gallery_search -> the results.
-    Its max_batch_size is the smallest of its steps' (a larger one would be refused at load)."""
-    config = mc.ModelConfig(name=ENSEMBLE, platform="ensemble",
-                            max_batch_size=min(m.max_batch_size for m in (tokenizer, text_encoder, gallery)))
+    """person_search: TEXT + TOPK -> tokenizer -> text_encoder -> gallery_search -> the results;
+    without a tokenizer (portable) the text encoder takes TEXT. Its max_batch_size is the
+    smallest of its steps' (a larger one would be refused at load)."""
+    models = [m for m in (tokenizer, text_encoder, gallery) if m is not None]
+    config = mc.ModelConfig(name=ENSEMBLE, platform="ensemble", max_batch_size=min(m.max_batch_size for m in models))
     _tensors(config.input, [TEXT, TOPK])
     _tensors(config.output, RESULTS)
-    (ids,), (sets,) = tokenizer.output, text_encoder.output
-    steps = [(tokenizer, {"TEXT": "TEXT"}, {ids.name: "ids"}),
-             (text_encoder, {text_encoder.input[0].name: "ids"}, {sets.name: "sets"}),
-             (gallery, {gallery.input[0].name: "sets", "TOPK": "TOPK"}, {r["name"]: r["name"] for r in RESULTS})]
+    (sets,) = text_encoder.output
+    text = "TEXT" if tokenizer is None else "ids"
+    steps = [] if tokenizer is None else [(tokenizer, {"TEXT": "TEXT"}, {tokenizer.output[0].name: "ids"})]
+    steps += [(text_encoder, {text_encoder.input[0].name: text}, {sets.name: "sets"}),
+              (gallery, {gallery.input[0].name: "sets", "TOPK": "TOPK"}, {r["name"]: r["name"] for r in RESULTS})]
     for model, inputs, outputs in steps:
         config.ensemble_scheduling.step.add(model_name=model.name, model_version=-1, input_map=inputs,
                                             output_map=outputs)
