@@ -11,8 +11,9 @@ size, as the text encoder's token axis).
 Token padding: the tokenizer pads each request's captions to their longest (an encoder with a
 dynamic token axis costs what the caption costs, not the 77-token context). Triton's dynamic
 batcher only joins requests whose other dims are equal, so where the encoder is Triton's own
-backend (production) the tokenizer rounds the length up to a bucket (TOKEN_BUCKET); the
-portable python encoder takes ragged batches instead and pads them to their longest itself.
+backend (production) the tokenizer model rounds the length up to a bucket (TOKEN_BUCKET); the
+portable python text encoder takes TEXT and tokenizes itself (one python-backend hop less per
+query), padding a batch to its longest.
 """
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def python_config(name: str, inputs: list[dict], outputs: list[dict], max_batch_
                   max_queue_delay_us: int | None = 0, ragged: tuple[str, ...] = ()) -> mc.ModelConfig:
     """A python-backend model. The default queue delay is 0: requests that arrive while the
     instance is busy are still batched together, but a lone request does not wait. Inputs named
-    in `ragged` batch across requests whatever their non-batch dims (the model pads them)."""
+    in `ragged` batch across requests whatever their non-batch dims (the model handles them)."""
     config = _model(name, inputs, outputs, max_batch_size, instances, kind, max_queue_delay_us, ragged,
                     backend="python")
     for key, value in (parameters or {}).items():
@@ -110,15 +111,28 @@ def text_input(manifest: dict) -> dict:
     return ids
 
 
+def token_padding(manifest: dict, bucket: int = 1) -> dict[str, str]:
+    """The parameters of the model that tokenizes: where the text encoder's token axis is
+    dynamic, each request is padded to its longest caption rounded up to a multiple of `bucket`
+    (`pad` = "longest", `multiple_of`); otherwise to the full context."""
+    dynamic = text_input(manifest)["shape"][1] == -1
+    return {"pad": "longest", "multiple_of": str(bucket)} if dynamic else {"pad": "context", "multiple_of": "1"}
+
+
 def tokenizer_config(manifest: dict, max_batch_size: int, bucket: int = 1, **options) -> mc.ModelConfig:
-    """tokenizer: TEXT -> input_ids, the text encoder's input. Where its token axis is dynamic,
-    each request is padded to its longest caption rounded up to a multiple of `bucket`
-    (parameters `pad` = "longest", `multiple_of`); otherwise to the full context."""
+    """tokenizer (production): TEXT -> input_ids, the text encoder's input, padded as token_padding says."""
     ids = text_input(manifest)
-    dynamic = ids["shape"][1] == -1
-    pad = {"pad": "longest", "multiple_of": str(bucket)} if dynamic else {"pad": "context", "multiple_of": "1"}
     return python_config(TOKENIZER, [TEXT], [{k: ids[k] for k in ("name", "dtype", "shape")}], max_batch_size,
-                         pad, **options)
+                         token_padding(manifest, bucket), **options)
+
+
+def text_encoder_config(manifest: dict, max_batch_size: int, parameters: dict[str, str], bucket: int = 1,
+                        **options) -> mc.ModelConfig:
+    """text_encoder (portable, python): TEXT -> text_sets, tokenizing in the same model (the
+    tokenizer's padding parameters beside `parameters`): a query crosses one python model less."""
+    sets = manifest["models"][TEXT_ENCODER]["outputs"]
+    return python_config(TEXT_ENCODER, [TEXT], sets, max_batch_size, {**parameters, **token_padding(manifest, bucket)},
+                         **options)
 
 
 def live_parameters(manifest: dict, index_offset: int, added_offset: int | None) -> dict[str, str]:
@@ -193,13 +207,15 @@ _FILTER_MAP = {f["name"]: f["name"] for f in FILTERS}
 _RESULT_MAP = {r["name"]: r["name"] for r in RESULTS}
 
 
-def ensemble_config(tokenizer: mc.ModelConfig, text_encoder: mc.ModelConfig,
+def ensemble_config(tokenizer: mc.ModelConfig | None, text_encoder: mc.ModelConfig,
                     gallery: mc.ModelConfig) -> mc.ModelConfig:
-    """person_search: TEXT + TOPK (+ filter) -> tokenizer -> text_encoder -> gallery_search."""
-    (ids,), (sets,) = tokenizer.output, text_encoder.output
-    return _ensemble(ENSEMBLE, [TEXT, TOPK, *FILTERS], [
-        (tokenizer, {"TEXT": "TEXT"}, {ids.name: "ids"}),
-        (text_encoder, {text_encoder.input[0].name: "ids"}, {sets.name: "sets"}),
+    """person_search: TEXT + TOPK (+ filter) -> tokenizer -> text_encoder -> gallery_search;
+    without a tokenizer (portable) the text encoder takes TEXT."""
+    (sets,) = text_encoder.output
+    text = "TEXT" if tokenizer is None else "ids"
+    steps = [] if tokenizer is None else [(tokenizer, {"TEXT": "TEXT"}, {tokenizer.output[0].name: "ids"})]
+    return _ensemble(ENSEMBLE, [TEXT, TOPK, *FILTERS], steps + [
+        (text_encoder, {text_encoder.input[0].name: text}, {sets.name: "sets"}),
         (gallery, {sets.name: "sets", "TOPK": "TOPK", **_FILTER_MAP}, _RESULT_MAP)], RESULTS)
 
 

@@ -1,7 +1,7 @@
 """Write the Triton model repository that serves person search, and publish gallery versions.
 
-    REPO/tokenizer        python: TEXT (BYTES) -> input_ids (INT32 [T], T <= 77: padded to the longest)
-    REPO/text_encoder     input_ids -> text_sets (FP32 [K+1, D])
+    REPO/tokenizer        production, python: TEXT (BYTES) -> input_ids (INT32 [T], T <= 77: padded to the longest)
+    REPO/text_encoder     input_ids -> text_sets (FP32 [K+1, D]); portable: TEXT -> text_sets, tokenizing itself
     REPO/image_encoder    pixels (FP32 [3, H, W]) -> image_sets
     REPO/image_decoder    python: IMAGE (BYTES, an encoded file) -> pixels
     REPO/gallery_search   python: text_sets | image_sets | LIKE, TOPK, filter -> SCORES, IDS, PATHS,
@@ -13,8 +13,10 @@
 
 Profiles differ only in how the encoders run: `portable` runs ONNX Runtime inside the python
 backend (the only backend of the tritonserver bundled with nvidia-pytriton, what CI and the
-demo use); `production` uses Triton's `onnxruntime_onnx` backend, or `tensorrt_plan` with the
-engines of export/to_trt.py. Tensor names and shapes are the export manifest's either way;
+demo use), and its text encoder tokenizes too (every python model a query crosses costs
+shared-memory round trips to a stub process, so it crosses two); `production` uses Triton's
+`onnxruntime_onnx` backend, or `tensorrt_plan` with the engines of export/to_trt.py, after
+the python tokenizer. Tensor names and shapes are the export manifest's either way;
 every config.pbtxt is export/triton_config.py's. The python models' code is the installed package's (serving/models/): each model.py in the
 repository is a one-line import, so the repository holds configuration and data only.
 """
@@ -31,7 +33,8 @@ from export.model_repository import write_encoders, write_model
 from export.triton_config import (ENSEMBLE, ERASE_MODEL, GALLERY_MODEL, IMAGE_ENCODER, IMAGE_ENSEMBLE, INGEST_MODEL,
                                   TEXT_ENCODER, TOKEN_BUCKET, ensemble_config, erase_config,
                                   gallery_config, image_decoder_config, image_ensemble_config, ingest_config,
-                                  parameter, python_config, read_config, tokenizer_config, write_config)
+                                  parameter, python_config, read_config, text_encoder_config, tokenizer_config,
+                                  write_config)
 from serving.live_gallery import start_live
 from serving.live_store import GALLERY_FILE, LIVE_FOLDER, live_changes
 
@@ -97,8 +100,8 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
     costs more in wake-ups than it saves on this model's small ops). `batching=False` turns dynamic batching off in the python
     models (for comparison). `token_bucket`: the tokenizer pads each request to its longest
     caption rounded up to a multiple of this (default: 1 for portable, whose text encoder
-    batches ragged requests; TOKEN_BUCKET for production, whose backends batch equal shapes
-    only). An export of version 1 (a fixed token axis) is padded to the full context.
+    tokenizes and pads a batch itself; TOKEN_BUCKET for production, whose backends batch equal
+    shapes only). An export of version 1 (a fixed token axis) is padded to the full context.
     `index_offset`, `added_offset`: the global indices of this gallery's items and additions
     (shards; serving/models/live.py)."""
     if profile not in PROFILES:
@@ -124,20 +127,23 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
         if token_bucket is None:
             token_bucket = TOKEN_BUCKET if profile == "production" else 1
         out.mkdir(parents=True, exist_ok=True)
+        vocabulary = export_dir / manifest["tokenizer"]["file"]
+        tokenizer = None
         if profile == "production":
             write_encoders(out, manifest, files, "tensorrt_plan" if engines else "onnxruntime_onnx", encoder_batch)
+            tokenizer = tokenizer_config(manifest, batch, token_bucket, **delay)
+            _write_python_model(out, "serving.models.tokenizer", {"tokenizer.txt.gz": vocabulary}, tokenizer)
         else:
             for name, spec in manifest["models"].items():
-                # the text encoder takes ragged batches (requests padded to their own longest
-                # caption) and pads them to the batch's longest: exact, and every request batches
-                ragged = tuple(i["name"] for i in spec["inputs"] if name == TEXT_ENCODER and i["shape"][1] == -1)
-                # two single-threaded text encoders: one runs a batch while the next one forms
-                _write_python_model(out, "serving.models.onnx_encoder", {"model.onnx": files[name]}, python_config(
-                    name, spec["inputs"], spec["outputs"], encoder_batch[name], {"threads": threads},
-                    instances=2 if name == TEXT_ENCODER else 1, ragged=ragged, **delay))
-        tokenizer = tokenizer_config(manifest, batch, token_bucket, **delay)
-        vocabulary = export_dir / manifest["tokenizer"]["file"]
-        _write_python_model(out, "serving.models.tokenizer", {"tokenizer.txt.gz": vocabulary}, tokenizer)
+                model_files, params = {"model.onnx": files[name]}, {"threads": threads}
+                if name == TEXT_ENCODER:  # TEXT in: it tokenizes, with the merges beside its model.onnx
+                    model_files["tokenizer.txt.gz"] = vocabulary
+                    # two single-threaded text encoders: one runs a batch while the next one forms
+                    config = text_encoder_config(manifest, encoder_batch[name], params, token_bucket, instances=2,
+                                                 **delay)
+                else:
+                    config = python_config(name, spec["inputs"], spec["outputs"], encoder_batch[name], params, **delay)
+                _write_python_model(out, "serving.models.onnx_encoder", model_files, config)
         search = gallery_config(manifest, batch, index_offset, added_offset,
                                 kind="KIND_GPU" if profile == "production" else kind, **delay)
         _write_gallery_version(out, Path(gallery), search)

@@ -34,14 +34,12 @@ def pad_to_longest(arrays: list[np.ndarray], value=0) -> list[np.ndarray]:
             for a in arrays]
 
 
-def run_batched(requests, inputs: list[str], fn, ragged: tuple[str, ...] = ()) -> list:
+def run_batched(requests, inputs: list[str], fn) -> list:
     """One call of fn over the rows of every request (what dynamic batching is for), split back
-    into one response per request. fn(*arrays) -> list of (name, array) with rows aligned.
-    Inputs named in `ragged` (token ids of a ragged batch) are 0-padded to the longest first."""
+    into one response per request. fn(*arrays) -> list of (name, array) with rows aligned."""
     arrays = [[input_array(r, name) for name in inputs] for r in requests]
     sizes = [a[0].shape[0] for a in arrays]
-    merged = [np.concatenate(pad_to_longest([a[i] for a in arrays]) if name in ragged and len(arrays) > 1
-                             else [a[i] for a in arrays]) for i, name in enumerate(inputs)]
+    merged = [np.concatenate([a[i] for a in arrays]) for i in range(len(inputs))]
     outputs = fn(*merged)
     responses, start = [], 0
     for size in sizes:

@@ -15,6 +15,8 @@ from serving.repository import publish_gallery, write_repository
 
 MODELS = ["gallery_erase", "gallery_ingest", "gallery_search", "image_decoder", "image_encoder", "image_search",
           "person_search", "text_encoder", "tokenizer"]
+STEPS = {"portable": ["text_encoder", "gallery_search"],  # its text encoder tokenizes: one python hop less
+         "production": ["tokenizer", "text_encoder", "gallery_search"]}
 
 
 def ensemble_problems(repo, name: str = ENSEMBLE) -> list[str]:
@@ -66,23 +68,27 @@ def production(esa_export, gallery, engines, tmp_path_factory):
 def test_every_config_parses_and_the_ensemble_fits_its_steps(repository, production):
     repos = {"portable": repository, **production}
     for profile, repo in repos.items():
-        assert sorted(p.name for p in repo.iterdir()) == MODELS, profile
-        configs = {name: read_config(repo / name) for name in MODELS}
+        steps = STEPS["portable" if profile == "portable" else "production"]
+        models = sorted(set(MODELS) - ({"tokenizer"} if profile == "portable" else set()))
+        assert sorted(p.name for p in repo.iterdir()) == models, profile
+        configs = {name: read_config(repo / name) for name in models}
         assert all(c.name == name for name, c in configs.items())
-        for ensemble, steps in ((ENSEMBLE, ["tokenizer", "text_encoder", "gallery_search"]),
-                                ("image_search", ["image_decoder", "image_encoder", "gallery_search"])):
+        for ensemble, ensemble_steps in ((ENSEMBLE, steps),
+                                         ("image_search", ["image_decoder", "image_encoder", "gallery_search"])):
             assert ensemble_problems(repo, ensemble) == [], (profile, ensemble)
-            assert [s.model_name for s in configs[ensemble].ensemble_scheduling.step] == steps
-            assert configs[ensemble].max_batch_size == min(configs[s].max_batch_size for s in steps)
+            assert [s.model_name for s in configs[ensemble].ensemble_scheduling.step] == ensemble_steps
+            assert configs[ensemble].max_batch_size == min(configs[s].max_batch_size for s in ensemble_steps)
         assert configs["gallery_ingest"].instance_group[0].count == 1  # the live gallery's one adder
         assert (repo / "gallery_search" / "1" / "live" / "live.sqlite").is_file()
-    portable = {name: read_config(repository / name) for name in MODELS if name not in (ENSEMBLE, "image_search")}
+    portable = {name: read_config(repository / name) for name in MODELS
+                if name not in (ENSEMBLE, "image_search", "tokenizer")}
     assert {c.backend for c in portable.values()} == {"python"}
     assert {c.max_batch_size for c in portable.values()} == {8, 0}  # the fixture's; gallery_erase does not batch
     assert portable["text_encoder"].instance_group[0].count == 2
     assert {c.parameters["threads"].string_value for c in portable.values() if "encoder" in c.name} == {"1"}
     assert (repository / "text_encoder" / "1" / "model.onnx").is_file()
-    assert "import TritonPythonModel" in (repository / "tokenizer" / "1" / "model.py").read_text()
+    assert "import TritonPythonModel" in (repository / "text_encoder" / "1" / "model.py").read_text()
+    assert (repository / "text_encoder" / "1" / "tokenizer.txt.gz").is_file()
     gpu = mc.ModelInstanceGroup.KIND_GPU
     for kind, platform, file in (("onnx", "onnxruntime_onnx", "model.onnx"), ("trt", "tensorrt_plan", "model.plan")):
         for name in ("text_encoder", "image_encoder"):
@@ -93,32 +99,37 @@ def test_every_config_parses_and_the_ensemble_fits_its_steps(repository, product
 
 
 def test_captions_are_padded_to_their_longest_and_still_batch(repository, production):
-    """The text encoder's token axis is dynamic (dims -1) from the tokenizer through the ensemble.
-    Portable: the tokenizer pads a request to its longest caption and the python text encoder
-    takes ragged batches (it pads them itself). Production: Triton's backends batch equal
-    shapes only, so the tokenizer rounds lengths up to buckets of 16 and nothing is ragged."""
-    for repo, bucket, ragged in ((repository, "1", True), (production["onnx"], "16", False),
-                                 (production["trt"], "16", False)):
+    """The text encoder's token axis is dynamic (dims -1). Portable: the python text encoder takes
+    TEXT, pads a request to its longest caption and a batch to its longest request. Production:
+    Triton's backends batch equal shapes only, so the tokenizer rounds lengths up to buckets of 16."""
+    encoder = read_config(repository / "text_encoder")
+    assert [(t.name, mc.DataType.Name(t.data_type), list(t.dims)) for t in encoder.input] == [("TEXT", "TYPE_STRING",
+                                                                                               [1])]
+    assert {k: v.string_value for k, v in encoder.parameters.items()} == {"pad": "longest", "multiple_of": "1",
+                                                                          "threads": "1"}
+    for repo in (production["onnx"], production["trt"]):
         tokenizer, encoder = read_config(repo / "tokenizer"), read_config(repo / "text_encoder")
         assert [(t.name, list(t.dims)) for t in tokenizer.output] == [("input_ids", [-1])]
-        assert [(t.name, list(t.dims), t.allow_ragged_batch) for t in encoder.input] == [("input_ids", [-1], ragged)]
-        assert {k: v.string_value for k, v in tokenizer.parameters.items()} == {"pad": "longest",
-                                                                               "multiple_of": bucket}
+        assert [(t.name, list(t.dims)) for t in encoder.input] == [("input_ids", [-1])]
+        assert {k: v.string_value for k, v in tokenizer.parameters.items()} == {"pad": "longest", "multiple_of": "16"}
         assert ensemble_problems(repo) == []
-        assert not any(t.allow_ragged_batch for t in read_config(repo / "image_encoder").input)
 
 
 def test_a_version_1_export_is_still_served_at_the_full_context(esa_export, gallery, tmp_path):
-    """An export with a fixed 77-token text encoder (manifest version 1) keeps dims 77, padded to the context."""
+    """An export with a fixed 77-token text encoder (manifest version 1) is padded to the context,
+    by the portable text encoder itself or by the production tokenizer (dims 77)."""
     old = shutil.copytree(esa_export, tmp_path / "v1")
     manifest = json.loads((old / "manifest.json").read_text())
     manifest["version"] = 1
     manifest["models"]["text_encoder"]["inputs"] = [{"name": "input_ids", "dtype": "int32", "shape": [-1, 77]}]
     (old / "manifest.json").write_text(json.dumps(manifest))
     repo = write_repository(old, gallery, tmp_path / "repo")
+    assert read_config(repo / "text_encoder").parameters["pad"].string_value == "context"
+    assert ensemble_problems(repo) == []
+    repo = write_repository(old, gallery, tmp_path / "production", profile="production")
     tokenizer, encoder = read_config(repo / "tokenizer"), read_config(repo / "text_encoder")
     assert list(tokenizer.output[0].dims) == list(encoder.input[0].dims) == [77]
-    assert not encoder.input[0].allow_ragged_batch and tokenizer.parameters["pad"].string_value == "context"
+    assert tokenizer.parameters["pad"].string_value == "context"
     assert ensemble_problems(repo) == []
 
 

@@ -35,7 +35,8 @@ def test_results_equal_kernels_search_in_process(server, esa_export, gallery, ca
 
 def test_concurrent_captions_of_every_length_batch_and_answer_as_alone(server, esa_export, gallery, captions):
     """Requests padded to their own longest caption (2 to 77 tokens, truncated ones too) meet in
-    the text encoder's ragged batches: each answer is what the caption gets in-process alone."""
+    the text encoder's batches, padded to the longest: each answer is what the caption gets
+    in-process alone."""
     words = " ".join(captions).split()
     texts = [" ".join(words[:n]) for n in (1, 3, 8, 20, 40, 120)] + captions[:6]
 
@@ -48,6 +49,23 @@ def test_concurrent_captions_of_every_length_batch_and_answer_as_alone(server, e
         row = i % len(texts)
         assert [h.index for h in answers[i][0]] == index[row].tolist(), text
         np.testing.assert_allclose([h.score for h in answers[i][0]], scores[row].numpy(), atol=1e-5)
+
+
+def test_a_bad_text_fails_its_own_request_only_in_a_shared_batch(server, esa_export, gallery, captions):
+    """Requests sent together batch in the text encoder, which tokenizes them: one with an empty
+    caption gets its error, the others of its batch their answers."""
+    texts = [" " if i % 3 == 1 else captions[i] for i in range(12)]
+
+    async def run():
+        async with AsyncSearchClient(server.grpc_url) as client:
+            return await asyncio.gather(*(client.search(t, k=5) for t in texts), return_exceptions=True)
+    answers = asyncio.run(run())
+    (_, index), _ = in_process(esa_export, gallery, captions[:12], 5)
+    for i, answer in enumerate(answers):
+        if texts[i] == " ":
+            assert isinstance(answer, SearchError) and "text 0 is empty" in str(answer)
+        else:
+            assert [h.index for h in answer[0]] == index[i].tolist()
 
 
 def test_a_list_longer_than_the_servers_batch_limit_is_split_by_the_client(server, esa_export, gallery, captions):
@@ -73,13 +91,21 @@ def test_metrics_count_the_ensembles_requests(server):
     """Triton's Prometheus endpoint (on loopback): one success per request of the ensemble, and
     the counters the README says to watch."""
     import re
+    import time
     import urllib.request
 
-    def counters():
+    def read():
         text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
         found = re.findall(r'^(nv_inference_\w+)\{model="person_search",(?:reason="(\w+)",)?version="1"\} (\d+)',
                            text, re.M)
         return {(name, reason): int(value) for name, reason, value in found}
+
+    def counters():  # settled: a request of an earlier test may be counted a moment after its answer
+        last, now = None, read()
+        while now != last:
+            time.sleep(0.3)
+            last, now = now, read()
+        return now
     assert server.metrics_url.startswith("http://127.0.0.1:")
     before = counters()
     with SearchClient(server.grpc_url) as client:
