@@ -35,7 +35,7 @@ from export.triton_config import (ENSEMBLE, ERASE_MODEL, GALLERY_MODEL, IMAGE_EN
                                   gallery_config, image_decoder_config, image_ensemble_config, ingest_config,
                                   parameter, python_config, read_config, text_encoder_config, tokenizer_config,
                                   write_config)
-from serving.live_gallery import start_live
+from serving.live_gallery import LiveGallery, start_live
 from serving.live_store import GALLERY_FILE, LIVE_FOLDER, live_changes
 
 PROFILES = ("portable", "production")
@@ -213,7 +213,6 @@ def compact_repository(repo: str | os.PathLike) -> dict:
     minus its erasures as the next version, whose live state starts empty; the version before
     it is kept (a rollback), older ones deleted. What it kept and dropped, and the bytes before
     and after. The new version ranks exactly as the live gallery did (indices renumbered)."""
-    from serving.live_gallery import LiveGallery
     repo = Path(repo)
     current = repo / GALLERY_MODEL / str(gallery_versions(repo)[-1])
     before = sum(f.stat().st_size for f in [current / GALLERY_FILE, *(current / LIVE_FOLDER).rglob("*")]
