@@ -9,6 +9,7 @@ The server listens on 127.0.0.1 only unless told otherwise.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -54,10 +55,18 @@ def _backends(binary: Path, workdir: Path) -> Path:
     return backends
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n distinct free ports: all are bound at once (the OS may hand a port it just freed out
+    again, so asking one at a time can give gRPC and metrics the same one)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
 
 
 class TritonServer:
@@ -76,9 +85,9 @@ class TritonServer:
         if not self.repository.is_dir():
             raise ServerError(f"model repository {self.repository} does not exist")
         self.host = host
-        self.grpc_port = grpc_port or free_port(host)
-        self.http_port = http_port or free_port(host)
-        self.metrics_port = metrics_port or free_port(host)
+        ports = free_ports(3, host)
+        self.grpc_port, self.http_port, self.metrics_port = (given or port for given, port in
+                                                             zip((grpc_port, http_port, metrics_port), ports))
         self.explicit, self.extra_args = explicit, tuple(extra_args)
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
