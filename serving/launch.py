@@ -10,6 +10,7 @@ The server listens on 127.0.0.1 only unless told otherwise.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 READY_TIMEOUT_S = 180.0
+PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 
 
 class ServerError(OSError):
@@ -53,6 +55,21 @@ def _backends(binary: Path, workdir: Path) -> Path:
     shutil.copytree(root / "backends", backends)
     shutil.copy2(stub, backends / "python" / stub.name)
     return backends
+
+
+def _dies_with_parent():
+    """What the server's child runs before exec so that it gets SIGTERM when this process dies,
+    even by SIGKILL (a killed test run or demo would leave it running): Linux's
+    PR_SET_PDEATHSIG. It fires when the forking *thread* ends, so only the main thread asks."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    prctl, parent = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()
+
+    def child() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before the prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+    return child
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -130,7 +147,8 @@ class TritonServer:
             self.log_path = Path(self.log_path or work / "tritonserver.log")
             out = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.command(backends), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)  # Ctrl-C reaches us, we stop it cleanly
+                                        start_new_session=True,  # Ctrl-C reaches us, we stop it cleanly
+                                        preexec_fn=_dies_with_parent())
         if out is not None:
             out.close()
         try:

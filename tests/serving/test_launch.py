@@ -53,3 +53,37 @@ def test_the_servers_ports_are_distinct_even_where_the_os_reuses_a_freed_one(tmp
     server = TritonServer(tmp_path / "repo")
     assert len({server.grpc_port, server.http_port, server.metrics_port}) == 3
     assert TritonServer(tmp_path / "repo", grpc_port=8001).grpc_port == 8001
+
+
+PARENT = """
+import sys
+from serving.launch import TritonServer
+server = TritonServer(sys.argv[1]).start()
+print(server.process.pid, flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def test_a_server_does_not_outlive_a_parent_killed_with_sigkill(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    (tmp_path / "repo").mkdir()
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path / "repo")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    server = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)  # no finally, no atexit: what a killed pytest or demo does
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:  # gone, or a zombie nobody reaped (it exited)
+            if Path(f"/proc/{server}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.2)
+    os.kill(server, signal.SIGKILL)
+    pytest.fail(f"tritonserver {server} still ran 30 s after its parent was killed")
