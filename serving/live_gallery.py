@@ -85,7 +85,7 @@ class LiveGallery:
             return set()
         with self.lock:
             with self.store.transaction():  # one read snapshot: items, names and erasures agree
-                cams, rows, erased = self.store.read_since(len(self.paths), len(self.cameras))
+                cams, rows, erased = self.store.read_since(len(self.paths), len(self.cameras), self.hidden)
             self._version = version
             self.cameras.extend(cams)
             segments = set()

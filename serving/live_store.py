@@ -135,12 +135,15 @@ class LiveStore:
         """Changes whenever another connection committed: a reader's cheap 'anything new?'."""
         return self.db.execute("PRAGMA data_version").fetchone()[0]
 
-    def read_since(self, items: int, cameras: int) -> tuple[list[str], list[tuple], list[int]]:
+    def read_since(self, items: int, cameras: int, erased: int) -> tuple[list[str], list[tuple], list[int]]:
         """Inside a transaction: camera names from `cameras` on, items from `items` on (segment,
-        row, path, person, camera, time, by idx) and every erased idx."""
+        row, path, person, camera, time, by idx) and every erased idx, or none while there are
+        still `erased` of them (erasure is final: the same count is the same set)."""
         names = [n for (n,) in self.db.execute("SELECT name FROM cameras WHERE idx >= ? ORDER BY idx", (cameras,))]
         rows = self.db.execute("SELECT segment, row, path, person, camera, time FROM items WHERE idx >= ? "
                                "ORDER BY idx", (items,)).fetchall()
+        if self.db.execute("SELECT COUNT(*) FROM erased").fetchone()[0] == erased:
+            return names, rows, []
         return names, rows, [i for (i,) in self.db.execute("SELECT idx FROM erased")]
 
     def segment_path(self, segment: str) -> Path:
@@ -200,7 +203,9 @@ class LiveStore:
         return sorted(hit)
 
     def live_items(self) -> int:
-        return self.db.execute(f"SELECT COUNT(*) FROM items WHERE {LIVE}").fetchone()[0]
+        # idx is 0 .. n-1 and every erased idx is an item's: no scan of items against erased
+        return self.db.execute("SELECT (SELECT COALESCE(MAX(idx) + 1, 0) FROM items) - "
+                               "(SELECT COUNT(*) FROM erased)").fetchone()[0]
 
     def close(self) -> None:
         self.db.close()

@@ -23,6 +23,14 @@ def parameters(args: dict) -> dict[str, str]:
     return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}  # "" is left out
 
 
+def text(raw, what: str) -> str:
+    """A BYTES element as stripped UTF-8 text; `what` names it in the error."""
+    try:
+        return bytes(raw).decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise RequestError(f"{what} is not valid UTF-8") from None
+
+
 def input_array(request, name: str) -> np.ndarray:
     return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
 

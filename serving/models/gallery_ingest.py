@@ -15,19 +15,12 @@ import json
 import numpy as np
 
 from export.gallery_meta import parse_time
-from serving.models.common import RequestError, error_response, input_array, parameters
+from serving.models.common import RequestError, error_response, input_array, parameters, text
 from serving.models.images import ImageDecoder
 from serving.models.live import open_store
 
 MAX_PATH_BYTES = 1024
 FIELDS = ("IMAGE", "PATH", "PERSON", "CAMERA", "TIME")
-
-
-def _text(raw, what: str) -> str:
-    try:
-        return bytes(raw).decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise RequestError(f"{what} is not valid UTF-8") from None
 
 
 class TritonPythonModel:
@@ -41,12 +34,12 @@ class TritonPythonModel:
 
     def _row(self, r: int, image, path, person, camera, time, seen: set) -> tuple:
         """One image's fields, checked: (pixels, path, person, camera, time), or a RequestError."""
-        name = _text(path, f"image {r}: PATH")
+        name = text(path, f"image {r}: PATH")
         if not name or len(bytes(path)) > MAX_PATH_BYTES:
             raise RequestError(f"image {r}: PATH must be a non-empty name of at most {MAX_PATH_BYTES} bytes")
         if name in seen:
             raise RequestError(f"image {r}: {name!r} is already in the gallery (erase it first to replace it)")
-        when = _text(time, f"image {r} ({name}): TIME")
+        when = text(time, f"image {r} ({name}): TIME")
         if when:
             try:
                 parse_time(when)
@@ -54,7 +47,7 @@ class TritonPythonModel:
                 raise RequestError(f"image {r} ({name}): {e}") from None
         pixels = self.decode(image, f"image {r} ({name})")
         seen.add(name)
-        return pixels, name, int(person), _text(camera, f"image {r} ({name}): CAMERA") or None, when or None
+        return pixels, name, int(person), text(camera, f"image {r} ({name}): CAMERA") or None, when or None
 
     def _encode(self, pixels: np.ndarray) -> np.ndarray:
         """The image encoder's sets of the pixels, in chunks it takes, returned in CPU memory."""

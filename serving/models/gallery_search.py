@@ -25,7 +25,7 @@ import torch
 
 import kernels
 from export.gallery_meta import NO_CAMERA, format_time
-from serving.models.common import RequestError, error_response, input_array
+from serving.models.common import RequestError, error_response, input_array, text
 from serving.models.live import open_live
 
 WARMUP_MAX_K = 128  # k is rounded up to a power of two per compiled kernel; larger k take one dense path
@@ -62,16 +62,15 @@ def _same_rows(array: np.ndarray, name: str) -> np.ndarray:
     return array[0]
 
 
-def _text(raw) -> str:
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-
-
 class TritonPythonModel:
     def initialize(self, args):
         self.device = claim_device(args["model_instance_kind"], int(args["model_instance_device_id"]))
         # the CPU path computes in fp32: convert the fp16 file once, not per query
         dtype = torch.float32 if self.device.type == "cpu" else torch.float16
         self.live, self.index = open_live(args, writer=False, sets=self.device, dtype=dtype)
+        self.path_bytes: list[bytes] = []  # the hits' PATHS, grown as items arrive (_take_in)
+        self.alive, self.alive_state = None, None  # live.alive on the device, as of (items, hidden)
+        self._take_in()
         base = self.live.base
         self.params = {"alpha": base.alpha, "weight": base.weight}
         max_batch = json.loads(args["model_config"])["max_batch_size"]
@@ -126,7 +125,7 @@ class TritonPythonModel:
             array = tensor.as_numpy()
             if array.shape[0] != rows:
                 raise RequestError(f"{name} has {array.shape[0]} rows for {rows} queries")
-            values = [_text(v) for v in _same_rows(array, name).reshape(-1) if _text(v)]
+            values = [v for v in (text(raw, name) for raw in _same_rows(array, name).reshape(-1)) if v]
             key.append(tuple(sorted(set(values))) if name == "CAMERAS" else (values[0] if values else None))
         return tuple(key)
 
@@ -134,8 +133,8 @@ class TritonPythonModel:
         """The filter's mask over the live items (None: nothing to hide), once per execution."""
         if key not in masks:
             cameras, since, until = key
-            if not cameras and since is None and until is None and not self.live.hidden:
-                masks[key] = None  # the unfiltered kernel
+            if not cameras and since is None and until is None:
+                masks[key] = self.alive if self.live.hidden else None  # None: the unfiltered kernel
             else:
                 try:
                     masks[key] = self.live.allowed(list(cameras or ()), since, until)
@@ -143,19 +142,29 @@ class TritonPythonModel:
                     raise RequestError(str(e)) from None
         return masks[key]
 
-    def _camera(self, local: int) -> str:
-        c = int(self.live.camera.data[local])
-        return "" if c == NO_CAMERA else self.live.cameras[c]
+    def _take_in(self) -> None:
+        """After a refresh: the new items' paths as bytes, and the alive mask's device copy once
+        it changed (not a host-to-device copy of N flags per execution)."""
+        live = self.live
+        self.path_bytes.extend(p.encode("utf-8") for p in live.paths[len(self.path_bytes):])
+        if self.alive_state != (len(live), live.hidden):
+            self.alive, self.alive_state = live.alive.view().to(self.device), (len(live), live.hidden)
 
-    @staticmethod
-    def _strings(index: np.ndarray, field) -> np.ndarray:
-        """BYTES [rows, k] of field(local index) for every hit."""
-        return np.array([[field(j).encode("utf-8") for j in row] for row in index.tolist()],
-                        dtype=object).reshape(index.shape)
+    def _strings(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """BYTES [rows, k] PATHS, CAMERA_NAMES and TIMES of the hits: lookups, and one
+        format_time per distinct time."""
+        live, flat = self.live, index.reshape(-1)
+        paths = np.array([self.path_bytes[j] for j in flat.tolist()], dtype=object)
+        names = np.array([b""] + [c.encode("utf-8") for c in live.cameras], dtype=object)  # [0]: NO_CAMERA
+        cameras = names[live.camera.view().numpy()[flat] - NO_CAMERA]
+        times, where = np.unique(live.time.view().numpy()[flat], return_inverse=True)
+        stamps = np.array([format_time(int(t)).encode("utf-8") for t in times], dtype=object)
+        return tuple(a.reshape(index.shape) for a in (paths, cameras, stamps[where.reshape(-1)]))
 
     def execute(self, requests):
         import triton_python_backend_utils as pb_utils
         self.live.refresh()  # what ingest and erase committed: searchable, or gone, from now on
+        self._take_in()
         parsed, groups, masks = [], {}, {}
         for n, request in enumerate(requests):
             try:
@@ -184,11 +193,12 @@ class TritonPythonModel:
                 responses.append(error_response(str(item)))
                 continue
             s, i = result
+            paths, cameras, times = self._strings(i)
             responses.append(pb_utils.InferenceResponse([
                 pb_utils.Tensor("SCORES", np.ascontiguousarray(s, dtype=np.float32)),
                 pb_utils.Tensor("IDS", self.live.ids.view().numpy()[i]),
-                pb_utils.Tensor("PATHS", self._strings(i, self.live.paths.__getitem__)),
+                pb_utils.Tensor("PATHS", paths),
                 pb_utils.Tensor("INDICES", self.index.to_global(i)),
-                pb_utils.Tensor("CAMERA_NAMES", self._strings(i, self._camera)),
-                pb_utils.Tensor("TIMES", self._strings(i, lambda j: format_time(int(self.live.time.data[j]))))]))
+                pb_utils.Tensor("CAMERA_NAMES", cameras),
+                pb_utils.Tensor("TIMES", times)]))
         return responses

@@ -64,3 +64,34 @@ def test_warmup_covers_every_batch_size_and_k_bucket(gallery_search):
     assert sorted({b for b, _ in shapes}) == [1, 2, 4, 8, 16, 24]
     assert sorted({k for _, k in shapes}) == [1, 2, 4, 8, 16]
     assert len(shapes) == 30
+
+
+def test_the_hits_columns_and_the_alive_mask_follow_the_live_gallery(gallery_search, repository, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from export.gallery_meta import format_time
+    from serving.live_gallery import LiveGallery
+    shutil.copytree(repository / "gallery_search", tmp_path / "gallery_search")  # the served one stays as it is
+    model = gallery_search.TritonPythonModel()
+    model.initialize(instance_args(tmp_path, "CPU"))
+    live = model.live
+    writer = LiveGallery(live.folder, live.base_path)
+    n = len(live)
+    writer.add(live.sets.view()[:3].half(), ["new/a.jpg", "new/b.jpg", "new/c.jpg"], cameras=["cam-new", None, "cam-new"],
+               times=["2026-12-02T06:00:00Z", None, "2026-12-02T06:00:00Z"])
+    writer.erase(paths=[live.paths[1]])
+    live.refresh()
+    model._take_in()
+    assert model.alive_state == (n + 3, 1) and not model.alive[1] and model.alive[n + 2]
+    index = np.array([[n + 2, 0, n + 1], [1, n, n + 2]])
+    paths, cameras, times = model._strings(index)
+    camera = live.camera.view()
+    assert paths.tolist() == [[live.paths[j].encode() for j in row] for row in index.tolist()]
+    assert cameras.tolist() == [[(live.cameras[camera[j]] if camera[j] >= 0 else "").encode() for j in row]
+                                for row in index.tolist()]
+    assert times.tolist() == [[format_time(int(live.time.view()[j])).encode() for j in row] for row in index.tolist()]
+    assert cameras[0, 0] == b"cam-new" and times[0, 0] == times[1, 2] != b"" and times[0, 2] == b""
+    assert [a.shape for a in model._strings(np.zeros((2, 0), dtype=np.int64))] == [(2, 0)] * 3
+    writer.close()

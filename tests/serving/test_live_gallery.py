@@ -169,6 +169,20 @@ def test_any_process_erases_what_the_adder_committed_and_metadata_only_copies_ho
     with pytest.raises(RuntimeError, match="without its sets"):
         adder.compact(tmp_path / "out.safetensors")
 
+def test_erasures_are_reread_only_when_they_changed_and_counted_without_a_scan(tmp_path, base):
+    live = LiveGallery(tmp_path / "live", base)
+    live.add(unit(2, seed=5), ["new/a.jpg", "new/b.jpg"])
+    store = live.store
+    assert live.erase(persons=[0]) == [0, 1, 2, 3] and store.live_items() == 22 - 4
+    with store.transaction():
+        assert store.read_since(22, 2, 0)[2] == [0, 1, 2, 3]
+        assert store.read_since(22, 2, 4) == ([], [], [])  # the same count is the same set
+    assert live.hidden == 4 and live.live_items() == store.live_items() == 18
+    assert live.erase(paths=["new/b.jpg", "base/0.jpg"]) == [21] and live.hidden == 5 and store.live_items() == 17
+    reader = LiveGallery(tmp_path / "live", base, writer=False)
+    assert reader.hidden == 5 and not reader.allowed()[[0, 1, 2, 3, 21]].any() and reader.allowed()[[4, 20]].all()
+
+
 WRITER = textwrap.dedent("""
     import sys, torch
     from serving.live_gallery import LiveGallery

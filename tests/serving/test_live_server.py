@@ -262,7 +262,7 @@ def test_every_acknowledged_item_survives_a_kill_9_during_a_long_ingest(live, tr
     # whatever the server took in, acknowledged or not (the call in flight), is the gallery now
     from serving.live_store import LiveStore
     store = LiveStore(live.repo / "gallery_search" / "1" / "live")
-    _, rows, _ = store.read_since(len(live.paths), 0)
+    _, rows, _ = store.read_since(len(live.paths), 0, 0)
     store.close()
     assert {p for p, _, _ in acked} <= {r[2] for r in rows}
     files = {f"stream/{n}_{f.name}": f for n, (f, _, _) in enumerate(train_images[6:] * 10)}
