@@ -1,6 +1,6 @@
 """The live gallery through a real local server: ingest (found by its description, by its image
 and by itself), per-image refusals, filters against a reference computed here, erasure, a
-kill -9 during a long ingest, and compaction ranking exactly as the live gallery did."""
+kill -9 during a long ingest, and compaction ranking as the live gallery did (up to float noise)."""
 import io
 import json
 import os
@@ -91,8 +91,9 @@ class Live:
         self.camera += [CAMERAS.index(c) if c in CAMERAS else -1 for c in cameras]
         self.time += [parse_time(t) if t else NO_TIME for t in times]
 
-    def reference(self, texts, k, cameras=(), since=None, until=None):
-        """(scores, paths) per text, as kernels.search ranks them here with the mask built here."""
+    def reference(self, texts, cameras=(), since=None, until=None):
+        """(score, path) of every item the filter keeps, per text, as kernels.search ranks them
+        here with the mask built here."""
         camera, time = np.array(self.camera), np.array(self.time)
         keep = np.array([i not in self.erased for i in range(len(self.paths))])
         if cameras:
@@ -104,13 +105,33 @@ class Live:
         if until is not None:
             keep &= time <= parse_time(until)
         queries = torch.from_numpy(self.encoders.encode_text(self.tokenizer(texts)))
-        scores, index = kernels.search(queries, self.sets, k, alpha=self.alpha, weight=self.weight,
+        scores, index = kernels.search(queries, self.sets, len(self.paths), alpha=self.alpha, weight=self.weight,
                                        margin=self.margin, allowed=torch.from_numpy(keep))
-        return [[(round(float(s), 5), self.paths[i]) for s, i in zip(*row)] for row in zip(scores, index.tolist())]
+        return [[(float(s), self.paths[i]) for s, i in zip(*row)] for row in zip(scores, index.tolist())]
 
 
 def served(hits):
-    return [[(round(h.score, 5), h.path) for h in row] for row in hits]
+    return [[(h.score, h.path) for h in row] for row in hits]
+
+
+ATOL = 1e-4  # the server encodes an ingested image in a batch of its own, the reference in another
+
+
+def assert_ranked(got, full, k, context=None):
+    """Each row of `got` is a top-k of the complete ranking `full` ((score, path) lists), up to
+    ATOL (an image encoded in another batch may round to other fp16 sets): k' = min(k, kept)
+    distinct items with their scores, in an order that never inverts two by more than ATOL,
+    and no item left out that beats one returned by more than ATOL."""
+    assert len(got) == len(full), context
+    for row, ranking in zip(got, full):
+        score = dict((path, s) for s, path in ranking)
+        paths = [path for _, path in row]
+        assert len(row) == min(k, len(ranking)) and len(set(paths)) == len(paths) and set(paths) <= set(score), context
+        assert all(abs(s - score[path]) <= ATOL for s, path in row), (context, row)
+        ranked = [score[path] for path in paths]
+        assert all(a >= b - ATOL for a, b in zip(ranked, ranked[1:])), (context, row)
+        left = [s for s, path in ranking if path not in set(paths)]
+        assert not left or max(left) <= min(ranked) + ATOL, (context, row)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +159,7 @@ def test_an_ingested_image_is_found_by_its_description_its_image_and_itself(live
         assert client.live_items() == [before + 3]
         captions = [c for _, _, c in train_images[:3]]
         everything = len(live.paths)
-        assert served(client.search(captions, k=everything)) == live.reference(captions, everything)
+        assert_ranked(served(client.search(captions, k=everything)), live.reference(captions), everything)
         ranked = [[h.path for h in row] for row in client.search(captions, k=everything)]
         assert all(f"ingested/{f.name}" in row for f, row in zip(files, ranked))
         for f, d in zip(files, done):
@@ -190,7 +211,7 @@ def test_filters_equal_the_reference(live, train_images):
             until = None if hi is None else f"2026-12-01T{hi:02d}:59:59Z"
             k = rng.choice([1, 5, 1000])
             got = served(client.search(captions, k=k, filter=Filter(cameras, since, until)))
-            assert got == live.reference(captions, k, cameras, since, until), (cameras, since, until, k)
+            assert_ranked(got, live.reference(captions, cameras, since, until), k, (cameras, since, until, k))
         with pytest.raises(SearchError, match="unknown camera"):
             client.search(captions[:1], filter=Filter(("nowhere",)))
     for window, message in [(("2026-11-30T19:00:01Z", "2026-12-01T00:00:00+05:00"), "since .* is after until"),
@@ -224,7 +245,7 @@ def test_erased_items_are_gone_from_every_query_at_once(live, train_images):
         assert set(erased) == expected
         live.erased |= expected
         assert client.delete(paths=["nowhere.jpg"]) == []  # nothing matched: a defined, empty result
-        assert served(client.search(captions, k=everything)) == live.reference(captions, everything)
+        assert_ranked(served(client.search(captions, k=everything)), live.reference(captions), everything)
         assert client.live_items() == [len(live.paths) - len(live.erased)]
         with pytest.raises(SearchError, match="erased"):
             client.like(1, k=1)  # gone after the restart too: the next test's kill -9 and restart
@@ -295,8 +316,8 @@ def test_the_commands_ingest_search_by_image_and_like_filter_and_delete(live, tr
     caption = train_images[30][2]
     got = json.loads(tbps("search", caption, "-k", 50, "--camera", "south", "--since", "2026-12-01T20:00:00Z",
                           "--url", url, "--json").stdout)[0]["hits"]
-    assert [(round(h["score"], 5), h["path"]) for h in got] == live.reference(
-        [caption], 50, ("south",), "2026-12-01T20:00:00Z")[0]
+    assert_ranked([[(h["score"], h["path"]) for h in got]], live.reference([caption], ("south",), "2026-12-01T20:00:00Z"),
+                  50)
     assert files[0].name in [h["path"] for h in got]
     for args, message in [((), "search by one of: descriptions, --image FILE or --like INDEX"),
                           (("x", "--since", "noon"), "bad time 'noon'"),
@@ -310,17 +331,17 @@ def test_the_commands_ingest_search_by_image_and_like_filter_and_delete(live, tr
     assert nothing.returncode == 0 and "erased nothing: no live item has path 'never/was.jpg'" in nothing.stderr
 
 
-def test_compaction_ranks_exactly_as_the_live_gallery_did(live, train_images):
+def test_compaction_ranks_as_the_live_gallery_did(live, train_images):
     captions = [c for _, _, c in train_images[:5]]
     everything = len(live.paths)
     with live.client() as client:
         before = served(client.search(captions, k=everything))
-    assert before == live.reference(captions, everything)
+    assert_ranked(before, live.reference(captions), everything)
     live.server.stop()
     report = compact_repository(live.repo)
     assert report["dropped"] == len(live.erased) and report["kept"] == len(live.paths) - len(live.erased)
     assert gallery_versions(live.repo) == [1, 2]
     live.server = TritonServer(live.repo).start()
     with live.client() as client:
-        assert served(client.search(captions, k=everything)) == before
+        assert_ranked(served(client.search(captions, k=everything)), before, everything)
         assert client.live_items() == [report["kept"]]
