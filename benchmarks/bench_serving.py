@@ -10,7 +10,8 @@ dynamic batching on (the default repository), off, and the gallery split over 2 
 (2 servers, merged by the client). The model is `tiny` ESA trained for one epoch on a small
 synthetic set: latency depends on its shapes, not its accuracy. The gallery holds
 --gallery-size random unit embedding sets under that checkpoint's fingerprint (search cost
-depends on N, not on content; the demo's gallery is 401 images). Writes
+depends on N, not on content; the demo's gallery is 401 images). Each row carries Triton's own
+statistics (`model_ms`: queue and compute steps per request, per model, of the first server). Writes
 benchmarks/results/serving_cpu[_n<N> unless N is 20000][_quick].json and .png (--results: another
 folder).
 """
@@ -62,6 +63,28 @@ def in_process(export: Path, gallery: Path, texts: list[str], seconds: float, k:
             "qps": len(latencies) / (time.perf_counter() - start), **percentiles_ms(latencies)}
 
 
+STEPS = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def model_times(url: str) -> dict:
+    """Triton's cumulative statistics per model: {model: {"n": requests, step: ns}}."""
+    import tritonclient.grpc as grpcclient
+    with grpcclient.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics(as_json=True)["model_stats"]
+    return {m["name"]: {"n": int(m["inference_stats"]["success"].get("count", 0)),
+                        **{step: int(m["inference_stats"][step].get("ns", 0)) for step in STEPS}} for m in stats}
+
+
+def ms_per_request(before: dict, after: dict) -> dict:
+    """{model: {step: ms per request}} of what the models did between two model_times."""
+    out = {}
+    for name, now in after.items():
+        n = now["n"] - before.get(name, {}).get("n", 0)
+        if n:
+            out[name] = {step: (now[step] - before.get(name, {}).get(step, 0)) / n / 1e6 for step in STEPS}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
@@ -93,9 +116,11 @@ def main() -> None:
                 urls = [s.grpc_url for s in servers]
                 run_load(urls, CAPTIONS, concurrency=4, duration=seconds / 2)  # warm-up
                 for concurrency in levels:
+                    before = model_times(urls[0])
                     report = run_load(urls, CAPTIONS, concurrency=concurrency, duration=seconds)
                     row = {"setup": name, **{k: v for k, v in report.items() if k != "errors"},
-                           "p50_vs_floor": report["p50_ms"] / floor["p50_ms"]}
+                           "p50_vs_floor": report["p50_ms"] / floor["p50_ms"],
+                           "model_ms": ms_per_request(before, model_times(urls[0]))}  # the first server's
                     rows.append(row)
                     print(f"{name:13s} c={concurrency:3d}  {row['qps']:7.1f} q/s  p50 {row['p50_ms']:7.1f} ms  "
                           f"p95 {row['p95_ms']:7.1f}  p99 {row['p99_ms']:7.1f}  failures {row['failures']}  "
