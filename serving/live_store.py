@@ -12,7 +12,9 @@ Indices are stable: the base file's items are 0 .. N-1 and each added item takes
 of the folder) and commits its rows, so a call is all of its rows or none; what returned is on
 disk, and a segment whose rows never committed is deleted by the next adder to open the
 folder. One process adds (indices and segment names come from the table under that lock, but
-only the adder deletes stray segments); any process erases, in one transaction.
+only the adder deletes stray segments); any process erases, in one transaction. A version
+replaced by a newer one (serving.repository.publish_gallery) is sealed: later adds and erasures
+there are refused (GalleryReplaced), not acknowledged into a gallery no longer served.
 """
 from __future__ import annotations
 
@@ -40,6 +42,11 @@ CREATE TABLE IF NOT EXISTS erased (idx INTEGER PRIMARY KEY);
 """
 LIVE = "idx NOT IN (SELECT idx FROM erased)"
 CHUNK = 500  # values bound per SQL statement (SQLite's limit is in the thousands)
+SEALED = "sealed"  # meta key, present once a newer gallery version replaced this one
+
+
+class GalleryReplaced(RuntimeError):
+    """An add or erase reached a gallery version that a newer one replaced: nothing changed."""
 
 
 def _chunks(values: list):
@@ -58,19 +65,6 @@ def _fsync_write(tensors: dict, path: Path) -> None:
         os.fsync(fd)  # the rename itself
     finally:
         os.close(fd)
-
-
-def live_changes(folder: str | os.PathLike) -> tuple[int, int]:
-    """(items added, items erased) recorded in a live gallery folder; (0, 0) where there is none."""
-    path = Path(folder) / DB_NAME
-    if not path.is_file():
-        return 0, 0
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return (db.execute("SELECT COUNT(*) FROM items WHERE segment IS NOT NULL").fetchone()[0],
-                db.execute("SELECT COUNT(*) FROM erased").fetchone()[0])
-    finally:
-        db.close()
 
 
 class LiveStore:
@@ -110,7 +104,7 @@ class LiveStore:
             want = {"format": FORMAT, "version": VERSION, "fingerprint": fingerprint, "base_items": str(len(paths)),
                     "base_cameras": str(len(cameras))}
             with _transaction(db):
-                found = dict(db.execute("SELECT key, value FROM meta"))
+                found = {k: v for k, v in db.execute("SELECT key, value FROM meta") if k != SEALED}
                 if not found:
                     db.executemany("INSERT INTO meta VALUES (?, ?)", want.items())
                     db.executemany("INSERT INTO cameras VALUES (?, ?)", enumerate(cameras))
@@ -171,6 +165,7 @@ class LiveStore:
                              f"got sets {list(sets.shape)}")
         stamps = [NO_TIME if not t else parse_time(t) for t in times]
         with self.transaction(write=True):
+            self._refuse_if_sealed()
             taken = sorted(self.taken(paths)) or sorted({p for p in paths if paths.count(p) > 1})
             if taken:
                 raise ValueError(f"already in the gallery: {taken[:3]}")
@@ -195,12 +190,32 @@ class LiveStore:
         nothing matched, nothing changed)."""
         hit = set()
         with self.transaction(write=True):
+            self._refuse_if_sealed()
             for column, values in (("path", [str(p) for p in paths]), ("person", [int(p) for p in persons])):
                 for chunk in _chunks(values):
                     hit |= {i for (i,) in self.db.execute(
                         f"SELECT idx FROM items WHERE {column} IN ({','.join('?' * len(chunk))}) AND {LIVE}", chunk)}
             self.db.executemany("INSERT INTO erased VALUES (?)", [(i,) for i in sorted(hit)])
         return sorted(hit)
+
+    def seal(self) -> tuple[int, int]:
+        """(items added, items erased) here; where both are 0, every later add and erase is
+        refused, decided in one write transaction (so none can slip in between)."""
+        with self.transaction(write=True):
+            changes = (self.db.execute("SELECT COUNT(*) FROM items WHERE segment IS NOT NULL").fetchone()[0],
+                       self.db.execute("SELECT COUNT(*) FROM erased").fetchone()[0])
+            if changes == (0, 0):
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (SEALED,))
+            return changes
+
+    def unseal(self) -> None:
+        with self.transaction(write=True):
+            self.db.execute("DELETE FROM meta WHERE key = ?", (SEALED,))
+
+    def _refuse_if_sealed(self) -> None:
+        if self.db.execute("SELECT 1 FROM meta WHERE key = ?", (SEALED,)).fetchone():
+            raise GalleryReplaced(f"{self.folder}: a newer gallery version replaced this one while the call ran; "
+                                  f"nothing was changed: send it again")
 
     def live_items(self) -> int:
         # idx is 0 .. n-1 and every erased idx is an item's: no scan of items against erased

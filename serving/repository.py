@@ -36,7 +36,7 @@ from export.triton_config import (ENSEMBLE, ERASE_MODEL, GALLERY_MODEL, IMAGE_EN
                                   parameter, python_config, read_config, text_encoder_config, tokenizer_config,
                                   write_config)
 from serving.live_gallery import LiveGallery, start_live
-from serving.live_store import GALLERY_FILE, LIVE_FOLDER, live_changes
+from serving.live_store import GALLERY_FILE, LIVE_FOLDER, LiveStore
 
 PROFILES = ("portable", "production")
 DEFAULT_MAX_BATCH = 64
@@ -186,20 +186,30 @@ def publish_gallery(repo: str | os.PathLike, gallery: str | os.PathLike, url: st
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
     repo = Path(repo)
-    added, erased = live_changes(repo / GALLERY_MODEL / str(gallery_versions(repo)[-1]) / LIVE_FOLDER)
-    if added or erased:
-        raise ValueError(f"the served gallery of {repo} has {added} live additions and {erased} erasures that "
-                         f"{gallery} does not hold: stop the server and run `tbps compact {repo}` first")
-    fingerprint = parameter(read_config(repo / GALLERY_MODEL), "fingerprint")
-    version = stage_gallery(repo, gallery, fingerprint)
-    client = grpcclient.InferenceServerClient(url)
+    # sealed first: an ingest or erasure that reaches the old version after this is refused (the
+    # client is told to send it again), not acknowledged into a gallery no longer served
+    store = LiveStore(repo / GALLERY_MODEL / str(gallery_versions(repo)[-1]) / LIVE_FOLDER)
     try:
-        client.load_model(GALLERY_MODEL)
-    except InferenceServerException as e:
-        shutil.rmtree(repo / GALLERY_MODEL / str(version))
-        raise ValueError(f"the server at {url} did not load gallery version {version}: {e.message()} (a live "
-                         f"update needs explicit model control: tbps serve, or tritonserver "
-                         f"--model-control-mode explicit)") from None
+        added, erased = store.seal()
+        if added or erased:
+            raise ValueError(f"the served gallery of {repo} has {added} live additions and {erased} erasures that "
+                             f"{gallery} does not hold: stop the server and run `tbps compact {repo}` first")
+        try:
+            fingerprint = parameter(read_config(repo / GALLERY_MODEL), "fingerprint")
+            version = stage_gallery(repo, gallery, fingerprint)
+            client = grpcclient.InferenceServerClient(url)
+            try:
+                client.load_model(GALLERY_MODEL)
+            except InferenceServerException as e:
+                shutil.rmtree(repo / GALLERY_MODEL / str(version))
+                raise ValueError(f"the server at {url} did not load gallery version {version}: {e.message()} (a "
+                                 f"live update needs explicit model control: tbps serve, or tritonserver "
+                                 f"--model-control-mode explicit)") from None
+        except BaseException:
+            store.unseal()  # still the served version: it takes ingests and erasures again
+            raise
+    finally:
+        store.close()
     for follower in (INGEST_MODEL, ERASE_MODEL):  # they work on the latest version: reopen on it
         if (repo / follower).is_dir():
             client.load_model(follower)

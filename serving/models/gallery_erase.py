@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from serving.live_store import GalleryReplaced
 from serving.models.common import RequestError, error_response
 from serving.models.live import open_store
 
@@ -34,7 +35,7 @@ class TritonPythonModel:
         for request in requests:
             try:
                 erased = self._erase(request)
-            except RequestError as e:
+            except (RequestError, GalleryReplaced) as e:
                 responses.append(error_response(str(e)))
                 continue
             responses.append(pb_utils.InferenceResponse([

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import kernels
 from export.gallery import load_gallery, save_gallery
 from serving.live_gallery import LiveGallery
-from serving.live_store import SEGMENTS
+from serving.live_store import SEGMENTS, GalleryReplaced
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -181,6 +181,22 @@ def test_erasures_are_reread_only_when_they_changed_and_counted_without_a_scan(t
     assert live.erase(paths=["new/b.jpg", "base/0.jpg"]) == [21] and live.hidden == 5 and store.live_items() == 17
     reader = LiveGallery(tmp_path / "live", base, writer=False)
     assert reader.hidden == 5 and not reader.allowed()[[0, 1, 2, 3, 21]].any() and reader.allowed()[[4, 20]].all()
+
+
+def test_a_replaced_version_refuses_adds_and_erasures_and_is_sealed_only_with_nothing_to_lose(tmp_path, base):
+    live = LiveGallery(tmp_path / "live", base)
+    store = live.store
+    assert store.seal() == (0, 0)  # nothing added or erased: nothing a newer version could lose
+    for change in (lambda: store.add(unit(1).numpy(), ["late.jpg"]), lambda: store.erase(persons=[0])):
+        with pytest.raises(GalleryReplaced, match="replaced this one while the call ran; nothing was changed"):
+            change()
+    live.close()
+    live = LiveGallery(tmp_path / "live", base)  # a sealed version still opens (a rollback reads it)
+    assert live.live_items() == 20 and len(live) == 20
+    live.store.unseal()
+    assert live.add(unit(1), ["late.jpg"]) == [20]
+    assert live.store.seal() == (1, 0)  # refused: the addition would be lost
+    assert live.erase(paths=["late.jpg"]) == [20] and live.store.seal() == (1, 1)
 
 
 WRITER = textwrap.dedent("""

@@ -2,12 +2,14 @@
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from export.gallery import load_gallery, save_gallery
 from serving.client import SearchClient
 from serving.launch import TritonServer
+from serving.live_store import GalleryReplaced, LiveStore
 from serving.repository import gallery_versions, publish_gallery, write_repository
 from trainer.data.formats import load_dataset
 
@@ -56,6 +58,12 @@ def test_gallery_swap_without_restart_loses_no_query(esa_export, gallery, second
             assert added.index == n_new and client.search_images(image.read_bytes(), k=1)[0][0].path == "new/one.jpg"
         with pytest.raises(ValueError, match="has 1 live additions and 0 erasures"):
             publish_gallery(repo, gallery, server.grpc_url)  # they would be lost: compact first
+    # an ingest still running on version 1 (its model instance is unloaded after the publish):
+    # refused, not acknowledged into a gallery no longer served
+    old = LiveStore(repo / "gallery_search" / "1" / "live", adder=True)
+    with pytest.raises(GalleryReplaced):
+        old.add(np.zeros((1, *load_gallery(gallery).sets.shape[1:]), np.float16), ["late/one.jpg"])
+    old.close()
     assert not failures
     assert sizes[0] == n_old and sizes[-1] == n_new and set(sizes) == {n_old, n_new}
     assert {h.path for h in after} == set(load_gallery(second_gallery).paths)
@@ -70,6 +78,9 @@ def test_a_server_without_model_control_is_told_and_nothing_is_left_staged(serve
         publish_gallery(repo, gallery, server.grpc_url)
     assert "\n" not in str(e.value)
     assert gallery_versions(repo) == [1]
+    store = LiveStore(repo / "gallery_search" / "1" / "live")
+    assert store.erase(paths=["never/was.jpg"]) == []  # still the served version: not sealed
+    store.close()
 
 
 def test_a_gallery_of_another_checkpoint_is_refused_before_anything_changes(esa_export, gallery, tmp_path):
