@@ -28,6 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from common import grouped_bars, machine_record, percentiles_ms, pyplot, result_stem, save_plot, write_result
+from tiny_runs import served_model
 
 SERIES = {"served search": "AsyncSearchClient.search", "API": "GET /api/search",
           "page, new": "Enter to grid drawn, no thumbnail made yet, browser cache off",
@@ -37,33 +38,16 @@ PAGE_RUNS = (("page, new", False), ("page, made", False), ("page, again", True))
 
 
 def build(work: Path, gallery_size: int) -> tuple[Path, Path, Path, list[str]]:
-    """(ONNX export, gallery file, its image root, the test split's captions) of a fresh tiny ESA run."""
-    import torch
-    import torch.nn.functional as F
-
-    from export.gallery import save_gallery
-    from export.to_onnx import export_onnx
-    from trainer.checkpoint import load_checkpoint
+    """(ONNX export, gallery file, its image root, the test split's captions) of a fresh tiny ESA
+    run (tiny_runs.served_model), the gallery's images being the synthetic crops over again."""
     from trainer.data.formats import load_dataset
-    from trainer.data.synthetic import write_synthetic
-    from trainer.fit import TrainConfig, train
-    from trainer.recipes import recipe
-    data = write_synthetic(work / "data", ids=16, seed=0, progress=False)
-    ckpt = load_checkpoint(train(TrainConfig(data=str(data), out=str(work / "run"),
-                                             **recipe("tiny", epochs=1, batch_size=16, progress=False,
-                                                      bpe_vocab=600))))
-    export = export_onnx(ckpt, work / "onnx").parent
-    crops = [p.read_bytes() for p in sorted((data / "imgs").rglob("*.jpg"))]
     root, paths = work / "images", [f"{i // 1000:03d}/{i:06d}.jpg" for i in range(gallery_size)]
+    export, gallery, data = served_model(work, gallery_size, (128, 48), paths, str(root))  # the page shows full-size crops
+    crops = [p.read_bytes() for p in sorted((data / "imgs").rglob("*.jpg"))]
     for i, path in enumerate(paths):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_bytes(crops[i % len(crops)])
-    torch.manual_seed(0)
-    sets = F.normalize(torch.randn(gallery_size, ckpt.model.set_size, ckpt.config["embed_dim"]), dim=-1)
-    gallery = save_gallery(work / "gallery.safetensors", sets, torch.arange(gallery_size) // 4, paths,
-                           ckpt.fingerprint, root=str(root), **ckpt.model.score_params)
-    captions = [c for e in load_dataset(data).test for c in e.captions]
-    return export, gallery, root, captions
+    return export, gallery, root, [c for e in load_dataset(data).test for c in e.captions]
 
 
 async def served(urls: list[str], texts: list[str], k: int) -> list[float]:

@@ -22,25 +22,27 @@ BETAS = (0.0, 0.5, 1.0)  # weights of the gallery adaptive margin b_g
 METRICS = ("R1", "R5", "R10", "mAP")  # those printed and plotted (the JSON has every metric)
 
 
-def served_model(work: Path, gallery_size: int) -> tuple[Path, Path, Path]:
+def served_model(work: Path, gallery_size: int, image_size: tuple[int, int] = (64, 32),
+                 paths: list[str] | None = None, root: str = "") -> tuple[Path, Path, Path]:
     """(ONNX export directory, gallery file, synthetic data folder) of a freshly trained tiny ESA
     model; the gallery holds `gallery_size` random unit embedding sets under its fingerprint
-    (search cost depends on N and the shapes, not on content)."""
+    (search cost depends on N and the shapes, not on content), named `paths` under `root`
+    (default: img0000000.jpg, ...). `image_size`: the synthetic images' (height, width)."""
     import torch
     import torch.nn.functional as F
 
     from export.gallery import save_gallery
     from export.to_onnx import export_onnx
     from trainer.recipes import recipe
-    data = write_synthetic(work / "data", ids=16, seed=0, image_size=(64, 32), progress=False)
+    data = write_synthetic(work / "data", ids=16, seed=0, image_size=image_size, progress=False)
     ckpt = load_checkpoint(train(TrainConfig(data=str(data), out=str(work / "run"),
                                              **recipe("tiny", epochs=1, batch_size=16, progress=False, bpe_vocab=600))))
     export = export_onnx(ckpt, work / "onnx").parent
     torch.manual_seed(0)
     sets = F.normalize(torch.randn(gallery_size, ckpt.model.set_size, ckpt.config["embed_dim"]), dim=-1)
     gallery = save_gallery(work / "gallery.safetensors", sets, torch.arange(gallery_size) // 4,
-                           [f"img{i:07d}.jpg" for i in range(gallery_size)], ckpt.fingerprint,
-                           **ckpt.model.score_params)
+                           paths or [f"img{i:07d}.jpg" for i in range(gallery_size)], ckpt.fingerprint,
+                           root=root, **ckpt.model.score_params)
     return export, gallery, data
 
 
