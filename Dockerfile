@@ -24,7 +24,13 @@ COPY trainer trainer
 COPY export export
 COPY kernels kernels
 COPY serving serving
-# [gpu]: the Triton kernels of gallery_search. The encoders run in Triton's own tensorrt_plan /
-# onnxruntime_onnx backends, so neither ONNX Runtime nor TensorRT's Python package is needed here.
-RUN pip install '.[gpu]' \
-    && python3 -c "import torch, kernels.search_triton, export.gallery, trainer.data.tokenizer; assert torch.version.cuda.startswith('12.8'), torch.version.cuda"
+# The Triton kernels of gallery_search run under the Triton that CI's compile gate checks and that
+# kernels/search_configs.json was chosen under (pyproject's [gpu] pin): it replaces the one this torch
+# pins (used only by torch.compile, which serving never calls), --no-deps so that pip keeps this torch.
+# The encoders run in Triton's own tensorrt_plan / onnxruntime_onnx backends, so neither ONNX Runtime
+# nor TensorRT's Python package is needed here. Last, the launcher check: Triton builds a C launcher at
+# a GPU's first kernel launch, so a missing compiler or Python.h fails this build, not the server's start.
+ARG TRITON_VERSION=3.9.0
+RUN pip install . && pip install --no-deps "triton==${TRITON_VERSION}" \
+    && python3 -c "import torch, triton, kernels.search_triton, export.gallery, trainer.data.tokenizer; assert torch.version.cuda.startswith('12.8'), torch.version.cuda; assert triton.__version__ == '${TRITON_VERSION}', triton.__version__" \
+    && python3 -m kernels.toolchain

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
 import time
 import traceback
 
@@ -38,19 +39,20 @@ def search_backend() -> tuple:
         return (kernels.search, kernels.set_scores,
                 f"kernels' CPU path: {TRITON_SEARCH_MODULE} is not importable ({e}); update TRITON_SEARCH_MODULE")
 
-    def search(q, g, k, alpha=ALPHA, weight=1.0, margin=None, mode="chamfer"):
-        return mod.search(q.to(g.dtype), g, k, alpha, weight, margin, mode)
+    def search(q, g, k, alpha=ALPHA, weight=1.0, margin=None, mode="chamfer", allowed=None):
+        return mod.search(q.to(g.dtype), g, k, alpha, weight, margin, mode, allowed)
 
     def scores(q, g, alpha=ALPHA, weight=1.0, margin=None, mode="chamfer"):
         return mod.scores(q.to(g.dtype), g, alpha, weight, margin, mode)
     return search, scores, f"{TRITON_SEARCH_MODULE} through the Triton interpreter"
 
 
-def topk_report(scores, indices, reference, k, atol) -> dict:
+def topk_report(scores, indices, reference, k, atol, available: int | None = None) -> dict:
     """tests/kernels/test_search.py's check_topk as a report: sorted, unique, in range, equal to the
     reference's top-k up to near-ties (each returned index's reference score is the returned score,
-    and the returned scores are the reference's k best)."""
-    kk = min(k, reference.shape[1])
+    and the returned scores are the reference's k best). A filter's dropped items score -inf in the
+    reference and `available` items are allowed: k' = min(k, available)."""
+    kk = min(k, reference.shape[1] if available is None else available)
     s, i, ref = scores.detach().double().cpu(), indices.cpu(), reference.detach().double().cpu()
     checks = {"shape": tuple(s.shape) == tuple(i.shape) == (ref.shape[0], kk),
               "int64": i.dtype == torch.int64, "finite": bool(torch.isfinite(s).all())}
@@ -131,8 +133,56 @@ def correctness_cases() -> list[dict]:
         dict(kind="nonunit", dtype="fp32", N=size(60, 20), ks=(size(60, 20),)),
         dict(weight=0.5, margin=True, ks=(1, 10)),
         dict(weight=0.0),                                        # global cosine alone
+        dict(filtered=True, Q=q65, N=n_big, margin=True, ks=(1, 10, 100)),  # camera/time filters, erasures
+        dict(kind="grown", N=size(4097, 33), margin=True, ks=(10, 100)),  # an ingest past a multiple of 16
     ]
+    if RUN.device == "cuda" and torch.cuda.device_count() > 1:  # tensors on cuda:1, the current device cuda:0
+        variants.append(dict(device=1, Q=q64, N=n_big, filtered=True))
     return [dict(base, **v, seed=1000 + i) for i, v in enumerate(variants)]
+
+
+def case_variants(c: dict) -> set:
+    """The search kernel variants a case compiles (kernels.search_triton.variants: one config each)."""
+    if c["N"] == 0:
+        return set()
+    from kernels.search_triton import variants
+    out = set()
+    for k in (*c["ks"], None):  # None: set_scores
+        out |= variants(c["Q"], c["Kq"], c["Kg"], c["D"], torch_dtype(c["dtype"]), None if k is None else min(k, c["N"]),
+                        c["alpha"], c["weight"], c["mode"], c.get("filtered", False))
+    return out
+
+
+def assign_shards(cases: list[dict], n: int) -> list[list[dict]]:
+    """Cases to n side-by-side processes so that compiles (the section's cost) are balanced and a
+    variant two cases share is compiled by one process: each case in priority order goes where it
+    adds least to the largest shard's compile count."""
+    shards, compiled = [[] for _ in range(n)], [set() for _ in range(n)]
+    for c in cases:
+        v = case_variants(c)
+        i = min(range(n), key=lambda j: (max(len(compiled[j] | v), *(len(x) for x in compiled)), len(compiled[j] | v), j))
+        shards[i].append(c)
+        compiled[i] |= v
+    return shards
+
+
+def plan(n_shards: int) -> dict:
+    """What the correctness section will compile, printed before it starts: cases, distinct
+    variants, the busiest shard's compiles."""
+    cases = correctness_cases()
+    per_shard = [len(set().union(*map(case_variants, shard))) for shard in assign_shards(cases, n_shards)]
+    return dict(cases=len(cases), grad_cases=len(grad_cases()), shards=n_shards,
+                search_variants=len(set().union(*map(case_variants, cases))), variants_per_shard=per_shard)
+
+
+def compiled_variants() -> int | None:
+    """Search kernel variants compiled in this process so far (the JIT's cache entries); None under
+    the interpreter, which compiles nothing."""
+    mod = sys.modules.get(TRITON_SEARCH_MODULE)
+    try:
+        return sum(len(cache[0]) for f in (mod._topk_kernel, mod._dense_kernel) for cache in f.device_caches.values())
+    except AttributeError:
+        return None
 
 
 def case_inputs(c: dict):
@@ -156,25 +206,39 @@ def check_case(c: dict, backend) -> dict:
     search, scores, _ = backend
     q, g, margin = case_inputs(c)
     params = dict(alpha=c["alpha"], weight=c["weight"], mode=c["mode"])
-    qd, gd, md = q.to(RUN.device), g.to(RUN.device), None if margin is None else margin.to(RUN.device)
+    device = f"cuda:{c['device']}" if "device" in c else RUN.device
+    qd, gd, md = q.to(device), g.to(device), None if margin is None else margin.to(device)
+    out = {"N": g.shape[0], "search": {}}
+    if c["kind"] == "grown":  # served one ingest ago (N - 1 items, a view of the same buffer): compiles then, none now
+        for k in c["ks"]:
+            search(qd, gd[:-1], k, margin=md[:-1], **params)
+        before = compiled_variants()
     # queries are cast to the gallery's dtype by kernels.search: the reference sees the same rounded values
     ref = set_similarity_reference(qd.to(gd.dtype).double(), gd.double(),
                                    margin=None if md is None else md.double(), **params)
     atol = ATOL[c["dtype"]] * max(1.0, float(ref.abs().max()) if ref.numel() else 1.0)
+    allowed, available, ranked = None, None, ref
+    if c.get("filtered"):  # about half the items, as a camera or time window keeps
+        allowed = torch.rand(g.shape[0], generator=torch.Generator().manual_seed(c["seed"])) < 0.5
+        available, ranked = int(allowed.sum()), ref.masked_fill(~allowed.to(ref.device), float("-inf"))
+        allowed = allowed.to(device)
     dense = scores(qd, gd, margin=md, **params)
-    out = {"N": g.shape[0], "atol": atol, "dense": dense_report(dense, ref, atol), "search": {}}
+    out.update(atol=atol, dense=dense_report(dense, ref, atol))
     for k in c["ks"]:
-        s, i = search(qd, gd, k, margin=md, **params)
-        rep = topk_report(s, i, ref, k, atol)
+        s, i = search(qd, gd, k, margin=md, allowed=allowed, **params)
+        rep = topk_report(s, i, ranked, k, atol, available)
         if c["kind"] == "ties":
             rep["ties"] = tie_report(s, i, g)
             rep["ok"] = rep["ok"] and rep["ties"]["ok"]
         if k == c["ks"][0]:
-            s2, i2 = search(qd, gd, k, margin=md, **params)
+            s2, i2 = search(qd, gd, k, margin=md, allowed=allowed, **params)
             rep["deterministic"] = bool(torch.equal(s.cpu(), s2.cpu()) and torch.equal(i.cpu(), i2.cpu()))
             rep["ok"] = rep["ok"] and rep["deterministic"]
         out["search"][str(k)] = rep
     out["ok"] = out["dense"]["ok"] and all(r["ok"] for r in out["search"].values())
+    if c["kind"] == "grown" and before is not None:
+        out["compiled_after_growth"] = compiled_variants() - before
+        out["ok"] = out["ok"] and out["compiled_after_growth"] == 0
     return out
 
 
@@ -231,7 +295,7 @@ def section_correctness(rec: Record, budget: Budget, shard: str = "0/1") -> None
     interpreter = "interpreter" in backend[2]
     i, n = map(int, shard.split("/"))
     rec["shard"] = shard
-    for kind, cases, run in (("cases", correctness_cases()[i::n], lambda c: check_case(c, backend)),
+    for kind, cases, run in (("cases", assign_shards(correctness_cases(), n)[i], lambda c: check_case(c, backend)),
                              ("grad", grad_cases()[i::n], lambda c: check_grad(c, grad_fn))):
         for c in cases:
             label = " ".join(f"{k}={v}" for k, v in c.items() if k != "seed")

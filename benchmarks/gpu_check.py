@@ -9,8 +9,11 @@ others down, and each with a time budget; the JSON is rewritten after every sect
 saves its own partial results as it goes, so a run cut short keeps what it measured):
   correctness  kernels.search / set_scores against set_similarity_reference in float64 at awkward sizes
                (Q, N off every block, Kq != Kg, D = 40), fp16/bf16/fp32, chamfer/maxsim, margin, alpha
-               16/64, k in {1, 10, 64, 100}, empty gallery, k > N, tied duplicates, non-unit rows; and
-               the gradient of set_scores_with_grad against autograd of the reference
+               16/64, k in {1, 10, 64, 100}, empty gallery, k > N, tied duplicates, non-unit rows, a filter,
+               a gallery grown by one item (nothing compiled for it), tensors on cuda:1 where there are two
+               GPUs; and the gradient of set_scores_with_grad against autograd of the reference. Its plan
+               (cases, kernel variants to compile, budget) is printed first; every launch takes its config
+               from kernels/search_configs.json (recorded), nothing is autotuned
   scale        N = 1.1M x 5 x 512 fp16: a planted neighbour per query either side of the 2^31-element
                edge (item 838,860) and past the old dense-grid limit (1,048,560 items), found at rank 1
                by search (k = 10, and k = 100: the dense path); set_scores on every item against the reference
@@ -51,12 +54,14 @@ GRACE_S, RESERVE_S, DEADLINE_S = 15, 15, 290  # RESERVE_S: kept back for each se
 # correctness runs as this many processes side by side: its time goes to Triton compiling many specialisations,
 # one CPU core per process (the GPU machines have 16); 2 under --smoke, so that CI runs the merge too
 CORRECTNESS_SHARDS = 4
+COMPILE_S = 2.0  # one search variant compiled for sm_90 (benchmarks/kernels_aot.py, compile_s: 1.5-2.5 s on 2 cores)
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, Triton interpreter (needs --out)")
     ap.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/gpu_<device>.json); plot beside it")
+    ap.add_argument("--plan", action="store_true", help="print the correctness section's plan (JSON) and exit")
     ap.add_argument("--only", help=f"comma-separated sections, of {','.join(SECTIONS)}")
     ap.add_argument("--deadline", type=float, default=DEADLINE_S, help="seconds for the whole run")
     ap.add_argument("--section", choices=SECTIONS, help=argparse.SUPPRESS)  # a child: run this section
@@ -83,7 +88,7 @@ sys.path.insert(0, str(ROOT))  # the GPU machine runs this with its own python3,
 import torch  # noqa: E402
 
 from common import RESULTS, grouped_bars, machine_record, pyplot, save_plot, write_json  # noqa: E402
-from gpu_cases import merge_shards, section_correctness, section_scale  # noqa: E402
+from gpu_cases import merge_shards, plan, section_correctness, section_scale  # noqa: E402
 from gpu_runtime import KSET, RUN, TOPK, Budget, Record, configure, error_text, log  # noqa: E402
 from gpu_timings import section_encoders, section_timings, section_train_step  # noqa: E402
 
@@ -122,11 +127,14 @@ def environment() -> dict:
         env["kernels_modified_since_commit"] = bool(dirty.stdout.strip()) if head.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         env["git_commit"] = None
+    env["torch_cuda"] = torch.version.cuda
+    from kernels import search_configs  # the configs every launch of this run takes (config_for)
+    env["config_table"] = json.loads(search_configs.CONFIG_TABLE.read_text())
     if RUN.device == "cuda":
         props = torch.cuda.get_device_properties(0)
         env.update(device=props.name, capability=list(torch.cuda.get_device_capability(0)),
                    sm_count=props.multi_processor_count, memory_GB=round(props.total_memory / 1e9, 1),
-                   cuda=torch.version.cuda)
+                   gpus=torch.cuda.device_count(), cuda=torch.version.cuda)
     else:
         env.update(device="cpu (smoke: Triton interpreter)", capability=None, sm_count=None)
     env["device_slug"] = re.sub(r"[^a-z0-9]+", "_", env["device"].lower()).strip("_")
@@ -233,7 +241,15 @@ def plot(report: dict, path: Path) -> None:
     save_plot(fig, path.with_suffix(""), dpi=110)
 
 
+def correctness_plan() -> dict:
+    p = plan(2 if RUN.smoke else CORRECTNESS_SHARDS)
+    return dict(p, compile_s=max(p["variants_per_shard"]) * COMPILE_S, budget_s=BUDGET_S["correctness"])
+
+
 def run_parent() -> int:
+    if ARGS.plan:  # sizes of the GPU run (of --smoke with it); needs no device
+        print(json.dumps(correctness_plan()))
+        return 0
     if RUN.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here: run it on an H100/H200, or --smoke --out PATH for the CPU logic check",
               file=sys.stderr)
@@ -242,7 +258,14 @@ def run_parent() -> int:
     out = ARGS.out or RESULTS / f"gpu_{env['device_slug']}.json"
     report = {"benchmark": "gpu_check", "environment": env, "sections": {}}
     t_end = T0 + ARGS.deadline
-    log(f"gpu_check on {env['device']} (torch {env['torch']}, triton {env['triton']}): writing {out}")
+    log(f"gpu_check on {env['device']} (torch {env['torch']}, triton {env['triton']}, CUDA {env['torch_cuda']}, "
+        f"config table of triton {env['config_table'].get('triton')}): writing {out}")
+    if "correctness" in ARGS.sections:
+        report["plan"] = p = correctness_plan()
+        log(f"plan: {', '.join(ARGS.sections)} in {ARGS.deadline:.0f} s; correctness: {p['cases']} cases and "
+            f"{p['grad_cases']} gradient cases in {p['shards']} processes, {p['search_variants']} search kernel variants "
+            f"(one config each) compiled, at most {max(p['variants_per_shard'])} by one process (~{p['compile_s']:.0f} s "
+            f"of compiling at {COMPILE_S} s each), budget {p['budget_s']} s")
     for i, name in enumerate(ARGS.sections):
         soft = SMOKE_BUDGET_S if RUN.smoke else BUDGET_S[name]
         hard = max(1.0, min(soft + GRACE_S, t_end - time.time() - RESERVE_S * (len(ARGS.sections) - i - 1)))

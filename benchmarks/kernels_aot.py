@@ -36,6 +36,7 @@ DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 SMEM_LIMIT = {90: 227 * 1024, 80: 163 * 1024}  # dynamic shared memory per block
 SMS = {90: 132, 80: 108}  # H100 SXM, A100: the launcher sizes top-k splits by SM count
 N_ITEMS = 1_000_000
+MAX_PER_ITEM_Q64 = 4000  # fp16 K = 5 top-k of 64 queries, unfiltered, on sm_90 (expected, at N = 1M)
 
 
 def shape(kernel, dtype="fp16", K=5, D=512, Q=1, mode="chamfer", alpha=16.0, margin=False, k=10, filtered=False):
@@ -45,13 +46,24 @@ def shape(kernel, dtype="fp16", K=5, D=512, Q=1, mode="chamfer", alpha=16.0, mar
 
 def shapes(name: str, arch: int) -> list[dict]:
     """`ci`: the headline shapes, every kernel, within a few minutes on 2 cores (sm_80: the
-    search at Q = 1 and 64 and the gradient); `full`: the sweep, on every architecture."""
+    search at Q = 1 and 64 and the gradient); `table`: one shape per key of the config table
+    (kernels/search_configs.json: K = 5 and 1, D = 512, every query-column count, top-k filtered or
+    not and dense); `full`: the sweep, on every architecture."""
     if name == "ci" and arch == 90:
-        return [shape("topk", Q=1), shape("topk", Q=64), shape("topk", dtype="bf16", Q=64, margin=True, filtered=True),
+        return [shape("topk", Q=1), shape("topk", Q=64), shape("topk", Q=64, filtered=True),
+                shape("topk", dtype="bf16", Q=64, margin=True, filtered=True),
                 shape("topk", K=1, Q=1, k=1), shape("dense", Q=64), shape("grad_q", Q=512),
                 shape("grad_g", Q=512)]
     if name == "ci":
         return [shape("topk", Q=1), shape("topk", Q=64), shape("grad_g", Q=512)]
+    if name == "table":
+        out = []
+        for dt, K in (("fp16", 5), ("fp16", 1), ("bf16", 5)):
+            for Q in ((1, 2, 4, 8) if K == 5 else (8, 16, 32, 64)):  # 8, 16, 32 and 64 query columns
+                out += [shape("topk", dt, K, Q=Q), shape("topk", dt, K, Q=Q, filtered=True), shape("dense", dt, K, Q=Q)]
+            if K == 5:  # the batch the serving figures quote: the key of Q = 8, eight query blocks
+                out += [shape("topk", dt, K, Q=64), shape("topk", dt, K, Q=64, filtered=True)]
+        return out
     out = []
     for dt in DTYPES:
         for K in (1, 5):
@@ -74,11 +86,13 @@ def shapes(name: str, arch: int) -> list[dict]:
 # one shape's launches (imports triton: runs in the parent for the plan, in a child to compile)
 # ---------------------------------------------------------------------------------------------
 def launches(job: dict, arch: int) -> list[dict]:
-    """(kernel name, args, kwargs) of every config the launcher can run for this shape."""
+    """(kernel name, args, kwargs) of every config that fits this shape; `kept`: the one the
+    launcher runs on this architecture (kernels.search_configs.config_for: the table's, else the
+    fixed rule)."""
     import torch
     from triton.runtime.jit import MockTensor
 
-    from kernels import grad_triton, search_triton
+    from kernels import grad_triton, search_configs, search_triton
     dt = getattr(torch, DTYPES[job["dtype"]])
     Q, K, D, n = job["Q"], job["K"], job["D"], N_ITEMS
     alpha = job["alpha"]
@@ -93,27 +107,29 @@ def launches(job: dict, arch: int) -> list[dict]:
         return [dict(name=job["kernel"], fn=kern, kwargs=kw, config=dict(num_warps=meta["num_warps"],
                                                                            num_stages=meta["num_stages"]),
                      items=None, kept=True)]
-    meta = search_triton.launch_meta(Q, K, K, D, dt, alpha, job["margin"], job["mode"])
-    kw = dict(q_ptr=q, g_ptr=g, margin_ptr=MockTensor(torch.float32) if job["margin"] else g,
+    meta = search_triton.launch_meta(Q, K, K, D, dt, alpha, job["mode"])
+    kw = dict(q_ptr=q, g_ptr=g, margin_ptr=MockTensor(torch.float32), has_margin=int(job["margin"]),
               flag_ptr=MockTensor(torch.int32), Q=Q, N=n, D=D, **strides,
               alpha_log2=alpha * search_triton.LOG2E, weight=1.0, **meta, GUARDED=False)
     if job["kernel"] == "topk":
-        kp = 1 << (min(job["k"], n) - 1).bit_length()
-        splits = search_triton.splits_for(-(-Q // meta["BQ"]), n, SMS[arch])
+        kp = search_triton.kp_for(min(job["k"], n))
+        splits = search_triton.splits_for(-(-Q // meta["BQ"]), n, SMS[arch], meta["BQ"] * meta["KQP"])
         kw.update(cand_ptr=MockTensor(torch.int64), SPLITS=splits, KP=kp, HAS_FILTER=job["filtered"],
                   allowed_ptr=MockTensor(torch.uint8) if job["filtered"] else g)
-        autotuner = search_triton._topk_kernel
+        fn = search_triton._topk_kernel
     else:
         kw.update(out_ptr=MockTensor(torch.float32))
-        autotuner = search_triton._dense_kernel
-    os.environ.pop("TRITON_INTERPRET", None)
-    prune_meta = {k: v for k, v in kw.items() if k.isupper()}
-    kept = search_triton.prune(autotuner.configs, {"smem_limit": SMEM_LIMIT[arch]}, **prune_meta)
+        fn = search_triton._dense_kernel
+    cols, elsize = meta["BQ"] * meta["KQP"], 4 if meta["IEEE"] else 2
+    chosen = search_configs.config_for(arch, job["kernel"], dt, meta, D, job["filtered"], SMEM_LIMIT[arch])
+    key = search_configs.config_key(arch, job["kernel"], dt, meta, D, job["filtered"])
     out = []
-    for c in autotuner.configs:
-        out.append(dict(name=job["kernel"], fn=autotuner.fn, kwargs=dict(kw, **c.kwargs),
-                        config=dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages),
-                        items=c.kwargs["BN"], kept=c in kept))
+    for c in search_configs.CONFIGS:
+        if search_configs.fits(c, cols, elsize, SMEM_LIMIT[arch]):
+            bn, bd, warps, stages = c
+            out.append(dict(name=job["kernel"], fn=fn, kwargs=dict(kw, BN=bn, BD=bd),
+                            config=dict(BN=bn, BD=bd, num_warps=warps, num_stages=stages), items=bn, kept=c == chosen,
+                            key=key))
     return out
 
 
@@ -231,7 +247,7 @@ def compile_one(job: dict, index: int, arch: int) -> dict:
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, spec, opts = binder(**kw)
     options, signature, constexprs, attrs = fn._pack_args(backend, kw, bound, spec, opts)
-    res = dict(job=job, arch=arch, config=launch["config"], kept=launch["kept"])
+    res = dict(job=job, arch=arch, config=launch["config"], kept=launch["kept"], key=launch.get("key"))
     t0 = time.time()
     try:
         ck = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
@@ -270,7 +286,21 @@ def faults(r: dict) -> list[str]:
         out.append(f"{tag}: {r['shared_bytes']} B of shared memory, over the {SMEM_LIMIT[r['arch']]} B limit")
     if j["dtype"] in ("fp16", "bf16") and j["K"] == 5 and r["spill_store_bytes"]:
         out.append(f"{tag}: spills {r['spill_store_bytes']} B")
+    if (j["kernel"], j["dtype"], j["K"], j["Q"], j["filtered"], r["arch"]) == ("topk", "fp16", 5, 64, False, 90) \
+            and r.get("per_item_expected", 0) > MAX_PER_ITEM_Q64:
+        out.append(f"{tag}: {r['per_item_expected']} warp-instructions per item, over {MAX_PER_ITEM_Q64}")
     return out
+
+
+def choose_configs(results: list[dict]) -> dict[str, list[int]]:
+    """The config table (kernels/search_configs.json): per key, among the configs that compiled
+    without spilling, the one of fewest expected warp-instructions per item."""
+    best = {}
+    for r in results:
+        if r.get("key") and r["status"] == "ok" and not r["spill_store_bytes"] and r.get("per_item_expected"):
+            if r["key"] not in best or r["per_item_expected"] < best[r["key"]]["per_item_expected"]:
+                best[r["key"]] = r
+    return {key: [r["config"][k] for k in ("BN", "BD", "num_warps", "num_stages")] for key, r in sorted(best.items())}
 
 
 def best_per_shape(results: list[dict]) -> list[dict]:
@@ -313,11 +343,13 @@ def main(argv=None) -> int:
     # here, not at the top: tests/kernels/test_compile_gate.py loads this file by path, benchmarks/ not on sys.path
     from common import RESULTS, write_json
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--set", default="full", choices=["ci", "full"])
+    ap.add_argument("--set", default="full", choices=["ci", "table", "full"])
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(SMEM_LIMIT))
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=600)
-    ap.add_argument("--all-configs", action="store_true", help="also compile configs the prune drops")
+    ap.add_argument("--all-configs", action="store_true", help="also compile the fitting configs the launcher does not use")
+    ap.add_argument("--table", type=Path, help="compile every fitting config and write the config table chosen "
+                    "from them here (kernels/search_configs.json); the gate then checks the table's choices")
     ap.add_argument("--out", type=Path, default=RESULTS / "kernels_sm90.json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -326,11 +358,12 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(compile_one(*json.loads(a.child)), default=str), flush=True)
         return 0
     os.environ.pop("TRITON_INTERPRET", None)
+    import triton
     work = []
     for arch in a.arch:
         for job in shapes(a.set, arch):
             for i, launch in enumerate(launches(job, arch)):
-                if launch["kept"] or a.all_configs:
+                if launch["kept"] or a.all_configs or a.table:
                     work.append((job, i, arch, a.timeout))
     print(f"{len(work)} compiles, {a.jobs} at a time", flush=True)
     results, t0 = [], time.time()
@@ -343,8 +376,17 @@ def main(argv=None) -> int:
                   f"{'+m' if j['margin'] else ''}{'+f' if j['filtered'] else ''} k={j['k']:<2} {r['config']} {r['status']} "
                   f"regs={r.get('regs')} spill={r.get('spill_store_bytes')} smem={r.get('shared_bytes')} "
                   f"mma={r.get('mma')} per_item={r.get('per_item_steady')}/{r.get('per_item_expected')}", flush=True)
+    if a.table:
+        table = choose_configs(results)
+        for r in results:
+            if r.get("key"):
+                r["kept"] = [r["config"][k] for k in ("BN", "BD", "num_warps", "num_stages")] == table.get(r["key"])
+        a.table.write_text(json.dumps({"triton": triton.__version__, "generated_by": "benchmarks/kernels_aot.py "
+                                       + " ".join(argv if argv is not None else sys.argv[1:]),
+                                       "configs": table}, indent=1) + "\n")
+        print(f"{len(table)} keys -> {a.table}")
     found = [f for r in results for f in faults(r)]
-    write_json(a.out, {"benchmark": "kernels_aot", "set": a.set, "archs": a.arch, "smem_limit": SMEM_LIMIT,
+    write_json(a.out, {"benchmark": "kernels_aot", "triton": triton.__version__, "set": a.set, "archs": a.arch, "smem_limit": SMEM_LIMIT,
                        "faults": found, "best": best_per_shape(results), "results": results}, indent=1)
     print("\n".join(found) or "gate: no faults", f"-> {a.out}", sep="\n")
     return 1 if found else 0

@@ -51,3 +51,16 @@ def set_scores(query_sets: Tensor, gallery_sets: Tensor, alpha: float = 16.0, we
     check_inputs(query_sets, gallery_sets, alpha, margin, mode)
     query_sets = query_sets.to(gallery_sets.dtype)
     return _backend(query_sets, gallery_sets).scores(query_sets, gallery_sets, alpha, weight, margin, mode)
+
+
+def prepare(query_rows: int, gallery_rows: int, dim: int, dtype: torch.dtype, device: str | torch.device,
+            max_batch: int, max_k: int, alpha: float = 16.0, weight: float = 1.0, mode: str = "chamfer") -> int:
+    """Compile, ahead of serving, every kernel variant that `search` can launch for queries
+    [1..max_batch, query_rows, dim] against a gallery [*, gallery_rows, dim] of `dtype` on
+    `device`, k up to max_k, filtered or not, with or without a margin, at any gallery size:
+    after it, no query compiles. The searches made (0 on the CPU: nothing to compile)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 0
+    from kernels import search_triton
+    return search_triton.prepare(query_rows, gallery_rows, dim, dtype, device, max_batch, max_k, alpha, weight, mode)

@@ -44,7 +44,7 @@ rounding; fp16/bf16 galleries multiply in their dtype with fp32 accumulation.
 """
 from __future__ import annotations
 
-import os
+import contextlib
 
 import torch
 import triton
@@ -53,6 +53,7 @@ from torch import Tensor
 from triton.language.extra import libdevice
 
 from kernels import topk
+from kernels.search_configs import CONFIGS, SMEM_LIMIT, config_for
 
 LOG2E = 1.4426950408889634
 FIXED_SHIFT_MAX_ALPHA = 40.0  # as in search_cpu: exp2(alpha log2e (cos - 1)) stays normal for cos >= -1
@@ -60,48 +61,11 @@ MAX_TOPK_PER_TILE = 64  # larger k: dense scores in gallery chunks, merged on th
 EMPTY_KEY = tl.constexpr(-9223372036854775808)  # topk.EMPTY
 MAX_GRID_X = 2**31 - 1  # CUDA's limit on grid axis 0 (axes 1 and 2: 65,535)
 MAX_GRID_YZ = 65535
-SMEM_LIMIT = 227 * 1024  # dynamic shared memory one block may use on sm_90 (sm_80: 163 KB)
-
-# (BN, BD, warps, stages). The compile gate (benchmarks/kernels_aot.py) dropped (32, 64, 4, 3) and
-# (64, 64, 8, 3): slower than these on sm_90 by instruction count, and spilling on sm_80.
-CONFIGS = [triton.Config({"BN": bn, "BD": bd}, num_warps=w, num_stages=st)
-           for bn, bd, w, st in ((64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 8, 2), (128, 64, 8, 3),
-                                 (128, 128, 8, 2))]
-ACC_BUDGET = 512  # fp32 elements of one [BN, C] tile per warp (16 a thread): more spills at C = 64
 MAX_COLS = 64  # query columns a program holds: 8 sets of 5 rows padded to 8 at Q >= 8
-
-
-def smem_bytes(bn: int, bd: int, cols: int, stages: int, elsize: int) -> int:
-    """Shared memory the pipelined loads of one D loop take: gallery [BN, BD] and query
-    [BD, C] buffers per stage (upper bound: triton reuses them across the Kg loops)."""
-    return stages * (bn + cols) * bd * elsize
-
-
-def smem_limit(named_args: dict) -> int:
-    """Shared memory a block may use on the device the launch runs on (the compile gate
-    passes its target's as `smem_limit`). Launches pass keywords, which triton hands the
-    prune as `meta`, so the gallery is looked up in both."""
-    if "smem_limit" in named_args:
-        return named_args["smem_limit"]
-    g = named_args.get("g_ptr")
-    if isinstance(g, torch.Tensor) and g.is_cuda:
-        return torch.cuda.get_device_properties(g.device).shared_memory_per_block_optin
-    return SMEM_LIMIT
-
-
-def prune(configs, named_args, **meta):
-    """Configs that can launch and run without spilling: [BN, C] tiles within ACC_BUDGET per
-    warp and shared memory under the device's limit. The interpreter (CI, no GPU) cannot
-    time configs: it runs the first valid one."""
-    cols = meta["BQ"] * meta["KQP"]
-    elsize = 4 if meta["IEEE"] else 2
-    limit = smem_limit({**meta, **named_args})
-    kept = [c for c in configs
-            if c.kwargs["BN"] * cols <= ACC_BUDGET * c.num_warps
-            and smem_bytes(c.kwargs["BN"], c.kwargs["BD"], cols, c.num_stages, elsize) <= limit]
-    if not kept:
-        raise ValueError(f"no search kernel config fits C={cols} query columns")
-    return kept[:1] if os.environ.get("TRITON_INTERPRET") == "1" else kept
+KP_BUCKETS = (16, MAX_TOPK_PER_TILE)  # top-k slots a program keeps: two variants cover every k <= 64
+# launch arguments that change from call to call: never specialised, so a new batch size,
+# gallery size (an ingest), split count or margin use compiles nothing
+RUNTIME_ARGS = ["Q", "N", "SPLITS", "has_margin"]
 
 
 @triton.jit
@@ -116,9 +80,9 @@ def _log2(x, HW_LOG2: tl.constexpr):
 
 @triton.jit
 def _tile_scores(q_ptr, g_ptr, margin_ptr, q0, n0, Q, N, D,
-                 stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight,
+                 stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight, has_margin,
                  KQ: tl.constexpr, KG: tl.constexpr, KQP: tl.constexpr, BQ: tl.constexpr,
-                 BN: tl.constexpr, BD: tl.constexpr, HAS_MARGIN: tl.constexpr, MAXSIM: tl.constexpr,
+                 BN: tl.constexpr, BD: tl.constexpr, MAXSIM: tl.constexpr,
                  FIXED_SHIFT: tl.constexpr, IEEE: tl.constexpr, HW_LOG2: tl.constexpr,
                  D_ALIGNED: tl.constexpr):
     """Scores [BN, BQ] of queries q0 .. q0+BQ against gallery items n0 .. n0+BN (-inf where
@@ -184,8 +148,9 @@ def _tile_scores(q_ptr, g_ptr, margin_ptr, q0, n0, Q, N, D,
         if FIXED_SHIFT:
             set_term += 1.0  # the constant shift, alpha log2(e), added back: / (alpha log2 e) = 1
     score = glob + weight * set_term
-    if HAS_MARGIN:
-        score -= tl.load(margin_ptr + offs_n, mask=n_ok, other=0.0)[:, None]
+    # a runtime flag, not a constexpr: text queries (margin) and image/LIKE queries share a variant;
+    # without a margin the load is fully masked and reads nothing
+    score -= tl.load(margin_ptr + offs_n, mask=offs_n < N * has_margin, other=0.0)[:, None]
     offs_q = q0 + tl.arange(0, BQ)
     ok = n_ok[:, None] & (offs_q < Q)[None, :]
     return tl.where(ok, score, float("-inf")), ok
@@ -197,13 +162,11 @@ def _not_finite(score, ok):
     return tl.max(tl.where(ok & ~(tl.abs(score) < float("inf")), 1, 0))
 
 
-@triton.autotune(configs=CONFIGS, key=["D", "KQ", "KG", "KQP", "BQ", "MAXSIM", "FIXED_SHIFT", "IEEE", "GUARDED"],
-                 prune_configs_by={"early_config_prune": prune})
-@triton.jit
+@triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _dense_kernel(q_ptr, g_ptr, margin_ptr, out_ptr, flag_ptr, Q, N, D,
-                  stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight,
+                  stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight, has_margin,
                   KQ: tl.constexpr, KG: tl.constexpr, KQP: tl.constexpr, BQ: tl.constexpr,
-                  HAS_MARGIN: tl.constexpr, MAXSIM: tl.constexpr, FIXED_SHIFT: tl.constexpr,
+                  MAXSIM: tl.constexpr, FIXED_SHIFT: tl.constexpr,
                   IEEE: tl.constexpr, HW_LOG2: tl.constexpr, D_ALIGNED: tl.constexpr, GUARDED: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     """out[q, n] for one (gallery tile, query block) pair; consecutive programs share a
     gallery tile, so it is read from HBM once and from L2 by the other query blocks."""
@@ -216,8 +179,8 @@ def _dense_kernel(q_ptr, g_ptr, margin_ptr, out_ptr, flag_ptr, Q, N, D,
         go = tl.load(flag_ptr) != 0
     if go:
         score, ok = _tile_scores(q_ptr, g_ptr, margin_ptr, q0, n0, Q, N, D,
-                                 stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight,
-                                 KQ, KG, KQP, BQ, BN, BD, HAS_MARGIN, MAXSIM, FIXED_SHIFT, IEEE, HW_LOG2, D_ALIGNED)
+                                 stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight, has_margin,
+                                 KQ, KG, KQP, BQ, BN, BD, MAXSIM, FIXED_SHIFT, IEEE, HW_LOG2, D_ALIGNED)
         offs_n = n0 + tl.arange(0, BN)
         offs_q = q0 + tl.arange(0, BQ)
         tl.store(out_ptr + offs_q[None, :].to(tl.int64) * N + offs_n[:, None], score, mask=ok)
@@ -237,14 +200,11 @@ def _keys(score, offs_n, ok):
     return tl.where(ok, (ordered.to(tl.int64) << 32) + low[:, None], EMPTY_KEY)
 
 
-@triton.autotune(configs=CONFIGS,
-                 key=["D", "KQ", "KG", "KQP", "BQ", "MAXSIM", "FIXED_SHIFT", "IEEE", "GUARDED", "KP", "HAS_FILTER"],
-                 prune_configs_by={"early_config_prune": prune})
-@triton.jit
+@triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _topk_kernel(q_ptr, g_ptr, margin_ptr, allowed_ptr, cand_ptr, flag_ptr, Q, N, D,
-                 stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight, SPLITS,
+                 stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight, has_margin, SPLITS,
                  KQ: tl.constexpr, KG: tl.constexpr, KQP: tl.constexpr, BQ: tl.constexpr,
-                 HAS_MARGIN: tl.constexpr, MAXSIM: tl.constexpr, FIXED_SHIFT: tl.constexpr,
+                 MAXSIM: tl.constexpr, FIXED_SHIFT: tl.constexpr,
                  IEEE: tl.constexpr, HW_LOG2: tl.constexpr, D_ALIGNED: tl.constexpr, GUARDED: tl.constexpr, KP: tl.constexpr,
                  HAS_FILTER: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     """Program (query block, split) writes its top-KP keys, unsorted, to
@@ -271,8 +231,8 @@ def _topk_kernel(q_ptr, g_ptr, margin_ptr, allowed_ptr, cand_ptr, flag_ptr, Q, N
         for tile in range(split, tl.cdiv(N, BN), SPLITS):
             n0 = tile * BN
             score, ok = _tile_scores(q_ptr, g_ptr, margin_ptr, q0, n0, Q, N, D,
-                                     stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight,
-                                     KQ, KG, KQP, BQ, BN, BD, HAS_MARGIN, MAXSIM, FIXED_SHIFT, IEEE, HW_LOG2, D_ALIGNED)
+                                     stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight, has_margin,
+                                     KQ, KG, KQP, BQ, BN, BD, MAXSIM, FIXED_SHIFT, IEEE, HW_LOG2, D_ALIGNED)
             offs_n = n0 + tl.arange(0, BN)
             if HAS_FILTER:
                 ok = ok & (tl.load(allowed_ptr + offs_n, mask=offs_n < N, other=0) != 0)[:, None]
@@ -294,23 +254,31 @@ def _topk_kernel(q_ptr, g_ptr, margin_ptr, allowed_ptr, cand_ptr, flag_ptr, Q, N
                 tl.store(flag_ptr, 1)
 
 
-def launch_meta(nq: int, kq: int, kg: int, d: int, dtype: torch.dtype, alpha: float, margin: bool, mode: str,
+def launch_meta(nq: int, kq: int, kg: int, d: int, dtype: torch.dtype, alpha: float, mode: str,
                 compiled: bool = True) -> dict:
-    """The constexprs of a launch (everything but the autotuned BN, BD and the general-path
+    """The constexprs of a launch (everything but the config's BN, BD and the general-path
     GUARDED rerun): one definition for the launchers and the ahead-of-time compile gate."""
     kqp = triton.next_power_of_2(kq)
     # C = BQ * KQP columns: >= 8 (narrowest 16-bit MMA), 16 for fp32's FMA dot; up to 64 with
     # many queries, so one gallery tile is reused by more of them
     narrowest = 16 if dtype == torch.float32 else 8
     cols = MAX_COLS if nq * kqp >= MAX_COLS else max(narrowest, triton.next_power_of_2(nq * kqp))
-    return dict(KQ=kq, KG=kg, KQP=kqp, BQ=max(1, cols // kqp), HAS_MARGIN=margin, MAXSIM=mode == "maxsim",
+    return dict(KQ=kq, KG=kg, KQP=kqp, BQ=max(1, cols // kqp), MAXSIM=mode == "maxsim",
                 FIXED_SHIFT=mode == "chamfer" and alpha <= FIXED_SHIFT_MAX_ALPHA, IEEE=dtype == torch.float32,
-                HW_LOG2=compiled, D_ALIGNED=d % max(c.kwargs["BD"] for c in CONFIGS) == 0)
+                HW_LOG2=compiled, D_ALIGNED=d % max(c[1] for c in CONFIGS) == 0)
 
 
-def splits_for(q_blocks: int, n: int, sms: int) -> int:
-    """Programs per query block: enough (with the query blocks) for ~4 resident CTAs per SM."""
-    return max(1, min(4 * sms // q_blocks, triton.cdiv(n, 32), MAX_GRID_YZ))
+def kp_for(k: int) -> int:
+    """Top-k slots a program keeps for k <= MAX_TOPK_PER_TILE: a bucket, so k picks one of two variants."""
+    return next(kp for kp in KP_BUCKETS if k <= kp)
+
+
+def splits_for(q_blocks: int, n: int, sms: int, cols: int) -> int:
+    """Programs per query block: with the query blocks, one wave of the CTAs an SM holds: ~4, but one
+    at MAX_COLS query columns (255 registers a thread, 8 warps; benchmarks/kernels_aot.py). More
+    programs only cost more: each walks fewer tiles, so more of its tiles insert into its top-k."""
+    resident = 1 if cols >= MAX_COLS else 4
+    return max(1, min(resident * sms // q_blocks, triton.cdiv(n, 32), MAX_GRID_YZ))
 
 
 def _prepare(q: Tensor, g: Tensor, margin: Tensor | None, weight: float):
@@ -327,8 +295,11 @@ def _prepare(q: Tensor, g: Tensor, margin: Tensor | None, weight: float):
     return q, g, None if margin is None else margin.float().contiguous()
 
 
-def _scalars(q: Tensor, g: Tensor, alpha: float, weight: float) -> dict:
-    return dict(Q=q.shape[0], N=g.shape[0], D=g.shape[2], stride_qq=q.stride(0), stride_qk=q.stride(1),
+def _scalars(q: Tensor, g: Tensor, alpha: float, weight: float, margin: Tensor | None) -> dict:
+    # without a margin, a float32 stand-in: a pointer of another dtype would be another variant
+    margin_ptr = torch.zeros(1, device=g.device) if margin is None else margin
+    return dict(q_ptr=q, g_ptr=g, margin_ptr=margin_ptr, has_margin=int(margin is not None),
+                Q=q.shape[0], N=g.shape[0], D=g.shape[2], stride_qq=q.stride(0), stride_qk=q.stride(1),
                 stride_gn=g.stride(0), stride_gk=g.stride(1), alpha_log2=alpha * LOG2E, weight=float(weight))
 
 
@@ -337,6 +308,28 @@ def _passes(meta: dict) -> list[dict]:
     general-path rerun (its programs return at once unless the first raised the flag)."""
     first = dict(meta, GUARDED=False)
     return [first, dict(meta, FIXED_SHIFT=False, GUARDED=True)] if meta["FIXED_SHIFT"] else [first]
+
+
+def device_guard(device: torch.device):
+    """Triton launches on the current CUDA device: make it the tensors' (a caller whose current
+    device is cuda:0 searching tensors on cuda:1 would otherwise launch on the wrong GPU)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _launch(kernel, grid, kind: str, meta: dict, filtered: bool, args: dict) -> None:
+    """Every launch of the search kernels: its config (config_for: the same for the guarded
+    rerun as for the first pass), under its tensors' device."""
+    g = args["g_ptr"]
+    arch = smem = None
+    if g.is_cuda:
+        major, minor = torch.cuda.get_device_capability(g.device)
+        arch, smem = 10 * major + minor, torch.cuda.get_device_properties(g.device).shared_memory_per_block_optin
+    first = dict(meta, GUARDED=False)
+    bn, bd, warps, stages = config_for(arch, kind, g.dtype, first, args["D"], filtered,
+                                       SMEM_LIMIT if smem is None else smem)
+    with device_guard(g.device):
+        for launch in _passes(meta):
+            kernel[grid(launch["BQ"], bn)](**args, **launch, BN=bn, BD=bd, num_warps=warps, num_stages=stages)
 
 
 def dense_grid(nq: int, n: int, bq: int, bn: int) -> tuple[int]:
@@ -352,13 +345,10 @@ def scores(q: Tensor, g: Tensor, alpha: float, weight: float, margin: Tensor | N
     out = torch.empty(q.shape[0], g.shape[0], dtype=torch.float32, device=g.device)
     if out.numel() == 0:
         return out
-    meta = launch_meta(q.shape[0], q.shape[1], g.shape[1], g.shape[2], g.dtype, alpha, margin is not None, mode,
-                       compiled=g.is_cuda)
+    meta = launch_meta(q.shape[0], q.shape[1], g.shape[1], g.shape[2], g.dtype, alpha, mode, compiled=g.is_cuda)
     flag = torch.zeros(1, dtype=torch.int32, device=g.device)
-    grid = lambda m: dense_grid(q.shape[0], g.shape[0], m["BQ"], m["BN"])  # noqa: E731
-    for launch in _passes(meta):
-        _dense_kernel[grid](q_ptr=q, g_ptr=g, margin_ptr=g if margin is None else margin, out_ptr=out,
-                            flag_ptr=flag, **_scalars(q, g, alpha, weight), **launch)
+    _launch(_dense_kernel, lambda bq, bn: dense_grid(q.shape[0], g.shape[0], bq, bn), "dense", meta, False,
+            dict(_scalars(q, g, alpha, weight, margin), out_ptr=out, flag_ptr=flag))
     return out
 
 
@@ -373,21 +363,19 @@ def search(q: Tensor, g: Tensor, k: int, alpha: float, weight: float, margin: Te
     if k > MAX_TOPK_PER_TILE:
         return _search_chunked(q, g, k, alpha, weight, margin, mode, allowed)
     q, g, margin = _prepare(q, g, margin, weight)
-    kp = triton.next_power_of_2(k)
-    meta = launch_meta(nq, q.shape[1], g.shape[1], g.shape[2], g.dtype, alpha, margin is not None, mode,
-                       compiled=g.is_cuda)
+    kp = kp_for(k)
+    meta = launch_meta(nq, q.shape[1], g.shape[1], g.shape[2], g.dtype, alpha, mode, compiled=g.is_cuda)
     q_blocks = triton.cdiv(nq, meta["BQ"])
     if q_blocks > MAX_GRID_X:
         raise ValueError(f"{nq} queries need {q_blocks} query blocks, over CUDA's {MAX_GRID_X}")
     sms = torch.cuda.get_device_properties(g.device).multi_processor_count if g.is_cuda else 1
-    splits = splits_for(q_blocks, n, sms)
+    splits = splits_for(q_blocks, n, sms, meta["BQ"] * meta["KQP"])
     cand = torch.empty((nq, splits * kp), dtype=torch.int64, device=g.device)
     flag = torch.zeros(1, dtype=torch.int32, device=g.device)
-    for launch in _passes(meta):
-        _topk_kernel[(q_blocks, splits)](
-            q_ptr=q, g_ptr=g, margin_ptr=g if margin is None else margin,
-            allowed_ptr=g if allowed is None else allowed.view(torch.uint8), cand_ptr=cand, flag_ptr=flag,
-            **_scalars(q, g, alpha, weight), SPLITS=splits, KP=kp, HAS_FILTER=allowed is not None, **launch)
+    _launch(_topk_kernel, lambda bq, bn: (q_blocks, splits), "topk", dict(meta, KP=kp, HAS_FILTER=allowed is not None),
+            allowed is not None,
+            dict(_scalars(q, g, alpha, weight, margin), allowed_ptr=g if allowed is None else allowed.view(torch.uint8),
+                 cand_ptr=cand, flag_ptr=flag, SPLITS=splits))
     return topk.unpack(topk.top_keys(cand, k))
 
 
@@ -395,6 +383,7 @@ def _search_chunked(q, g, k, alpha, weight, margin, mode, allowed):
     """Large k: dense scores for gallery chunks (Q x chunk in memory), merged by key; items a
     filter drops score -inf, and k <= items allowed keeps them out of the result."""
     chunk = max(k, (256 << 20) // max(4 * q.shape[0], 1))  # ~256 MB of scores per chunk
+    chunk = -(-chunk // 16) * 16  # chunk starts stay 16-byte aligned: an unaligned slice is another variant
     best = None
     for n0 in range(0, g.shape[0], chunk):
         s = scores(q, g[n0:n0 + chunk], alpha, weight, None if margin is None else margin[n0:n0 + chunk], mode)
@@ -402,3 +391,48 @@ def _search_chunked(q, g, k, alpha, weight, margin, mode, allowed):
             s.masked_fill_(~allowed[n0:n0 + chunk], float("-inf"))
         best = topk.merge(best, topk.block_top(s, n0, k), k)
     return topk.unpack(best)
+
+
+def variants(nq: int, kq: int, kg: int, d: int, dtype: torch.dtype, k: int | None, alpha: float, weight: float,
+             mode: str, filtered: bool = False) -> set[tuple]:
+    """The kernel variants (kind and constexprs, passes included) that search (k, already at most the
+    items allowed) or, with k None, scores launch for these shapes: what a run must compile."""
+    if weight == 0:
+        kq = kg = 1
+    meta = launch_meta(nq, kq, kg, d, dtype, alpha, mode)
+    if k is None or k > MAX_TOPK_PER_TILE:
+        kind = "dense"
+    else:
+        kind, meta = "topk", dict(meta, KP=kp_for(k), HAS_FILTER=filtered)
+    return {(kind, d, str(dtype), *sorted(launch.items())) for launch in _passes(meta)}
+
+
+def prepare(kq: int, kg: int, d: int, dtype: torch.dtype, device: torch.device, max_batch: int, max_k: int,
+            alpha: float, weight: float, mode: str) -> int:
+    """Compile every variant that searches of these shapes can launch, so that none compiles
+    later: one search per query-block size a batch of 1..max_batch gives, per top-k bucket up
+    to max_k (and the dense path above MAX_TOPK_PER_TILE), filtered or not, on a small gallery
+    of the right shape (sizes are runtime arguments; a margin is a runtime flag). Returns the
+    searches made."""
+    gen = torch.Generator().manual_seed(0)
+    unit = lambda n, k: torch.nn.functional.normalize(torch.randn(n, k, d, generator=gen), dim=-1)  # noqa: E731
+    n = MAX_TOPK_PER_TILE + 1
+    g = unit(n, kg).to(device, dtype)
+    margin = torch.zeros(n, device=device)
+    batches = {}
+    for nq in range(1, max_batch + 1):  # the smallest batch of each query-block size
+        batches.setdefault(launch_meta(nq, kq, kg, d, dtype, alpha, mode)["BQ"], nq)
+    ks, lowest = [], 1
+    for bucket in KP_BUCKETS:  # a k of each bucket that max_k reaches
+        if max_k >= lowest:
+            ks.append(min(bucket, max_k))
+        lowest = bucket + 1
+    ks += [n] if max_k > MAX_TOPK_PER_TILE else []  # the chunked dense path
+    done = 0
+    for nq in batches.values():
+        q = unit(nq, kq).to(device)
+        for k in ks:
+            for allowed in (None, torch.ones(n, dtype=torch.bool, device=device)):
+                search(q, g, k, alpha, weight, margin, mode, allowed)
+                done += 1
+    return done

@@ -12,9 +12,10 @@ The gallery is this version's file plus its live state (serving/models/live.py):
 and erasures committed by gallery_ingest / gallery_erase are taken in before every execution,
 so an item is searchable once its ingest returned and gone once its erasure returned. An
 instance of kind KIND_GPU runs on its own `cuda:N` or refuses to start (no silent CPU
-fallback), and is warmed up at every batch size and k bucket it can be asked for
-(warmup_shapes), filtered or not, so READY means its kernels are compiled and tuned. Requests with the same
-kind of query and filter share one kernels.search call.
+fallback), and compiles at start every kernel variant it can launch (kernels.prepare: each batch
+size, every k, filtered or not, with or without a margin, at any gallery size), so READY means
+nothing compiles on the hot path. Requests with the same kind of query and filter share one
+kernels.search call.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from export.gallery_meta import NO_CAMERA, format_time
 from serving.models.common import RequestError, error_response, input_array, text
 from serving.models.live import open_live
 
-WARMUP_MAX_K = 128  # k is rounded up to a power of two per compiled kernel; larger k take one dense path
+MAX_TOPK = 2**31 - 1  # TOPK is INT32: the kernels are prepared for every k it can carry
 QUERIES = ("text_sets", "image_sets", "LIKE")
 
 
@@ -46,14 +47,6 @@ def claim_device(kind: str, device_id: int) -> torch.device:
                            f"{torch.cuda.device_count()} CUDA device(s)")
     torch.cuda.set_device(device_id)
     return torch.device("cuda", device_id)
-
-
-def warmup_shapes(max_batch_size: int, max_k: int = WARMUP_MAX_K) -> list[tuple[int, int]]:
-    """(batch, k) pairs covering every batch size up to max_batch_size (powers of two and the
-    maximum) and every power-of-two k up to max_k."""
-    def powers(limit):
-        return sorted({1 << i for i in range(limit.bit_length()) if 1 << i <= limit} | {limit})
-    return [(b, k) for b in powers(max_batch_size) for k in powers(max_k)]
 
 
 def _same_rows(array: np.ndarray, name: str) -> np.ndarray:
@@ -74,12 +67,8 @@ class TritonPythonModel:
         base = self.live.base
         self.params = {"alpha": base.alpha, "weight": base.weight}
         max_batch = json.loads(args["model_config"])["max_batch_size"]
-        sets = self.live.sets.view()
-        # the GPU compiles a filtered kernel of its own: warm it too (the CPU path has nothing to compile)
-        masks = [None] + ([torch.ones(len(sets), dtype=torch.bool)] if self.device.type == "cuda" else [])
-        for batch, k in warmup_shapes(max_batch):  # queries: gallery sets, the shape the encoder gives
-            for allowed in masks:
-                self.search(sets[torch.arange(batch) % len(sets)].float(), k, margin=True, allowed=allowed)
+        _, rows, dim = self.live.sets.view().shape  # queries have the gallery's set shape (one encoder family)
+        kernels.prepare(rows, rows, dim, dtype, self.device, max_batch, MAX_TOPK, **self.params)
 
     def search(self, queries: torch.Tensor, k: int, margin: bool, allowed: torch.Tensor | None):
         live = self.live

@@ -34,7 +34,9 @@ def test_smoke_runs_every_section_and_every_check_passes(tmp_path):
     assert all(c["ok"] and "error" not in c for c in cases + grads)
     checked = [c for c in cases if "skipped" not in c]  # bf16: the interpreter cannot run it
     assert all(c["dense"]["ok"] and c["search"] for c in checked)
-    assert {"ties", "nonunit"} <= {c["kind"] for c in checked}
+    assert {"ties", "nonunit", "grown"} <= {c["kind"] for c in checked} and any(c.get("filtered") for c in checked)
+    assert report["plan"]["cases"] == len(cases) and report["plan"]["search_variants"] > 0
+    assert report["environment"]["config_table"]["configs"]  # the table every launch took its config from
     assert {"chamfer", "maxsim"} <= {c["mode"] for c in checked}
     assert {"fp16", "fp32"} <= {c["dtype"] for c in checked}
     assert any(c["N"] == 0 for c in checked) and any(max(c["ks"]) > 64 for c in checked)
@@ -75,6 +77,17 @@ def test_a_section_past_its_hard_limit_is_recorded_and_the_run_fails(tmp_path):
     report = json.loads(out.read_text())
     encoders = report["sections"]["encoders"]
     assert not report["ok"] and encoders["status"] == "timeout" and "killed after" in encoders["error"]
+
+
+def test_the_gpu_runs_plan_fits_its_budget():
+    """At 8b2c390 the autotuner compiled up to five configs a key: two correctness processes needed 132
+    and 140 compiles (1.1-2.4 s each) in a 100 s budget. Now one config a variant, and the cases go to
+    the processes so that shared variants compile once: the busiest compiles for at most half the budget."""
+    done = subprocess.run([sys.executable, str(SCRIPT), "--plan"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    p = json.loads(done.stdout.strip().splitlines()[-1])
+    assert p["cases"] > 25 and sum(p["variants_per_shard"]) >= p["search_variants"] > 0
+    assert p["compile_s"] <= p["budget_s"] / 2, p
 
 
 def test_smoke_refuses_to_run_without_out():

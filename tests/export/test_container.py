@@ -38,11 +38,13 @@ def commands(section: str) -> list[list[str]]:
 
 
 def test_the_image_is_the_pinned_release_with_a_torch_for_its_cuda():
-    lines = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if line and not line.startswith("#")]
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")  # continuation lines joined
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert lines[0] == f"FROM nvcr.io/nvidia/tritonserver:{CONTAINER}-py3"
     runs = [line for line in lines if line.startswith("RUN ")]
     assert "--index-url https://download.pytorch.org/whl/cu128" in runs[0] and "torch==" in runs[0]
-    assert "pip install '.[gpu]'" in runs[1] and "-e" not in runs[1].split()  # installed, not linked to a mount
+    assert "pip install . " in runs[1] and "-e" not in runs[1].split()  # installed, not linked to a mount
+    assert '--no-deps "triton==${TRITON_VERSION}"' in runs[1] and runs[1].endswith("python3 -m kernels.toolchain")
 
 
 def test_the_trt_extra_pins_the_containers_tensorrt():

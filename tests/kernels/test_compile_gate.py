@@ -1,6 +1,7 @@
 """The compile gate: the search and gradient kernels compiled ahead of time for sm_90 and sm_80
-on this CPU machine (no GPU, no driver), every config the autotuner can keep for the headline
-shapes (benchmarks/kernels_aot.py --set ci; the full sweep is the benchmark)."""
+on this CPU machine (no GPU, no driver), the config each launch takes (kernels/search_configs.json)
+for the headline shapes (benchmarks/kernels_aot.py --set ci; the full sweep is the benchmark), under
+the Triton the Dockerfile deploys."""
 import importlib.util
 import json
 import subprocess
@@ -50,7 +51,9 @@ def test_the_gate_refuses_what_cannot_launch_or_spills():
     assert "spills" in module.faults(dict(ok, spill_store_bytes=8))[0]
     assert module.faults(dict(ok, spill_store_bytes=8, job=dict(job, dtype="fp32"))) == []  # fp32: reported only
     assert "compile failed" in module.faults(dict(ok, status="FAILED", error="ptxas died"))[0]
-    assert module.faults(dict(ok, kept=False, shared_bytes=300 * 1024)) == []  # pruned: never launched
+    assert module.faults(dict(ok, kept=False, shared_bytes=300 * 1024)) == []  # not the launcher's: never launched
+    assert "warp-instructions per item" in module.faults(dict(ok, per_item_expected=4100))[0]  # Q = 64 over 4,000
+    assert module.faults(dict(ok, per_item_expected=4100, arch=80)) == []
 
 
 def test_instruction_count_follows_loops_and_trip_counts():
@@ -66,3 +69,43 @@ def test_instruction_count_follows_loops_and_trip_counts():
     assert tile["tile_loop"] and tile["d_loops"] == 1
     assert tile["steady"] == 5 + 3 * 4  # body outside inner loops, plus the D loop 4 times
     assert tile["insert_pass"] == 2
+
+
+def test_the_gate_compiles_with_the_triton_that_is_deployed():
+    """At 8b2c390 CI compiled with Triton 3.9 while the image got 3.5.1 (torch 2.9.1's pin), where other
+    configs spill and Q = 1 runs mma.sync: one version, pinned in [gpu], [dev] and the Dockerfile, the
+    one the config table was chosen under and the one this gate runs."""
+    import importlib.metadata
+    import re
+    import tomllib
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pins = {extra: [r.split("==")[1] for r in extras[extra] if r.startswith("triton==")] for extra in ("gpu", "dev")}
+    (docker,) = re.findall(r"^ARG TRITON_VERSION=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M)
+    table = json.loads((ROOT / "kernels" / "search_configs.json").read_text())["triton"]
+    assert pins == {"gpu": [docker], "dev": [docker]} and table == docker
+    assert importlib.metadata.version("triton") == docker
+
+
+def test_the_config_table_holds_launchable_configs_for_every_served_key():
+    """kernels/search_configs.json (kernels_aot.py --set table --table ...): one config per key, each one
+    the launcher can run (in CONFIGS, within the architecture's shared memory and accumulator budget),
+    for every launch of the served model (fp16, K = 5, D = 512: each batch's query columns, top-k
+    filtered or not and the dense path) on sm_90 and sm_80; nothing is autotuned at run time."""
+    import torch
+    from kernels import search_configs, search_triton
+    module = aot()
+    table = search_configs.config_table()
+    assert table
+    for key, config in table.items():
+        arch, kind, dtype, cols, _, _, _ = key.split("/")
+        elsize = 4 if dtype == "float32" else 2
+        assert tuple(config) in search_configs.CONFIGS, key
+        assert search_configs.fits(tuple(config), int(cols[1:]), elsize, module.SMEM_LIMIT[int(arch[3:])]), key
+    for arch in (90, 80):
+        for nq in (1, 2, 4, 8, 64):
+            meta = search_triton.launch_meta(nq, 5, 5, 512, torch.float16, 16.0, "chamfer")
+            for kind, filtered in (("topk", False), ("topk", True), ("dense", False)):
+                key = search_configs.config_key(arch, kind, torch.float16, meta, 512, filtered)
+                assert key in table, key
+                assert search_configs.config_for(arch, kind, torch.float16, meta, 512, filtered,
+                                                module.SMEM_LIMIT[arch]) == tuple(table[key])

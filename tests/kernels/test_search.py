@@ -210,14 +210,14 @@ def test_gallery_offsets_past_2_31_elements_are_read_in_place():
 
 
 class _GridRecorder:
-    """Stands in for an autotuned kernel: records the grid a launch asks for, runs nothing."""
+    """Stands in for a kernel: records the grid a launch asks for and its BN, runs nothing."""
 
-    def __init__(self, bn):
-        self.bn, self.grids = bn, []
+    def __init__(self):
+        self.grids = []
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            self.grids.append(grid(dict(kwargs, BN=self.bn)) if callable(grid) else grid)
+            self.grids.append((grid, kwargs["BN"]))
         return launch
 
 
@@ -226,8 +226,7 @@ def test_launch_grids_stay_within_cuda_limits_at_10m_items(monkeypatch, kernel):
     """CUDA caps grid axes 1 and 2 at 65,535 programs: the dense grid once put N / BN there
     and could not launch past ~1.05M items (evaluation and every k > 64 use it)."""
     mod = triton_module()
-    bn = min(c.kwargs["BN"] for c in mod.CONFIGS)
-    recorder = _GridRecorder(bn)
+    recorder = _GridRecorder()
     monkeypatch.setattr(mod, kernel, recorder)
     n, nq = 10_000_000, 3
     g = torch.ones(1, 1, 8).expand(n, 1, 8)  # 10M items that take 32 bytes
@@ -237,10 +236,10 @@ def test_launch_grids_stay_within_cuda_limits_at_10m_items(monkeypatch, kernel):
     else:
         mod.search(q, g, 10, 16.0, 1.0, None, "chamfer")
     assert recorder.grids
-    for grid in recorder.grids:
+    for grid, bn in recorder.grids:
         assert grid[0] <= 2**31 - 1 and all(axis <= 65535 for axis in grid[1:]), grid
-    if kernel == "_dense_kernel":  # one program per (gallery tile, query block): every item scored
-        assert recorder.grids[0][0] * bn >= n
+        if kernel == "_dense_kernel":  # one program per (gallery tile, query block): every item scored
+            assert grid[0] * bn >= n
 
 
 @pytest.mark.parametrize("name", BACKENDS)

@@ -36,16 +36,20 @@ def test_a_gpu_instance_without_cuda_refuses_to_start(gallery_search, repository
         model.initialize(instance_args(repository, "GPU"))
 
 
-def test_ready_means_warmed_up_at_every_shape_it_serves(gallery_search, repository, monkeypatch):
-    searched = []
-    search = gallery_search.kernels.search
-    monkeypatch.setattr(gallery_search.kernels, "search", lambda q, g, k, **kw: searched.append((len(q), k))
-                        or search(q, g, k, **kw))
+def test_ready_means_every_kernel_it_serves_was_prepared(gallery_search, repository, monkeypatch):
+    """The instance compiles its kernels once at start (kernels.prepare: every batch size up to
+    max_batch_size, every k TOPK can carry, the set shape of its gallery); the CPU path has
+    nothing to compile, so a CPU instance searches nothing at start."""
+    calls, searched = [], []
+    monkeypatch.setattr(gallery_search.kernels, "prepare", lambda *a, **kw: calls.append((a, kw)) or 0)
+    monkeypatch.setattr(gallery_search.kernels, "search", lambda *a, **kw: searched.append(a))
     model = gallery_search.TritonPythonModel()
     model.initialize(instance_args(repository, "CPU"))
     assert model.device == torch.device("cpu") and model.live.sets.view().dtype == torch.float32
-    assert searched == gallery_search.warmup_shapes(MAX_BATCH)
-    assert {b for b, _ in searched} == {1, 2, 4, 8} and {k for _, k in searched} == {1, 2, 4, 8, 16, 32, 64, 128}
+    _, rows, dim = model.live.sets.view().shape
+    assert calls == [((rows, rows, dim, torch.float32, torch.device("cpu"), MAX_BATCH, 2**31 - 1),
+                      {"alpha": model.live.base.alpha, "weight": model.live.base.weight})]
+    assert searched == []
 
 
 def test_a_gpu_instance_takes_its_own_device(gallery_search, monkeypatch):
@@ -57,13 +61,6 @@ def test_a_gpu_instance_takes_its_own_device(gallery_search, monkeypatch):
     with pytest.raises(RuntimeError, match="instance on GPU 2, but torch sees 2 CUDA device"):
         gallery_search.claim_device("GPU", 2)
     assert gallery_search.claim_device("CPU", 0) == torch.device("cpu") and current == [1]
-
-
-def test_warmup_covers_every_batch_size_and_k_bucket(gallery_search):
-    shapes = gallery_search.warmup_shapes(24, max_k=16)
-    assert sorted({b for b, _ in shapes}) == [1, 2, 4, 8, 16, 24]
-    assert sorted({k for _, k in shapes}) == [1, 2, 4, 8, 16]
-    assert len(shapes) == 30
 
 
 def test_the_hits_columns_and_the_alive_mask_follow_the_live_gallery(gallery_search, repository, tmp_path):
