@@ -11,9 +11,10 @@ parity check, so its presence marks a complete, checked build:
                 "image_encoder": {...}},
      "parity": {"text_encoder": lowest cosine against torch fp32, ...}}
 
-A plan runs only under the TensorRT it was built by (engines of TensorRT 11 do not load in a
-TensorRT 10 runtime) and on GPUs of its compute capability, so the record names both, and the
-deployment target is named here once: the Triton container the Dockerfile starts from.
+A plan deserializes only under the exact TensorRT that built it, to the patch (engines of 10.13,
+or of 10.8.0.40, do not load in 10.8.0.43), and on GPUs of its compute capability, so the record
+names both, and the deployment target is named here once: the Triton container the Dockerfile
+starts from, and its TensorRT (the version the `trt` extra of pyproject.toml pins).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from trainer.records import read_json_record, write_json_record
 
 RECORD = "engines.json"
 CONTAINER = "25.01"      # nvcr.io/nvidia/tritonserver:25.01-py3: CUDA 12.8, TensorRT 10.8.0.43, Python 3.12
-CONTAINER_TRT_MAJOR = 10  # the `trt` extra pins the same TensorRT (pyproject.toml)
+CONTAINER_TRT = "10.8.0.43"  # its TensorRT, exactly: the `trt` extra pins it (pyproject.toml)
 _FORMAT, _VERSION = "tbps-trt-engines", 1
 _KEYS = ("format", "version", "fingerprint", "precision", "tensorrt", "gpu", "models")
 _MODEL_KEYS = ("plan", "min_batch", "opt_batch", "max_batch")
@@ -36,9 +37,9 @@ def write_record(folder: str | os.PathLike, record: dict) -> Path:
     return write_json_record(Path(folder) / RECORD, dict({"format": _FORMAT, "version": _VERSION}, **record))
 
 
-def check_engines(folder: str | os.PathLike, fingerprint: str, trt_major: int = CONTAINER_TRT_MAJOR) -> dict:
-    """The record of an engine folder whose engines a TensorRT `trt_major` runtime can serve for
-    the checkpoint `fingerprint`; ValueError (one line) otherwise."""
+def check_engines(folder: str | os.PathLike, fingerprint: str) -> dict:
+    """The record of an engine folder whose engines the container's TensorRT can serve for the
+    checkpoint `fingerprint`; ValueError (one line) otherwise."""
     folder = Path(folder)
     path = folder / RECORD
     keys = _KEYS + tuple(f"models.{n}.{k}" for n in ENCODERS for k in _MODEL_KEYS)
@@ -47,11 +48,10 @@ def check_engines(folder: str | os.PathLike, fingerprint: str, trt_major: int = 
     if record["fingerprint"] != fingerprint:
         raise ValueError(f"{path}: engines built from checkpoint {record['fingerprint']}, expected checkpoint "
                          f"{fingerprint} (rebuild them with export/to_trt.py)")
-    built_by = str(record["tensorrt"])
-    if int(built_by.split(".")[0]) != trt_major:
-        raise ValueError(f"{path}: engines built by TensorRT {built_by} do not load in a TensorRT {trt_major}.x "
-                         f"runtime (the Triton {CONTAINER} container runs TensorRT {CONTAINER_TRT_MAJOR}.x: "
-                         f"pip install -e '.[trt]' and rebuild)")
+    if str(record["tensorrt"]) != CONTAINER_TRT:
+        raise ValueError(f"{path}: engines built by TensorRT {record['tensorrt']} do not load in the Triton "
+                         f"{CONTAINER} container, whose TensorRT is {CONTAINER_TRT} (a plan loads only under the "
+                         f"exact TensorRT that built it: pip install -e '.[trt]' and rebuild)")
     for name in ENCODERS:
         plan = folder / record["models"][name]["plan"]
         if not plan.is_file() or plan.stat().st_size == 0:

@@ -27,8 +27,9 @@
    (export/engines.py), the record `tbps repo --engines DIR` checks. A build starts by
    withdrawing DIR's previous install, so a failed build leaves nothing that looks installed.
 
-Every failure is one line on stderr: exit status 2 where TensorRT or a CUDA GPU is missing
-(step 1 has run: the ONNX is there), 1 for any other.
+Every failure is one line on stderr: exit status 2 where a CUDA GPU or the container's exact
+TensorRT is missing (export/engines.py CONTAINER_TRT: a plan loads only under the TensorRT that
+built it; step 1 has run, the ONNX is there, DIR's previous install untouched), 1 for any other.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from export.engines import CONTAINER, CONTAINER_TRT_MAJOR, RECORD, write_record
+from export.engines import CONTAINER, CONTAINER_TRT, RECORD, write_record
 from export.manifest import VERSION, load_manifest
 from export.model_repository import write_encoders
 from export.to_onnx import export_onnx
@@ -57,7 +58,8 @@ REPOSITORY = "model_repository"
 
 
 class TrtUnavailable(RuntimeError):
-    """This machine cannot build TensorRT engines (no tensorrt package, or no CUDA GPU)."""
+    """This machine cannot build TensorRT engines the container loads (no tensorrt package, another
+    TensorRT version than the container's, or no CUDA GPU)."""
 
 
 class BuildError(RuntimeError):
@@ -65,14 +67,18 @@ class BuildError(RuntimeError):
 
 
 def missing_requirements(device: str = "cuda") -> str | None:
-    """What this machine lacks to build engines on `device` (one line), or None. A CPU device is
-    the tests' seam (tests/export/trt_stub); the CLI always builds on CUDA."""
+    """What this machine lacks to build engines on `device` that the container loads (one line), or
+    None. A CPU device is the tests' seam (tests/export/trt_stub); the CLI always builds on CUDA."""
     missing = []
     try:
-        importlib.import_module("tensorrt")
+        found = importlib.import_module("tensorrt").__version__
     except ImportError:
         missing.append(f"the `tensorrt` Python package (pip install -e '.[trt]': the TensorRT of the "
                        f"Triton {CONTAINER} container)")
+    else:  # a plan loads only under the exact TensorRT that built it
+        if found != CONTAINER_TRT:
+            missing.append(f"the TensorRT {CONTAINER_TRT} of the Triton {CONTAINER} container (this machine has "
+                           f"TensorRT {found}, whose engines that container cannot load: pip install -e '.[trt]')")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         missing.append("a CUDA GPU visible to torch (torch.cuda.is_available() is False: TensorRT needs an "
                        "NVIDIA GPU, its driver and a CUDA build of torch)")
@@ -234,10 +240,6 @@ def build_trt(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None =
     if reason:
         raise TrtUnavailable(f"ONNX encoders written to {out_dir}, but no TensorRT engine built: missing {reason}")
     import tensorrt as trt
-    if int(trt.__version__.split(".")[0]) != CONTAINER_TRT_MAJOR:
-        print(f"note: TensorRT {trt.__version__}: the Triton {CONTAINER} container runs TensorRT "
-              f"{CONTAINER_TRT_MAJOR}.x, which cannot load these engines (pip install -e '.[trt]' installs its "
-              f"TensorRT)", flush=True)
     cache = Path(timing_cache) if timing_cache else out_dir / "timing.cache"
     precision, names = manifest["precision"], list(manifest["models"])
     _withdraw(out_dir, names)

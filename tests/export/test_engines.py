@@ -1,16 +1,17 @@
 """The engine record (export/engines.py): a folder passes check_engines only with its record, both
-plans present and non-empty, the checkpoint's fingerprint and the target's TensorRT major."""
+plans present and non-empty, the checkpoint's fingerprint and the container's exact TensorRT."""
 import json
+import re
 
 import pytest
 
-from export.engines import CONTAINER, CONTAINER_TRT_MAJOR, RECORD, check_engines, write_record
+from export.engines import CONTAINER, CONTAINER_TRT, RECORD, check_engines, write_record
 
 FINGERPRINT = "0123456789abcdef"
 
 
 def record(**changes) -> dict:
-    base = {"fingerprint": FINGERPRINT, "precision": "fp16", "tensorrt": "10.8.0.43",
+    base = {"fingerprint": FINGERPRINT, "precision": "fp16", "tensorrt": CONTAINER_TRT,
             "gpu": {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"},
             "models": {"text_encoder": {"plan": "text_encoder.plan", "min_batch": 1, "opt_batch": 8, "max_batch": 32},
                        "image_encoder": {"plan": "image_encoder.plan", "min_batch": 1, "opt_batch": 32,
@@ -34,7 +35,7 @@ def test_a_complete_build_passes_and_returns_its_record(folder):
     assert got["models"]["text_encoder"] == {"plan": "text_encoder.plan", "min_batch": 1, "opt_batch": 8,
                                              "max_batch": 32}
     assert sorted(p.name for p in folder.iterdir()) == ["engines.json", "image_encoder.plan", "text_encoder.plan"]
-    assert CONTAINER_TRT_MAJOR == 10 and CONTAINER.startswith(("24.", "25."))  # every 24.xx/25.xx ships TensorRT 10
+    assert re.fullmatch(r"\d+\.\d+\.\d+\.\d+", CONTAINER_TRT)  # the full version: a plan needs exactly it
 
 
 def test_dummy_plans_without_a_record_are_refused(folder):
@@ -47,7 +48,9 @@ def test_dummy_plans_without_a_record_are_refused(folder):
 
 @pytest.mark.parametrize("fault, message", [
     ("another checkpoint", "engines built from checkpoint ffffffffffffffff, expected checkpoint 0123456789abcdef"),
-    ("TensorRT 11", "engines built by TensorRT 11.1.0.6 do not load in a TensorRT 10.x runtime"),
+    ("TensorRT 11", rf"engines built by TensorRT 11.1.0.6 do not load in the Triton {CONTAINER} container, whose "
+                    rf"TensorRT is {CONTAINER_TRT} \(a plan loads only under the exact TensorRT that built it: "
+                    rf"pip install -e '.\[trt\]' and rebuild\)$"),
     ("plan missing", "image_encoder engine .*image_encoder.plan is missing"),
     ("plan empty", "text_encoder engine .*text_encoder.plan is empty"),
     ("field missing", r"missing field\(s\) \['tensorrt', 'models.text_encoder.max_batch'\]"),
@@ -73,11 +76,17 @@ def test_each_mismatch_is_one_clear_line(folder, fault, message):
     assert "\n" not in str(error.value) and str(error.value).startswith(str(folder))
 
 
-def test_the_target_major_is_a_parameter(folder):
-    write_record(folder, record(tensorrt="11.1.0.6"))
-    assert check_engines(folder, FINGERPRINT, trt_major=11)["tensorrt"] == "11.1.0.6"
-    with pytest.raises(ValueError, match="do not load in a TensorRT 10.x runtime"):
-        check_engines(folder, FINGERPRINT, trt_major=10)
+@pytest.mark.parametrize("built_by", ["10.13.0.35", "10.8.0.40", "10.8.0", "10.8.0.43.1"])
+def test_only_the_containers_exact_tensorrt_passes(folder, built_by):
+    """Issue 25 fault 6: a plan deserializes only under the TensorRT that built it, to the patch:
+    engines of 10.13 (or of another 10.8 patch) pass a major-version check and then fail to load in
+    the container."""
+    write_record(folder, record(tensorrt=built_by))
+    with pytest.raises(ValueError, match=rf"engines built by TensorRT {re.escape(built_by)} do not load in the "
+                                         rf"Triton {CONTAINER} container, whose TensorRT is {CONTAINER_TRT} "):
+        check_engines(folder, FINGERPRINT)
+    write_record(folder, record(tensorrt=CONTAINER_TRT))
+    assert check_engines(folder, FINGERPRINT)["tensorrt"] == CONTAINER_TRT
 
 
 def test_write_record_is_atomic(folder):

@@ -9,6 +9,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from export.engines import CONTAINER, CONTAINER_TRT
 from export.gallery import GalleryError, load_gallery, save_gallery
 from export.triton_config import ENSEMBLE, read_config, write_config
 from serving.repository import publish_gallery, write_repository
@@ -189,7 +190,10 @@ def edit_record(engines, tmp_path, **changes):
 @pytest.mark.parametrize("case,message", [
     ("no record", "no engines.json in .*: not a checked engine build"),
     ("other checkpoint", "engines built from checkpoint 0000000000000000, expected checkpoint"),
-    ("TensorRT 11", "engines built by TensorRT 11.0.0.12 do not load in a TensorRT 10.x runtime"),
+    ("TensorRT 11", f"engines built by TensorRT 11.0.0.12 do not load in the Triton {CONTAINER} container, "
+                    f"whose TensorRT is {CONTAINER_TRT} "),
+    ("TensorRT 10.13", f"engines built by TensorRT 10.13.0.35 do not load in the Triton {CONTAINER} container"),
+    ("another patch", f"engines built by TensorRT 10.8.0.40 do not load in the Triton {CONTAINER} container"),
     ("empty plan", "text_encoder engine .*text_encoder.plan is empty"),
 ])
 def test_engines_that_cannot_serve_this_checkpoint_are_refused(esa_export, gallery, engines, tmp_path, case,
@@ -198,6 +202,8 @@ def test_engines_that_cannot_serve_this_checkpoint_are_refused(esa_export, galle
                                                    ignore=shutil.ignore_patterns("engines.json")),
               "other checkpoint": lambda: edit_record(engines, tmp_path, fingerprint="0" * 16),
               "TensorRT 11": lambda: edit_record(engines, tmp_path, tensorrt="11.0.0.12"),
+              "TensorRT 10.13": lambda: edit_record(engines, tmp_path, tensorrt="10.13.0.35"),
+              "another patch": lambda: edit_record(engines, tmp_path, tensorrt="10.8.0.40"),
               "empty plan": lambda: edit_record(engines, tmp_path)}[case]()
     if case == "empty plan":
         (folder / "text_encoder.plan").write_bytes(b"")
