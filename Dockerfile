@@ -5,7 +5,7 @@
 #       -v $PWD/runs/repo-gpu:/models:ro tbps-triton \
 #       tritonserver --model-repository /models --model-control-mode explicit --load-model '*'
 #
-# The release is export/engines.py's CONTAINER: its TensorRT 10.8 loads the engines that
+# The release is export/engines.py's CONTAINER: its TensorRT (CONTAINER_TRT, exactly) loads the engines that
 # export/to_trt.py builds under the `trt` extra's TensorRT, and its CUDA 12.8 is the torch
 # build's below. The python backend (tokenizer, gallery_search) runs in the image's Python 3.12.
 FROM nvcr.io/nvidia/tritonserver:25.01-py3
