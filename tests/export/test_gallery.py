@@ -1,4 +1,5 @@
-"""The gallery file: round trip, fingerprint refusal, clear errors for bad paths and bad files."""
+"""The gallery: round trip, fingerprint refusal, clear errors for bad paths and bad files
+(version 1 and 2 files here; the version-3 directory in test_gallery_store.py)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -35,13 +36,17 @@ def test_other_checkpoint_is_refused(tmp_path):
 
 
 def test_bad_paths_and_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="gallery file not found: .*missing.safetensors"):
+    with pytest.raises(FileNotFoundError, match="gallery not found: .*missing.safetensors"):
         load_gallery(tmp_path / "missing.safetensors")
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
     with pytest.raises(GalleryError, match="garbage.safetensors: not a readable safetensors gallery file"):
         load_gallery(garbage)
-    good = save_gallery(tmp_path / "good.safetensors", _sets(), range(5), list("abcde"), "aaaa", 16.0, 0.0)
+    good = tmp_path / "good.safetensors"  # a version 2 file
+    save_file({"sets": _sets().half(), "ids": torch.arange(5)}, good,
+              metadata={"format": "tbps-gallery", "version": "2", "fingerprint": "a", "alpha": "16.0",
+                        "weight": "0.0", "paths": '["a", "b", "c", "d", "e"]'})
+    assert load_gallery(good).paths == list("abcde")
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(good.read_bytes()[:-100])
     with pytest.raises(GalleryError, match="truncated.safetensors: not a readable"):
@@ -61,7 +66,7 @@ def test_bad_paths_and_files(tmp_path):
 def test_save_validates(tmp_path):
     with pytest.raises(GalleryError, match="paths must be a list of 5 strings, got 4"):
         save_gallery(tmp_path / "g.safetensors", _sets(), range(5), list("abcd"), "a", 16.0, 0.0)
-    with pytest.raises(GalleryError, match=r"margin must be float32 \[5\]"):
+    with pytest.raises(GalleryError, match=r"g.safetensors: margin must be \[5\] like the paths, got 3"):
         save_gallery(tmp_path / "g.safetensors", _sets(), range(5), list("abcde"), "a", 16.0, 0.0,
                      margin=torch.zeros(3))
     with pytest.raises(GalleryError, match="non-empty"):
