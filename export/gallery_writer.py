@@ -38,6 +38,13 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        os.remove(path)
+
+
 def _npy_header(dtype: np.dtype, shape: tuple) -> bytes:
     """A .npy version 1.0 header padded to HEADER bytes (np.load reads it as any other)."""
     text = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
@@ -213,8 +220,7 @@ class GalleryWriter:
             if column is not None:
                 column.file.close()
         self.db.close()
-        if self.tmp.is_dir() or self.tmp.is_file():
-            (shutil.rmtree if self.tmp.is_dir() else os.remove)(self.tmp)
+        _remove(self.tmp)
 
 
 def copy_items(g: Gallery, writer: GalleryWriter, start: int = 0, stop: int | None = None) -> None:
@@ -240,3 +246,31 @@ def rewrite_gallery(g: Gallery, out: str | os.PathLike, start: int = 0, stop: in
                        segment_size) as w:
         copy_items(g, w, start, stop)
     return Path(out)
+
+
+def install_gallery(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """`source` (checked first) as the gallery directory `target`, atomically: a version-3
+    gallery's files hard-linked where the filesystem allows (gallery files are never written
+    in place, so a link is as good as a copy, and free at any size), else copied; a version 1
+    or 2 file converted."""
+    from export.gallery import load_gallery
+    g = load_gallery(source, with_sets=False)
+    target = Path(target)
+    if g.location is None or not Path(g.location).is_dir():
+        return rewrite_gallery(load_gallery(source), target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        for f in sorted(Path(source).iterdir()):
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:  # another filesystem, or no links there
+                shutil.copyfile(f, tmp / f.name)
+                _fsync(tmp / f.name)
+        _fsync(tmp)
+        _exchange(tmp, target)
+        _fsync(target.parent)
+    finally:
+        _remove(tmp)  # the old target, if there was one
+    return target
