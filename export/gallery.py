@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from export.gallery_meta import NO_CAMERA, NO_TIME
-from export.gallery_store import FORMAT, Gallery, GalleryError, Segment, open_gallery_dir
+from export.gallery_store import FORMAT, Gallery, GalleryError, Segment, gallery_files, open_gallery_dir
 from export.gallery_writer import SEGMENT_SIZE, GalleryWriter
 
 __all__ = ["Gallery", "GalleryError", "Segment", "gallery_bytes", "load_gallery", "save_gallery"]
@@ -58,9 +58,9 @@ def save_gallery(path: str | os.PathLike, sets: torch.Tensor, ids, paths: list[s
 
 
 def gallery_bytes(path: str | os.PathLike) -> int:
-    """The bytes a gallery takes on disk (a file, or every file of a directory)."""
+    """The bytes a gallery takes on disk (a version 1 or 2 file, or a directory's files)."""
     path = Path(path)
-    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in gallery_files(path))
 
 
 def load_gallery(path: str | os.PathLike, fingerprint: str | None = None, with_sets: bool = True) -> Gallery:

@@ -172,8 +172,26 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
+def _listed(folder: Path, spec: dict) -> Path:
+    """A file the manifest lists: a plain name inside `folder`."""
+    name = spec["file"]
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise GalleryError(f"{folder / MANIFEST}: lists {name!r}, not a file name in the gallery directory")
+    return folder / name
+
+
+def gallery_files(folder: Path) -> list[Path]:
+    """Every file of the gallery directory `folder`, as its manifest lists them (the manifest first)."""
+    m = read_manifest(folder)
+    try:
+        specs = [m["paths"]] + [s[kind] for s in m["segments"] for kind in ("sets", "items")]
+        return [folder / MANIFEST] + [_listed(folder, spec) for spec in specs]
+    except (KeyError, TypeError) as e:
+        raise GalleryError(f"{folder / MANIFEST}: bad manifest ({type(e).__name__}: {e})") from None
+
+
 def _checked_file(folder: Path, spec: dict, what: str) -> Path:
-    path = folder / spec["file"]
+    path = _listed(folder, spec)
     if not path.is_file():
         raise GalleryError(f"{path}: {what} is missing")
     size = path.stat().st_size
@@ -197,14 +215,19 @@ def _array(path: Path, shape: tuple, dtype: np.dtype) -> np.ndarray:
 
 def open_gallery_dir(folder: Path, fingerprint: str | None = None, with_sets: bool = True) -> Gallery:
     """The gallery directory `folder`, every file checked against its manifest."""
-    m = read_manifest(folder)
-    where = folder / MANIFEST
     try:
-        n, set_shape, dtype = int(m["items"]), tuple(int(x) for x in m["set_shape"]), m["dtype"]
-        cameras, specs = list(m["cameras"]), list(m["segments"])
-        fp, alpha, weight, has_margin = str(m["fingerprint"]), float(m["alpha"]), float(m["weight"]), bool(m["margin"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise GalleryError(f"{where}: bad manifest ({type(e).__name__}: {e})") from None
+        return _open(folder, read_manifest(folder), fingerprint, with_sets)
+    except GalleryError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:  # a field missing, or of the wrong type
+        raise GalleryError(f"{folder / MANIFEST}: bad manifest ({type(e).__name__}: {e})") from None
+
+
+def _open(folder: Path, m: dict, fingerprint: str | None, with_sets: bool) -> Gallery:
+    where = folder / MANIFEST
+    n, set_shape, dtype = int(m["items"]), tuple(int(x) for x in m["set_shape"]), m["dtype"]
+    cameras, specs = list(m["cameras"]), list(m["segments"])
+    fp, alpha, weight, has_margin = str(m["fingerprint"]), float(m["alpha"]), float(m["weight"]), bool(m["margin"])
     if fingerprint is not None and fp != fingerprint:
         raise GalleryError(f"{folder}: built by checkpoint {fp}, but the model searching it is checkpoint "
                            f"{fingerprint}: rebuild the gallery with this checkpoint")
@@ -221,8 +244,9 @@ def open_gallery_dir(folder: Path, fingerprint: str | None = None, with_sets: bo
         time = None if s["time"] is None else (int(s["time"][0]), int(s["time"][1]))
         segments.append(Segment(first, s["count"], list(s["cameras"]), time, sets_file))
         first += s["count"]
-    if first != n:
-        raise GalleryError(f"{where}: its segments hold {first} items, the manifest says {n}")
+    if first != n or n < 1:
+        raise GalleryError(f"{where}: its segments hold {first} items, the manifest says {n}"
+                           + ("" if n else " (a gallery needs at least one)"))
     db_file = _checked_file(folder, m["paths"], "the paths table")
     try:
         paths = Paths(db_file, n)

@@ -23,7 +23,7 @@ import torch
 
 from export.gallery_meta import NO_CAMERA, NO_TIME
 from export.gallery_store import (FORMAT, ITEM_DTYPE, MANIFEST, PATHS_DB, SET_DTYPES, VERSION, Gallery, GalleryError,
-                                  file_digest)
+                                  file_digest, gallery_files)
 
 SEGMENT_SIZE = 1 << 20  # items per segment
 HEADER = 256  # bytes of every .npy header the writer reserves, so rows stream in before the count is known
@@ -48,6 +48,8 @@ def _remove(path: Path) -> None:
 def _npy_header(dtype: np.dtype, shape: tuple) -> bytes:
     """A .npy version 1.0 header padded to HEADER bytes (np.load reads it as any other)."""
     text = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
+    if len(text) > HEADER - 11:
+        raise ValueError(f".npy header of {len(text)} bytes for {dtype} {shape}: more than the {HEADER} reserved")
     body = text.encode("latin1").ljust(HEADER - 10 - 1) + b"\n"
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body
 
@@ -89,6 +91,17 @@ def _exchange(tmp: Path, target: Path) -> None:
     os.rename(target, aside)
     os.rename(tmp, target)
     os.rename(aside, tmp)
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """The directory `tmp` (its files already fsynced) durably at `target`, in one step; `tmp`
+    is then gone (with the old target, if there was one)."""
+    try:
+        _fsync(tmp)
+        _exchange(tmp, target)
+        _fsync(target.parent)
+    finally:
+        _remove(tmp)
 
 
 class GalleryWriter:
@@ -208,11 +221,9 @@ class GalleryWriter:
                 json.dump(self.manifest, f, indent=1)
                 f.flush()
                 os.fsync(f.fileno())
-            _fsync(self.tmp)
-            _exchange(self.tmp, self.path)
-            _fsync(self.path.parent)
+            _swap_in(self.tmp, self.path)
         finally:
-            self.abort()  # the temporary directory, holding the old gallery if there was one
+            self.abort()  # what is left open, and the temporary directory if the swap did not happen
         return self.path
 
     def abort(self) -> None:
@@ -248,29 +259,26 @@ def rewrite_gallery(g: Gallery, out: str | os.PathLike, start: int = 0, stop: in
     return Path(out)
 
 
-def install_gallery(source: str | os.PathLike, target: str | os.PathLike) -> Path:
-    """`source` (checked first) as the gallery directory `target`, atomically: a version-3
-    gallery's files hard-linked where the filesystem allows (gallery files are never written
-    in place, so a link is as good as a copy, and free at any size), else copied; a version 1
-    or 2 file converted."""
-    from export.gallery import load_gallery
-    g = load_gallery(source, with_sets=False)
+def install_gallery(g: Gallery, target: str | os.PathLike) -> Path:
+    """The gallery `g` as the directory `target`, atomically: a version-3 gallery's files
+    hard-linked where the filesystem allows (gallery files are never written in place, so a
+    link is as good as a copy, and free at any size), else copied; a version 1 or 2 file
+    converted (rewrite_gallery)."""
     target = Path(target)
     if g.location is None or not Path(g.location).is_dir():
-        return rewrite_gallery(load_gallery(source), target)
+        return rewrite_gallery(g, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        for f in sorted(Path(source).iterdir()):
+        for f in gallery_files(Path(g.location)):
             try:
                 os.link(f, tmp / f.name)
             except OSError:  # another filesystem, or no links there
                 shutil.copyfile(f, tmp / f.name)
                 _fsync(tmp / f.name)
-        _fsync(tmp)
-        _exchange(tmp, target)
-        _fsync(target.parent)
-    finally:
-        _remove(tmp)  # the old target, if there was one
+    except BaseException:
+        _remove(tmp)
+        raise
+    _swap_in(tmp, target)
     return target

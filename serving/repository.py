@@ -57,7 +57,7 @@ def _write_gallery_version(repo: Path, gallery: Path, config=None, version: int 
     """gallery_search version `version`: the gallery (as a version-3 directory: a version 1 or 2
     file is converted), and its live state started empty."""
     folder = _write_python_model(repo, "serving.models.gallery_search", {}, config, GALLERY_MODEL, version)
-    served = install_gallery(gallery, folder / str(version) / GALLERY_FILE)
+    served = install_gallery(load_gallery(gallery), folder / str(version) / GALLERY_FILE)
     start_live(folder / str(version) / LIVE_FOLDER, load_gallery(served, with_sets=False)).close()
     return folder
 
@@ -230,8 +230,9 @@ def compact_repository(repo: str | os.PathLike) -> dict:
     live_files = [f for f in (current / LIVE_FOLDER).rglob("*") if f.is_file()]
     before = gallery_bytes(current / GALLERY_FILE) + sum(f.stat().st_size for f in live_files)
     live = LiveGallery(current / LIVE_FOLDER, current / GALLERY_FILE, writer=False)
-    # beside the repository: the new version's files are then links to these, not copies
-    with tempfile.TemporaryDirectory(prefix=".tbps-compact-", dir=repo.resolve().parent) as tmp:
+    # inside the repository (a name Triton does not take for a version): on its filesystem, so the
+    # new version's files are links to these, not copies
+    with tempfile.TemporaryDirectory(prefix=".compact-", dir=repo / GALLERY_MODEL) as tmp:
         report = live.compact(Path(tmp) / GALLERY_FILE)
         live.close()
         version = stage_gallery(repo, Path(tmp) / GALLERY_FILE, live.base.fingerprint)

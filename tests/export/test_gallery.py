@@ -72,3 +72,13 @@ def test_save_validates(tmp_path):
     with pytest.raises(GalleryError, match="non-empty"):
         save_gallery(tmp_path / "g.safetensors", torch.zeros(0, 1, 4), [], [], "a", 16.0, 0.0)
     assert not list(tmp_path.iterdir())
+
+
+def test_paths_past_the_old_header_cap(tmp_path):
+    """Version 2 kept every path in the safetensors header, which safetensors refuses past 100 MB
+    (3M archive paths of 37 characters: 'header too large'). Four paths of 26 MB are the same
+    header bytes without 3M items; the gallery now keeps its paths in a table, not a header."""
+    paths = [f"cam{i:02d}/" + "2026-11-30/14/track_000123_f0045/" * 800_000 + f"{i}.jpg" for i in range(4)]
+    assert sum(map(len, paths)) > 100_000_000
+    g = load_gallery(save_gallery(tmp_path / "g", _sets(4), range(4), paths, "fp", 16.0, 1.0), "fp")
+    assert len(g) == 4 and g.paths[3] == paths[3] and torch.equal(g.sets, _sets(4).half())

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 import export.gallery_writer as gallery_writer
 from export.gallery import GalleryError, gallery_bytes, load_gallery, save_gallery
 from export.gallery_meta import NO_TIME
-from export.gallery_writer import GalleryWriter, rewrite_gallery
+from export.gallery_writer import GalleryWriter, install_gallery, rewrite_gallery
 
 N = 10
 CAMERAS = ["c0", "c1", "c2"]
@@ -37,19 +37,25 @@ def _same(a, b):
     assert (a.fingerprint, a.alpha, a.weight, a.root, a.cameras) == (b.fingerprint, b.alpha, b.weight, b.root, b.cameras)
 
 
-def test_three_million_paths_past_the_old_header_cap(tmp_path):
-    """Version 2 kept the paths in the safetensors header (capped at 100 MB): 3M paths of 37+
-    characters failed with 'header too large'. D = 2, K = 0 keeps the sets at 12 MB."""
-    n = 3_000_000
-    paths = [f"cam{i % 16:02d}/2026-11-30/14/{i:07d}_f0045.jpg" for i in range(n)]
-    assert min(map(len, paths)) >= 37 and sum(map(len, paths)) > 100_000_000
-    sets = torch.zeros(n, 1, 2, dtype=torch.float16)
-    sets[:, 0, 0] = 1
-    out = save_gallery(tmp_path / "g", sets, torch.arange(n), paths, "fp", 16.0, 1.0, segment_size=1 << 20)
-    g = load_gallery(out, "fp", with_sets=False)
-    assert len(g) == n and [s.count for s in g.segments] == [1 << 20, 1 << 20, n - 2 * (1 << 20)]
-    assert g.paths[n - 1] == paths[-1] and g.paths[2_000_000:2_000_002] == paths[2_000_000:2_000_002]
-    assert int(g.ids[-1]) == n - 1 and torch.equal(g.segments[2].sets()[-1], sets[-1])
+def test_nothing_per_item_in_a_header(tmp_path):
+    """What capped version 2 (every path in one header) is gone: 3 items of 9-character paths
+    and 3,000 items of 2,000-character paths, in 3 segments each, have manifests of the same
+    size, .npy headers of HEADER bytes, and the paths only in the table."""
+    small = save_gallery(tmp_path / "small", _sets(3), range(3), [f"p{i:08d}" for i in range(3)], "fp", 16.0, 1.0,
+                         segment_size=1)
+    n = 3000
+    paths = [f"cam07/2026-11-30/14/{i:06d}_" + "x" * 1974 for i in range(n)]
+    large = save_gallery(tmp_path / "large", torch.zeros(n, 1, 2), range(n), paths, "fp", 16.0, 1.0,
+                         segment_size=1000)
+    sizes = [(g / "gallery.json").stat().st_size for g in (small, large)]
+    assert abs(sizes[1] - sizes[0]) < 100 and "cam07" not in (large / "gallery.json").read_text()
+    for f in large.glob("*.npy"):
+        with open(f, "rb") as file:
+            np.lib.format.read_magic(file)
+            np.lib.format.read_array_header_1_0(file)
+            assert file.tell() == gallery_writer.HEADER
+    g = load_gallery(large, "fp", with_sets=False)
+    assert [s.count for s in g.segments] == [1000] * 3 and g.paths[n - 1] == paths[-1] and g.paths[:2] == paths[:2]
 
 
 def test_round_trip_by_segments(tmp_path):
@@ -173,6 +179,10 @@ def _edit_manifest(g, change):
     (lambda g, t: (g / "gallery.json").write_text("{"), r"gallery.json: not JSON"),
     (lambda g, t: (g / "gallery.json").unlink(), r"g: not a gallery \(a gallery directory holds gallery.json\)"),
     (lambda g, t: (g / "paths.sqlite").write_bytes(b"x" * 10), r"paths.sqlite: [\d,]+ bytes where the manifest"),
+    (lambda g, t: _edit_manifest(g, lambda m: m["segments"][0].pop("time")),
+     r"gallery.json: bad manifest \(KeyError: 'time'\)"),
+    (lambda g, t: _edit_manifest(g, lambda m: m["segments"][0]["sets"].update(file="../other/000000.sets.npy")),
+     r"gallery.json: lists '../other/000000.sets.npy', not a file name in the gallery directory"),
 ])
 def test_a_bad_gallery_is_refused_in_one_line_naming_the_file(tmp_path, damage, message):
     g = _save(tmp_path / "g")
@@ -210,3 +220,19 @@ def test_another_models_gallery_is_refused(tmp_path):
 def test_gallery_bytes(tmp_path):
     g = _save(tmp_path / "g")
     assert gallery_bytes(g) == sum(f.stat().st_size for f in g.iterdir())
+
+
+def test_install_links_the_listed_files_and_converts_a_version_2_file(tmp_path):
+    source = _save(tmp_path / "g")
+    (source / "notes.txt").write_text("not the gallery's")
+    served = install_gallery(load_gallery(source), tmp_path / "repo" / "gallery")
+    assert sorted(f.name for f in served.iterdir()) == sorted(f.name for f in source.iterdir() if f.suffix != ".txt")
+    assert all((served / f.name).stat().st_ino == f.stat().st_ino for f in served.iterdir())  # links, not copies
+    _same(load_gallery(served), load_gallery(source))
+    v2 = tmp_path / "v2.safetensors"
+    save_file({"sets": _sets().half(), "ids": torch.arange(N)}, v2,
+              metadata={"format": "tbps-gallery", "version": "2", "fingerprint": "fp", "alpha": "16.0",
+                        "weight": "1.0", "paths": json.dumps([f"p{i}" for i in range(N)])})
+    converted = install_gallery(load_gallery(v2), served)  # replaces the installed one whole
+    _same(load_gallery(converted), load_gallery(v2))
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["gallery"]  # no temporary left
