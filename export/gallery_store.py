@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -98,6 +99,7 @@ class Paths(Sequence):
         if isinstance(i, slice):
             start, stop, step = i.indices(self.n)
             return self.range(start, stop) if step == 1 else [self[j] for j in range(start, stop, step)]
+        i = operator.index(i)  # any integer a list takes (a 0-d tensor, numpy's)
         j = i + self.n if i < 0 else i
         if not 0 <= j < self.n:
             raise IndexError(f"path index {i} out of range for {self.n} items")

@@ -243,6 +243,8 @@ def copy_items(g: Gallery, writer: GalleryWriter, start: int = 0, stop: int | No
         if lo >= hi:
             continue
         sets = seg.sets()
+        if sets.is_meta:
+            raise ValueError(f"{g.location}: loaded without its sets (with_sets=False): nothing to copy")
         for a in range(lo, hi, COPY_ROWS):
             b = min(a + COPY_ROWS, hi)
             writer.add(sets[a - seg.first:b - seg.first], g.ids[a:b], g.paths[a:b],

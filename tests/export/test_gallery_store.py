@@ -64,6 +64,7 @@ def test_round_trip_by_segments(tmp_path):
     assert torch.equal(g.sets, _sets().half()) and g.sets.dtype == torch.float16
     assert torch.equal(torch.cat([s.sets() for s in g.segments]), g.sets)
     assert g.paths == [f"cam/{i:03d}.jpg" for i in range(N)] and g.paths[-1] == "cam/009.jpg"
+    assert g.paths[torch.tensor(3)] == g.paths[np.int64(3)] == "cam/003.jpg"  # any index a list takes
     assert g.ids.tolist() == [i // 2 for i in range(N)] and g.margin.dtype == torch.float32
     assert (g.fingerprint, g.alpha, g.weight, g.root, g.cameras) == ("fp", 16.0, 1.0, "/data", CAMERAS)
     assert [s.cameras for s in g.segments] == [[0, 1, 2], [0, 1, 2], [0, 2]]
@@ -233,6 +234,8 @@ def test_install_links_the_listed_files_and_converts_a_version_2_file(tmp_path):
     save_file({"sets": _sets().half(), "ids": torch.arange(N)}, v2,
               metadata={"format": "tbps-gallery", "version": "2", "fingerprint": "fp", "alpha": "16.0",
                         "weight": "1.0", "paths": json.dumps([f"p{i}" for i in range(N)])})
+    with pytest.raises(ValueError, match=r"v2.safetensors: loaded without its sets \(with_sets=False\)"):
+        install_gallery(load_gallery(v2, with_sets=False), served)
     converted = install_gallery(load_gallery(v2), served)  # replaces the installed one whole
     _same(load_gallery(converted), load_gallery(v2))
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["gallery"]  # no temporary left
