@@ -257,11 +257,13 @@ def _open(folder: Path, m: dict, fingerprint: str | None, with_sets: bool) -> Ga
         raise GalleryError(f"{db_file}: not a readable paths table ({e})") from None
     if last != n - 1:
         raise GalleryError(f"{db_file}: holds paths up to item {last}, the manifest says {n} items")
-    items = np.concatenate(columns)
-    camera = torch.from_numpy(items["camera"].copy())
-    if n and not (NO_CAMERA <= int(camera.min()) and int(camera.max()) < len(cameras)):
+    # each field into its own array, a segment at a time (no concatenated copy of the items)
+    fields = {name: np.empty(n, ITEM_DTYPE[name]) for name in ITEM_DTYPE.names if has_margin or name != "margin"}
+    for seg, column in zip(segments, columns):
+        for name, array in fields.items():
+            array[seg.first:seg.first + seg.count] = column[name]
+    item = {name: torch.from_numpy(array) for name, array in fields.items()}
+    if not (NO_CAMERA <= int(item["camera"].min()) and int(item["camera"].max()) < len(cameras)):
         raise GalleryError(f"{where}: camera indices must be -1 or below {len(cameras)}")
-    margin = torch.from_numpy(items["margin"].copy()) if has_margin else None
-    return Gallery(segments, set_shape, torch.from_numpy(items["person"].copy()), paths, margin, fp, alpha, weight,
-                   str(m.get("root", "")), cameras, camera, torch.from_numpy(items["time"].copy()), with_sets,
-                   folder, dtype)
+    return Gallery(segments, set_shape, item["person"], paths, item.get("margin"), fp, alpha, weight,
+                   str(m.get("root", "")), cameras, item["camera"], item["time"], with_sets, folder, dtype)
