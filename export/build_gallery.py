@@ -1,4 +1,4 @@
-"""Build a gallery file (export/gallery.py) from a dataset split or a folder of images.
+"""Build a gallery (export/gallery.py) from a dataset split or a folder of images.
 
     python export/build_gallery.py CKPT --data DIR [--split test] --out GALLERY
     python export/build_gallery.py CKPT --images FOLDER --out GALLERY
@@ -9,9 +9,9 @@
 
 Images are encoded in chunks of `--chunk-size`; each finished chunk goes to the sidecar folder
 GALLERY.parts/ (plan.json says what is being built), so a killed build resumes at its first
-missing chunk when the same command runs again. The chunks are merged into GALLERY (written
-atomically) and the sidecar is removed. A sidecar of another build (other checkpoint, images,
-backend or chunk size) is discarded.
+missing chunk when the same command runs again. The chunks are streamed into the gallery
+directory GALLERY (written atomically) and the sidecar is removed. A sidecar of another
+build (other checkpoint, images, backend or chunk size) is discarded.
 
 Folder of images: every .jpg/.jpeg/.png/.bmp/.webp under FOLDER, recursively, sorted by path.
 Person ids follow the Market-1501 / DukeMTMC-reID file naming: a name starting with an integer
@@ -40,7 +40,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from export.gallery import save_gallery
+from export.gallery_writer import GalleryWriter
 from export.gallery_meta import read_sidecar
 from export.manifest import load_manifest
 from trainer.checkpoint import Checkpoint, load_checkpoint
@@ -122,7 +122,7 @@ def build_gallery(checkpoint: str | os.PathLike, out: str | os.PathLike, *, data
                   batch_size: int = 64, chunk_size: int = 4096, device: str | None = None, workers: int = 0,
                   progress: bool = True, on_chunk: Callable[[int, int], None] | None = None,
                   meta: str | os.PathLike | None = None) -> Path:
-    """Encode the images of `images` (a folder) or else of `data`'s `split` into the gallery file
+    """Encode the images of `images` (a folder) or else of `data`'s `split` into the gallery
     `out`; resumable (see the module docstring). `on_chunk(i, n)` is called after chunk i of n is
     saved. With `margin_bank` (a split of `data`), adds the adaptive margin x `margin_beta`;
     with `meta`, each image's camera and time from that sidecar. In a process group (torchrun),
@@ -193,27 +193,36 @@ def _barrier(world: int) -> None:
 
 def _merge(out: Path, parts: Path, chunk_files: list[Path], entries, paths: list[str], ckpt: Checkpoint,
            meta_of_items: dict, root: Path, dataset, margin_bank, margin_beta, device, batch_size, progress) -> None:
-    """The chunks, and the margin when asked, into the gallery file; the sidecar goes."""
-    sets = torch.cat([load_file(f)["sets"] for f in chunk_files])
-
-    margin = None
+    """The chunks, and the margin when asked, streamed into the gallery one chunk at a time
+    (never the whole gallery in memory); the sidecar goes."""
+    bank = None
     if margin_bank:
         bank_file = parts / f"bank_{margin_bank}.safetensors"
         if not bank_file.is_file():
             captions = [c for e in dataset.split(margin_bank) for c in e.captions]
             bank = encode_captions(ckpt.model.to(device), ckpt.tokenizer, captions, device, batch_size, progress)
             _save_atomic({"bank": bank}, bank_file)
-        # scored against the gallery as stored (fp16), as a search will score it
-        margin = adaptive_margin(load_file(bank_file)["bank"], sets.float(), ckpt.model.score, beta=margin_beta)
-
-    save_gallery(out, sets, [e.pid for e in entries], paths, ckpt.fingerprint, margin=margin, root=str(root),
-                 **meta_of_items, **ckpt.model.score_params)
+        bank = load_file(bank_file)["bank"]
+    ids = torch.tensor([e.pid for e in entries], dtype=torch.int64)
+    camera, time = meta_of_items.get("camera"), meta_of_items.get("time")
+    set_shape = tuple(load_file(chunk_files[0])["sets"].shape[1:])
+    with GalleryWriter(out, set_shape, ckpt.fingerprint, root=str(root), cameras=meta_of_items.get("cameras", ()),
+                       margin=bank is not None, **ckpt.model.score_params) as writer:
+        start = 0
+        for file in chunk_files:
+            sets = load_file(file)["sets"]
+            rows = slice(start, start + len(sets))
+            # scored against the gallery as stored (fp16), as a search will score it; per item, so per chunk
+            margin = None if bank is None else adaptive_margin(bank, sets.float(), ckpt.model.score, beta=margin_beta)
+            writer.add(sets, ids[rows], paths[rows], margin, None if camera is None else camera[rows],
+                       None if time is None else time[rows])
+            start = rows.stop
     shutil.rmtree(parts)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint directory (or training run: its best/)")
-    parser.add_argument("--out", required=True, help="gallery file to write (.safetensors)")
+    parser.add_argument("--out", required=True, help="gallery to write (a directory: export/gallery_store.py)")
     parser.add_argument("--data", help="dataset root (CUHK-PEDES, ICFG-PEDES, RSTPReid or synthetic)")
     parser.add_argument("--split", default="test", help="split of --data to encode (default: test)")
     parser.add_argument("--images", help="a folder of images to encode instead of a dataset split")

@@ -1,128 +1,83 @@
-"""The gallery file: a model's embedding sets of a collection of images, in one safetensors file.
+"""The gallery: a model's embedding sets of a collection of images, with each item's metadata.
 
-Tensors: `sets` float16 [N, K+1, D] (L2-normalised rows, row 0 the global feature), `ids`
-int64 [N] (person ids, -1 where unknown), optional `margin` float32 [N] (the adaptive margin
-already scaled by its beta: search subtracts it as is), `camera` int32 [N] and `time` int64
-[N] (export/gallery_meta.py: an index into `cameras`, milliseconds UTC; unknown: -1, NO_TIME).
-Metadata (strings): format, version, the checkpoint's fingerprint (a gallery is only searched
-with queries of the same weights), the scoring parameters `alpha` and `weight`
-(Retriever.score's), `paths` (JSON list of the images' paths relative to `root`), `root` (the
-folder they were read from at build time) and `cameras` (JSON list of camera names).
+Per item: the set float16 [K+1, D] (L2-normalised rows, row 0 the global feature), the person
+id (int64, -1 where unknown), the path relative to `root` (the folder the images were read
+from at build time), optionally the adaptive margin (float32, already scaled by its beta:
+search subtracts it as is), the camera (an index into the gallery's camera names) and the time
+(int64 ms UTC) (export/gallery_meta.py; unknown: -1, NO_TIME). Per gallery: the checkpoint's
+fingerprint (a gallery is only searched with queries of the same weights) and the scoring
+parameters `alpha` and `weight` (Retriever.score's).
+
+save_gallery writes version 3, a directory of fixed-size segments with no limit on the item
+count (export/gallery_store.py, export/gallery_writer.py). load_gallery also reads the single
+safetensors files of versions 1 and 2 (paths in the header, which safetensors caps at 100 MB:
+about 2.7M paths), as a gallery of one segment; `tbps compact` or rewrite_gallery converts.
 Version 1 files (before cameras and times) load with every camera and time unknown.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from export.gallery_meta import NO_CAMERA, NO_TIME, allowed_items
+from export.gallery_meta import NO_CAMERA, NO_TIME
+from export.gallery_store import FORMAT, Gallery, GalleryError, Segment, gallery_files, open_gallery_dir
+from export.gallery_writer import SEGMENT_SIZE, GalleryWriter
 
-FORMAT = "tbps-gallery"
-VERSION = 2
-
-
-class GalleryError(ValueError):
-    """A gallery file that cannot be used: the message names the file and what is wrong."""
-
-
-def _unknown_camera(n: int) -> torch.Tensor:
-    return torch.full((n,), NO_CAMERA, dtype=torch.int32)
-
-
-def _unknown_time(n: int) -> torch.Tensor:
-    return torch.full((n,), NO_TIME, dtype=torch.int64)
-
-
-@dataclass
-class Gallery:
-    sets: torch.Tensor           # float16 [N, K+1, D]
-    ids: torch.Tensor            # int64 [N]
-    paths: list[str]             # relative to `root`
-    margin: torch.Tensor | None  # float32 [N]
-    fingerprint: str
-    alpha: float
-    weight: float
-    root: str = ""
-    cameras: list[str] = field(default_factory=list)
-    camera: torch.Tensor | None = None  # int32 [N], an index into `cameras`; None: all unknown
-    time: torch.Tensor | None = None    # int64 [N], ms since the epoch, UTC; None: all unknown
-
-    def __post_init__(self):
-        n = len(self.paths)
-        self.camera = _unknown_camera(n) if self.camera is None else self.camera
-        self.time = _unknown_time(n) if self.time is None else self.time
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def allowed(self, cameras=None, since=None, until=None) -> torch.Tensor | None:
-        """The bool mask [N] of the items a query's filter keeps (None: no filter)."""
-        return allowed_items(self.cameras, self.camera, self.time, cameras, since, until)
-
-
-def _check(where: str, sets: torch.Tensor, ids: torch.Tensor, paths: list, margin: torch.Tensor | None,
-           cameras: list, camera: torch.Tensor, time: torch.Tensor) -> None:
-    if sets.ndim != 3 or sets.shape[0] == 0 or sets.shape[1] == 0:
-        raise GalleryError(f"{where}: sets must be a non-empty [N, K+1, D] tensor, got shape {list(sets.shape)}")
-    n = sets.shape[0]
-    if ids.dtype != torch.int64 or ids.shape != (n,):
-        raise GalleryError(f"{where}: ids must be int64 [{n}], got {ids.dtype} {list(ids.shape)}")
-    if not isinstance(paths, list) or len(paths) != n or not all(isinstance(p, str) for p in paths):
-        raise GalleryError(f"{where}: paths must be a list of {n} strings, got "
-                           f"{len(paths) if isinstance(paths, list) else type(paths).__name__}")
-    if margin is not None and (margin.dtype != torch.float32 or margin.shape != (n,)):
-        raise GalleryError(f"{where}: margin must be float32 [{n}], got {margin.dtype} {list(margin.shape)}")
-    if camera.dtype != torch.int32 or camera.shape != (n,) or time.dtype != torch.int64 or time.shape != (n,):
-        raise GalleryError(f"{where}: camera must be int32 [{n}] and time int64 [{n}], got {camera.dtype} "
-                           f"{list(camera.shape)} and {time.dtype} {list(time.shape)}")
-    if not isinstance(cameras, list) or not all(isinstance(c, str) and c for c in cameras) \
-            or len(set(cameras)) != len(cameras):
-        raise GalleryError(f"{where}: cameras must be distinct non-empty names, got {cameras!r}")
-    if n and not (NO_CAMERA <= int(camera.min()) and int(camera.max()) < len(cameras)):
-        raise GalleryError(f"{where}: camera indices must be -1 or below {len(cameras)}")
+__all__ = ["Gallery", "GalleryError", "Segment", "gallery_bytes", "load_gallery", "save_gallery"]
+LEGACY_VERSION = 2  # the newest single-file version
 
 
 def save_gallery(path: str | os.PathLike, sets: torch.Tensor, ids, paths: list[str], fingerprint: str,
                  alpha: float, weight: float, margin: torch.Tensor | None = None, root: str = "",
-                 cameras: list[str] = (), camera=None, time=None) -> Path:
-    """Write a gallery file atomically (a kill mid-write leaves any previous file intact).
-    `sets` is stored as float16, `ids` as int64, `margin` as float32; `camera`/`time` (None:
-    all unknown) as int32/int64."""
-    path = Path(path)
-    sets = torch.as_tensor(sets).detach().cpu().to(torch.float16).contiguous()
-    ids = torch.as_tensor(ids).detach().cpu().to(torch.int64).contiguous()
-    margin = None if margin is None else torch.as_tensor(margin).detach().cpu().float().contiguous()
-    paths, cameras = [str(p) for p in paths], list(cameras)
+                 cameras: list[str] = (), camera=None, time=None, segment_size: int = SEGMENT_SIZE) -> Path:
+    """Write a gallery directory atomically (a failure or a kill mid-write leaves any previous
+    gallery at `path` intact). `sets` is stored as float16, `ids` as int64, `margin` as
+    float32; `camera`/`time` (None: all unknown) as int32/int64."""
+    sets = torch.as_tensor(sets).detach()
+    paths = [str(p) for p in paths]
     n = len(paths)
-    camera = _unknown_camera(n) if camera is None else torch.as_tensor(camera).detach().cpu().to(torch.int32)
-    time = _unknown_time(n) if time is None else torch.as_tensor(time).detach().cpu().to(torch.int64)
-    _check(str(path), sets, ids, paths, margin, cameras, camera, time)
-    tensors = {"sets": sets, "ids": ids, "camera": camera.contiguous(), "time": time.contiguous()}
-    if margin is not None:
-        tensors["margin"] = margin
-    metadata = {"format": FORMAT, "version": str(VERSION), "fingerprint": str(fingerprint),
-                "alpha": repr(float(alpha)), "weight": repr(float(weight)),
-                "paths": json.dumps(paths), "root": str(root), "cameras": json.dumps(cameras)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    if sets.ndim != 3 or sets.shape[0] == 0 or sets.shape[1] == 0:
+        raise GalleryError(f"{path}: sets must be a non-empty [N, K+1, D] tensor, got shape {list(sets.shape)}")
+    if sets.shape[0] != n:
+        raise GalleryError(f"{path}: paths must be a list of {sets.shape[0]} strings, got {n}")
+    for name, values in (("ids", ids), ("margin", margin), ("camera", camera), ("time", time)):
+        if values is not None and len(values) != n:
+            raise GalleryError(f"{path}: {name} must be [{n}] like the paths, got {len(values)}")
+    ids = torch.as_tensor(ids if isinstance(ids, torch.Tensor) else list(ids))
+    with GalleryWriter(path, tuple(sets.shape[1:]), fingerprint, alpha, weight, root, cameras, margin is not None,
+                       segment_size) as w:
+        for a in range(0, n, segment_size):  # one segment at a time: no copy of the whole gallery
+            b = min(a + segment_size, n)
+            w.add(sets[a:b], ids[a:b], paths[a:b], None if margin is None else margin[a:b],
+                  None if camera is None else camera[a:b], None if time is None else time[a:b])
+    return Path(path)
+
+
+def gallery_bytes(path: str | os.PathLike) -> int:
+    """The bytes a gallery takes on disk (a version 1 or 2 file, or a directory's files)."""
+    path = Path(path)
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in gallery_files(path))
 
 
 def load_gallery(path: str | os.PathLike, fingerprint: str | None = None, with_sets: bool = True) -> Gallery:
-    """A validated gallery; with `fingerprint` (the querying checkpoint's), a gallery built by
-    other weights is refused. `with_sets=False` reads everything but the sets, which are then a
-    storage-less `meta` tensor of their shape (a process that only needs the items' metadata)."""
+    """A validated gallery (a version-3 directory, or a version 1 or 2 file); with `fingerprint`
+    (the querying checkpoint's), a gallery built by other weights is refused. `with_sets=False`:
+    the sets are never read (`sets` is then a storage-less `meta` tensor of their shape), for a
+    process that only needs the items' metadata."""
     path = Path(path)
+    if path.is_dir():
+        return open_gallery_dir(path, fingerprint, with_sets)
     if not path.is_file():
-        raise FileNotFoundError(f"gallery file not found: {path}")
+        raise FileNotFoundError(f"gallery not found: {path}")
+    return _load_legacy(path, fingerprint, with_sets)
+
+
+def _load_legacy(path: Path, fingerprint: str | None, with_sets: bool) -> Gallery:
+    """A version 1 or 2 safetensors file, as a gallery of one segment held in memory."""
     try:
         with safe_open(path, "pt") as f:
             meta = f.metadata() or {}
@@ -145,16 +100,43 @@ def load_gallery(path: str | os.PathLike, fingerprint: str | None = None, with_s
         cameras = json.loads(meta.get("cameras", "[]"))
     except ValueError as e:  # json.JSONDecodeError is one
         raise GalleryError(f"{path}: bad metadata ({e})") from None
-    if version > VERSION:
-        raise GalleryError(f"{path}: gallery version {version} is newer than this reader's {VERSION}")
+    if version > LEGACY_VERSION:
+        raise GalleryError(f"{path}: gallery file version {version}; single files go up to {LEGACY_VERSION} "
+                           f"(version 3 is a directory)")
     if fingerprint is not None and meta["fingerprint"] != fingerprint:
         raise GalleryError(f"{path}: built by checkpoint {meta['fingerprint']}, but the model searching it "
                            f"is checkpoint {fingerprint}: rebuild the gallery with this checkpoint")
-    if tensors["sets"].dtype != torch.float16:
-        raise GalleryError(f"{path}: sets must be float16, got {tensors['sets'].dtype}")
+    sets, ids, margin = tensors["sets"], tensors["ids"], tensors.get("margin")
     n = len(paths) if isinstance(paths, list) else 0
-    camera = tensors["camera"] if "camera" in tensors else _unknown_camera(n)
-    time = tensors["time"] if "time" in tensors else _unknown_time(n)
-    _check(str(path), tensors["sets"], tensors["ids"], paths, tensors.get("margin"), cameras, camera, time)
-    return Gallery(tensors["sets"], tensors["ids"], paths, tensors.get("margin"), meta["fingerprint"],
-                   alpha, weight, meta.get("root", ""), cameras, camera, time)
+    camera = tensors.get("camera", torch.full((n,), NO_CAMERA, dtype=torch.int32))
+    time = tensors.get("time", torch.full((n,), NO_TIME, dtype=torch.int64))
+    _check(path, sets, ids, paths, margin, cameras, camera, time)
+    known = time[time != NO_TIME]
+    segment = Segment(0, n, sorted(set(camera.tolist())), None if not known.numel() else
+                      (int(known.min()), int(known.max())), data=sets)
+    return Gallery([segment], tuple(sets.shape[1:]), ids, paths, margin, meta["fingerprint"], alpha, weight,
+                   meta.get("root", ""), cameras, camera, time, with_sets, path)
+
+
+def _check(where: Path, sets: torch.Tensor, ids: torch.Tensor, paths: list, margin: torch.Tensor | None,
+           cameras: list, camera: torch.Tensor, time: torch.Tensor) -> None:
+    """A version 1 or 2 file's tensors and metadata agree."""
+    if sets.dtype != torch.float16 or sets.ndim != 3 or sets.shape[0] == 0 or sets.shape[1] == 0:
+        raise GalleryError(f"{where}: sets must be a non-empty float16 [N, K+1, D] tensor, got {sets.dtype} "
+                           f"{list(sets.shape)}")
+    n = sets.shape[0]
+    if ids.dtype != torch.int64 or ids.shape != (n,):
+        raise GalleryError(f"{where}: ids must be int64 [{n}], got {ids.dtype} {list(ids.shape)}")
+    if not isinstance(paths, list) or len(paths) != n or not all(isinstance(p, str) for p in paths):
+        raise GalleryError(f"{where}: paths must be a list of {n} strings, got "
+                           f"{len(paths) if isinstance(paths, list) else type(paths).__name__}")
+    if margin is not None and (margin.dtype != torch.float32 or margin.shape != (n,)):
+        raise GalleryError(f"{where}: margin must be float32 [{n}], got {margin.dtype} {list(margin.shape)}")
+    if camera.dtype != torch.int32 or camera.shape != (n,) or time.dtype != torch.int64 or time.shape != (n,):
+        raise GalleryError(f"{where}: camera must be int32 [{n}] and time int64 [{n}], got {camera.dtype} "
+                           f"{list(camera.shape)} and {time.dtype} {list(time.shape)}")
+    if not isinstance(cameras, list) or not all(isinstance(c, str) and c for c in cameras) \
+            or len(set(cameras)) != len(cameras):
+        raise GalleryError(f"{where}: cameras must be distinct non-empty names, got {cameras!r}")
+    if not (NO_CAMERA <= int(camera.min()) and int(camera.max()) < len(cameras)):
+        raise GalleryError(f"{where}: camera indices must be -1 or below {len(cameras)}")

@@ -110,25 +110,36 @@ def read_sidecar(sidecar: str | os.PathLike, paths: list[str]) -> tuple[list[str
     return names, camera, time
 
 
-def allowed_items(cameras: list[str], camera: torch.Tensor, time: torch.Tensor, want_cameras=None,
-                  since: str | int | None = None, until: str | int | None = None) -> torch.Tensor | None:
-    """The bool mask [N] of the items a filter keeps (kernels.search's `allowed`), on the
-    device of `camera`/`time`; None when nothing is filtered. A camera the gallery does not
-    have and a window with since > until are refused; an item of unknown camera or time
-    never passes a filter on it. `since`/`until`: ISO 8601 or milliseconds, both inclusive."""
-    import torch
-    mask = None
+def filter_bounds(cameras: list[str], want_cameras=None, since: str | int | None = None,
+                  until: str | int | None = None) -> tuple[set[int] | None, int | None, int | None]:
+    """(camera indices, lo, hi) of a filter, None where it does not constrain: what both the
+    item mask and a segment's camera set and time range are tested against. A camera the
+    gallery does not have and a window with since > until are refused. `since`/`until`: ISO
+    8601 or milliseconds, both inclusive."""
+    want = None
     if want_cameras:
         unknown = sorted(set(want_cameras) - set(cameras))
         if unknown:
             raise ValueError(f"unknown camera(s) {unknown}; the gallery's cameras: "
                              f"{', '.join(cameras) if cameras else 'none (built without --meta)'}")
-        wanted = torch.tensor([cameras.index(c) for c in set(want_cameras)], dtype=camera.dtype, device=camera.device)
-        mask = torch.isin(camera, wanted)
-    if since is not None or until is not None:
-        lo, hi = (None if t is None else t if isinstance(t, int) else parse_time(t) for t in (since, until))
-        if lo is not None and hi is not None and lo > hi:
-            raise ValueError(f"the time window is empty: since {format_time(lo)} is after until {format_time(hi)}")
+        want = {cameras.index(c) for c in set(want_cameras)}
+    lo, hi = (None if t is None else t if isinstance(t, int) else parse_time(t) for t in (since, until))
+    if lo is not None and hi is not None and lo > hi:
+        raise ValueError(f"the time window is empty: since {format_time(lo)} is after until {format_time(hi)}")
+    return want, lo, hi
+
+
+def allowed_items(cameras: list[str], camera: torch.Tensor, time: torch.Tensor, want_cameras=None,
+                  since: str | int | None = None, until: str | int | None = None) -> torch.Tensor | None:
+    """The bool mask [N] of the items a filter (filter_bounds') keeps (kernels.search's
+    `allowed`), on the device of `camera`/`time`; None when nothing is filtered. An item of
+    unknown camera or time never passes a filter on it."""
+    import torch
+    want, lo, hi = filter_bounds(cameras, want_cameras, since, until)
+    mask = None
+    if want is not None:
+        mask = torch.isin(camera, torch.tensor(sorted(want), dtype=camera.dtype, device=camera.device))
+    if lo is not None or hi is not None:
         window = time != NO_TIME
         if lo is not None:
             window &= time >= lo

@@ -5,7 +5,7 @@
     REPO/image_encoder    pixels (FP32 [3, H, W]) -> image_sets
     REPO/image_decoder    python: IMAGE (BYTES, an encoded file) -> pixels
     REPO/gallery_search   python: text_sets | image_sets | LIKE, TOPK, filter -> SCORES, IDS, PATHS,
-                          INDICES (kernels.search over the live gallery: gallery.safetensors + live/)
+                          INDICES (kernels.search over the live gallery: the gallery directory + live/)
     REPO/gallery_ingest   python: IMAGE, PATH, PERSON, CAMERA, TIME -> INDEX, ERROR (durable additions)
     REPO/gallery_erase    python: PATHS, PERSONS -> ERASED, LIVE (durable erasures)
     REPO/person_search    the ensemble: TEXT + TOPK (+ CAMERAS, SINCE, UNTIL) -> SCORES, IDS, PATHS, INDICES
@@ -27,7 +27,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from export.gallery import load_gallery
+from export.gallery import gallery_bytes, load_gallery
+from export.gallery_writer import install_gallery
 from export.manifest import load_manifest
 from export.model_repository import write_encoders, write_model
 from export.triton_config import (ENSEMBLE, ERASE_MODEL, GALLERY_MODEL, IMAGE_ENCODER, IMAGE_ENSEMBLE, INGEST_MODEL,
@@ -53,10 +54,11 @@ def _write_python_model(repo: Path, module: str, files: dict[str, Path], config=
 
 
 def _write_gallery_version(repo: Path, gallery: Path, config=None, version: int = 1) -> Path:
-    """gallery_search version `version`: the gallery file, and its live state started empty."""
-    folder = _write_python_model(repo, "serving.models.gallery_search", {GALLERY_FILE: gallery}, config,
-                                 GALLERY_MODEL, version)
-    start_live(folder / str(version) / LIVE_FOLDER, load_gallery(gallery, with_sets=False)).close()
+    """gallery_search version `version`: the gallery (as a version-3 directory: a version 1 or 2
+    file is converted), and its live state started empty."""
+    folder = _write_python_model(repo, "serving.models.gallery_search", {}, config, GALLERY_MODEL, version)
+    served = install_gallery(load_gallery(gallery), folder / str(version) / GALLERY_FILE)
+    start_live(folder / str(version) / LIVE_FOLDER, load_gallery(served, with_sets=False)).close()
     return folder
 
 
@@ -225,15 +227,17 @@ def compact_repository(repo: str | os.PathLike) -> dict:
     and after. The new version ranks exactly as the live gallery did (indices renumbered)."""
     repo = Path(repo)
     current = repo / GALLERY_MODEL / str(gallery_versions(repo)[-1])
-    before = sum(f.stat().st_size for f in [current / GALLERY_FILE, *(current / LIVE_FOLDER).rglob("*")]
-                 if f.is_file())
+    live_files = [f for f in (current / LIVE_FOLDER).rglob("*") if f.is_file()]
+    before = gallery_bytes(current / GALLERY_FILE) + sum(f.stat().st_size for f in live_files)
     live = LiveGallery(current / LIVE_FOLDER, current / GALLERY_FILE, writer=False)
-    with tempfile.TemporaryDirectory(prefix="tbps-compact-") as tmp:
+    # inside the repository (a name Triton does not take for a version): on its filesystem, so the
+    # new version's files are links to these, not copies
+    with tempfile.TemporaryDirectory(prefix=".compact-", dir=repo / GALLERY_MODEL) as tmp:
         report = live.compact(Path(tmp) / GALLERY_FILE)
         live.close()
         version = stage_gallery(repo, Path(tmp) / GALLERY_FILE, live.base.fingerprint)
     for old in gallery_versions(repo)[:-2]:
         shutil.rmtree(repo / GALLERY_MODEL / str(old))
-    after = (repo / GALLERY_MODEL / str(version) / GALLERY_FILE).stat().st_size
+    after = gallery_bytes(repo / GALLERY_MODEL / str(version) / GALLERY_FILE)
     return dict(report, gallery=str(repo / GALLERY_MODEL / str(version) / GALLERY_FILE), version=version,
                 bytes_before=before, bytes_after=after)

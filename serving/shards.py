@@ -11,26 +11,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from export.gallery import load_gallery, save_gallery
+from export.gallery import load_gallery
+from export.gallery_writer import rewrite_gallery
 from serving.repository import write_repository
 
 ADDED_RANGE = 1 << 40  # the indices of one shard's live additions: more than any shard will hold
 
 
 def split_gallery(gallery: str | os.PathLike, shards: int, out_dir: str | os.PathLike) -> list[tuple[Path, int]]:
-    """(gallery file, index offset) of each of `shards` near-equal contiguous slices."""
-    g = load_gallery(gallery)
+    """(gallery, index offset) of each of `shards` near-equal contiguous slices, streamed
+    segment by segment (a gallery of any size; every shard keeps all camera names)."""
+    g = load_gallery(gallery)  # a version-3 gallery's sets stay on disk until a segment is copied
     if not 1 <= shards <= len(g):
         raise ValueError(f"cannot split a gallery of {len(g)} images into {shards} shards")
-    out_dir = Path(out_dir)
     bounds = [round(i * len(g) / shards) for i in range(shards + 1)]
-    parts = []
-    for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
-        path = save_gallery(out_dir / f"gallery_shard{i}.safetensors", g.sets[a:b], g.ids[a:b], g.paths[a:b],
-                            g.fingerprint, g.alpha, g.weight, None if g.margin is None else g.margin[a:b], g.root,
-                            g.cameras, g.camera[a:b], g.time[a:b])  # every shard keeps all camera names
-        parts.append((path, a))
-    return parts
+    return [(rewrite_gallery(g, Path(out_dir) / f"gallery_shard{i}", a, b), a)
+            for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
 
 
 def write_shard_repositories(source: str | os.PathLike, gallery: str | os.PathLike, shards: int,

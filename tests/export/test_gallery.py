@@ -1,4 +1,5 @@
-"""The gallery file: round trip, fingerprint refusal, clear errors for bad paths and bad files."""
+"""The gallery: round trip, fingerprint refusal, clear errors for bad paths and bad files
+(version 1 and 2 files here; the version-3 directory in test_gallery_store.py)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -35,13 +36,17 @@ def test_other_checkpoint_is_refused(tmp_path):
 
 
 def test_bad_paths_and_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="gallery file not found: .*missing.safetensors"):
+    with pytest.raises(FileNotFoundError, match="gallery not found: .*missing.safetensors"):
         load_gallery(tmp_path / "missing.safetensors")
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
     with pytest.raises(GalleryError, match="garbage.safetensors: not a readable safetensors gallery file"):
         load_gallery(garbage)
-    good = save_gallery(tmp_path / "good.safetensors", _sets(), range(5), list("abcde"), "aaaa", 16.0, 0.0)
+    good = tmp_path / "good.safetensors"  # a version 2 file
+    save_file({"sets": _sets().half(), "ids": torch.arange(5)}, good,
+              metadata={"format": "tbps-gallery", "version": "2", "fingerprint": "a", "alpha": "16.0",
+                        "weight": "0.0", "paths": '["a", "b", "c", "d", "e"]'})
+    assert load_gallery(good).paths == list("abcde")
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(good.read_bytes()[:-100])
     with pytest.raises(GalleryError, match="truncated.safetensors: not a readable"):
@@ -61,9 +66,19 @@ def test_bad_paths_and_files(tmp_path):
 def test_save_validates(tmp_path):
     with pytest.raises(GalleryError, match="paths must be a list of 5 strings, got 4"):
         save_gallery(tmp_path / "g.safetensors", _sets(), range(5), list("abcd"), "a", 16.0, 0.0)
-    with pytest.raises(GalleryError, match=r"margin must be float32 \[5\]"):
+    with pytest.raises(GalleryError, match=r"g.safetensors: margin must be \[5\] like the paths, got 3"):
         save_gallery(tmp_path / "g.safetensors", _sets(), range(5), list("abcde"), "a", 16.0, 0.0,
                      margin=torch.zeros(3))
     with pytest.raises(GalleryError, match="non-empty"):
         save_gallery(tmp_path / "g.safetensors", torch.zeros(0, 1, 4), [], [], "a", 16.0, 0.0)
     assert not list(tmp_path.iterdir())
+
+
+def test_paths_past_the_old_header_cap(tmp_path):
+    """Version 2 kept every path in the safetensors header, which safetensors refuses past 100 MB
+    (3M archive paths of 37 characters: 'header too large'). Four paths of 26 MB are the same
+    header bytes without 3M items; the gallery now keeps its paths in a table, not a header."""
+    paths = [f"cam{i:02d}/" + "2026-11-30/14/track_000123_f0045/" * 800_000 + f"{i}.jpg" for i in range(4)]
+    assert sum(map(len, paths)) > 100_000_000
+    g = load_gallery(save_gallery(tmp_path / "g", _sets(4), range(4), paths, "fp", 16.0, 1.0), "fp")
+    assert len(g) == 4 and g.paths[3] == paths[3] and torch.equal(g.sets, _sets(4).half())

@@ -79,7 +79,7 @@ def test_the_readme_export_commands(esa_run, synthetic_data, tmp_path):
         assert done.returncode == 0, done.stderr
     out = tbps("repo", tmp_path / "onnx", tmp_path / "gallery.safetensors", "--out", tmp_path / "repo")
     assert out.returncode == 0, out.stderr
-    assert (tmp_path / "repo" / "gallery_search" / "1" / "gallery.safetensors").is_file()
+    assert (tmp_path / "repo" / "gallery_search" / "1" / "gallery.safetensors" / "gallery.json").is_file()
     root = __import__("pathlib").Path(__file__).resolve().parents[2]
     for command in ([sys.executable, str(root / "export" / "build_gallery.py")], [sys.executable, "-m", "serving.cli",
                                                                                   "gallery"]):
