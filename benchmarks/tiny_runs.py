@@ -40,7 +40,7 @@ def served_model(work: Path, gallery_size: int, image_size: tuple[int, int] = (6
     export = export_onnx(ckpt, work / "onnx").parent
     torch.manual_seed(0)
     sets = F.normalize(torch.randn(gallery_size, ckpt.model.set_size, ckpt.config["embed_dim"]), dim=-1)
-    gallery = save_gallery(work / "gallery.safetensors", sets, torch.arange(gallery_size) // 4,
+    gallery = save_gallery(work / "gallery", sets, torch.arange(gallery_size) // 4,
                            paths or [f"img{i:07d}.jpg" for i in range(gallery_size)], ckpt.fingerprint,
                            root=root, **ckpt.model.score_params)
     return export, gallery, data

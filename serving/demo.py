@@ -52,7 +52,7 @@ def run_demo(workdir: Path, fresh: bool = False, ids: int = DEMO_IDS,
     if fresh:
         shutil.rmtree(workdir, ignore_errors=True)
     data_dir, run_dir = workdir / "data", workdir / "run"
-    onnx_dir, gallery_path, repo = workdir / "onnx", workdir / "gallery.safetensors", workdir / "repo"
+    onnx_dir, gallery_path, repo = workdir / "onnx", workdir / "gallery", workdir / "repo"
     t0 = time.time()
 
     _stage(f"1/6 synthesize {ids} people -> {data_dir}")
