@@ -41,11 +41,15 @@ class _Rows:
     def __init__(self, first: torch.Tensor):
         self.data, self.n = first, first.shape[0]  # the first append past it copies: `first` is never written
 
-    def append(self, rows: torch.Tensor) -> None:
-        if self.n + rows.shape[0] > self.data.shape[0]:
-            grown = self.data.new_empty((max(2 * self.data.shape[0], self.n + rows.shape[0]), *self.data.shape[1:]))
+    def reserve(self, capacity: int) -> None:
+        """Room for `capacity` rows: the only allocation an append makes (it may fail, changing nothing)."""
+        if capacity > self.data.shape[0]:
+            grown = self.data.new_empty((max(2 * self.data.shape[0], capacity), *self.data.shape[1:]))
             grown[:self.n] = self.data[:self.n]
             self.data = grown
+
+    def append(self, rows: torch.Tensor) -> None:
+        self.reserve(self.n + rows.shape[0])
         self.data[self.n:self.n + rows.shape[0]] = rows
         self.n += rows.shape[0]
 
@@ -86,7 +90,6 @@ class LiveGallery:
         with self.lock:
             with self.store.transaction():  # one read snapshot: items, names and erasures agree
                 cams, rows, erased = self.store.read_since(len(self.paths), len(self.cameras), self.hidden)
-            self._version = version
             self.cameras.extend(cams)
             segments = set()
             for segment, group in itertools.groupby(rows, key=lambda r: r[0]):  # one add call's rows, in order
@@ -95,6 +98,7 @@ class LiveGallery:
                 self._append(sets, list(paths), persons, cameras, times)
                 segments.add(segment)
             self._hide(erased)
+            self._version = version  # only now: a refresh that failed (out of memory) is retried in full by the next
             return segments
 
     def _hide(self, erased) -> None:
@@ -104,14 +108,20 @@ class LiveGallery:
                 self.hidden += 1
 
     def _append(self, sets, paths, persons, cameras, times) -> None:
+        """All or nothing: every allocation (the new rows, each column's growth) comes before the
+        first write, so an out-of-memory error leaves the columns as they were, of one length."""
+        columns = [(self.ids, torch.tensor(persons, dtype=torch.int64)),
+                   (self.camera, torch.tensor(cameras, dtype=torch.int32)),
+                   (self.alive, torch.ones(len(paths), dtype=torch.bool))]
         if self.sets is not None:
-            self.sets.append(sets.to(self.sets.data.device, self.sets.data.dtype))
-        self.ids.append(torch.tensor(persons, dtype=torch.int64))
-        self.camera.append(torch.tensor(cameras, dtype=torch.int32))
-        self.time.append(torch.tensor(times, dtype=torch.int64))
+            columns.append((self.sets, sets.to(self.sets.data.device, self.sets.data.dtype)))
         if self.margin is not None:
-            self.margin.append(torch.zeros(len(paths), device=self.margin.data.device))
-        self.alive.append(torch.ones(len(paths), dtype=torch.bool))
+            columns.append((self.margin, torch.zeros(len(paths), device=self.margin.data.device)))
+        columns.append((self.time, torch.tensor(times, dtype=torch.int64)))
+        for column, rows in columns:
+            column.reserve(column.n + len(rows))
+        for column, rows in columns:
+            column.append(rows)
         self.paths.extend(paths)
 
     def __len__(self) -> int:

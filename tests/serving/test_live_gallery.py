@@ -229,3 +229,26 @@ def test_every_acknowledged_item_survives_a_kill_9(tmp_path, base):
         assert live.paths[first:first + 4] == [f"ingest/{call}_{i}.jpg" for i in range(4)]
     segments = os.listdir(tmp_path / "live" / SEGMENTS)
     assert len(segments) == (len(live) - 20) // 4  # the uncommitted segment, if any, was removed
+
+
+def test_an_out_of_memory_refresh_changes_nothing_and_the_next_one_takes_the_items_in(tmp_path, base):
+    """Issue 24, fault 2: at 8b2c390 refresh recorded the store's version before growing its buffers, so
+    after an out-of-memory error there the added items stayed unsearchable until another commit."""
+    writer = LiveGallery(tmp_path / "live", base)
+    reader = LiveGallery(tmp_path / "live", base, writer=False)
+    writer.add(unit(2, seed=3), ["new/a.jpg", "new/b.jpg"], [5, 6], ["c1", "c9"])
+    grow, failed = reader.time.reserve, []
+
+    def out_of_memory(capacity):  # the last column to grow: every other one has already grown
+        if not failed:
+            failed.append(capacity)
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        grow(capacity)
+    reader.time.reserve = out_of_memory
+    with pytest.raises(torch.OutOfMemoryError):
+        reader.refresh()
+    assert failed and len(reader) == 20
+    assert {len(c.view()) for c in (reader.sets, reader.ids, reader.camera, reader.time, reader.alive)} == {20}
+    assert reader.refresh() and len(reader) == 22 and reader.paths[20:] == ["new/a.jpg", "new/b.jpg"]
+    assert {len(c.view()) for c in (reader.sets, reader.ids, reader.camera, reader.time, reader.alive)} == {22}
+    assert top(reader, unit(2, seed=3).half().float(), 1)[1][:, 0].tolist() == [20, 21]
