@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 import kernels
 from common import machine_record, median_seconds, pyplot, result_stem, save_plot, write_result
-from export.gallery import load_gallery, save_gallery
+from export.gallery import gallery_bytes, load_gallery, save_gallery
 from serving.live_gallery import LiveGallery
 
 K, D, TOP = 5, 512, 10
@@ -70,7 +70,7 @@ def bench_additions(work: Path, batches=(1, 16, 256)) -> list[dict]:
             writer.add(probe, [f"v/{c}.jpg"])
             t0 = time.perf_counter()
             reader.refresh()
-            found = kernels.search(probe, reader.sets.view().float(), 1, allowed=reader.allowed())[1]
+            found = reader.search(probe, 1)[1]
             visible.append(time.perf_counter() - t0)
             if int(found) != len(reader) - 1:
                 raise RuntimeError(f"the item added last ({len(reader) - 1}) was not found: {int(found)}")
@@ -88,17 +88,16 @@ def bench_rounds(work: Path, rounds: int, per_round: int) -> list[dict]:
     for r in range(1, rounds + 1):
         live = LiveGallery(work / f"live_round{r}", base)
         live.add(unit_sets(per_round, 10 + r), [f"r{r}/{i}.jpg" for i in range(per_round)])
-        live.erase(paths=[p for p in live.paths[::2]])
+        live.erase(paths=live.paths(range(0, len(live), 2)))
         live_bytes = sum(f.stat().st_size for f in (work / f"live_round{r}").rglob("*") if f.is_file())
-        memory = sum(t.data.numel() * t.data.element_size() for t in (live.sets, live.ids, live.camera, live.time,
-                                                                         live.alive))
+        memory = sum(c.numel() * c.element_size() for block in live.blocks for c in block.columns.values())
         nxt = work / f"round{r}.safetensors"
         report = live.compact(nxt)
         live.close()
         g = load_gallery(nxt)
         rows.append({"round": r, "items": len(g), "dropped": report["dropped"],
-                     "base_bytes": Path(base).stat().st_size, "live_folder_bytes": live_bytes,
-                     "compacted_bytes": nxt.stat().st_size, "index_memory_bytes": memory})
+                     "base_bytes": gallery_bytes(base), "live_folder_bytes": live_bytes,
+                     "compacted_bytes": gallery_bytes(nxt), "index_memory_bytes": memory})
         print(rows[-1], flush=True)
         base = nxt
     return rows

@@ -132,10 +132,15 @@ def filter_bounds(cameras: list[str], want_cameras=None, since: str | int | None
 def allowed_items(cameras: list[str], camera: torch.Tensor, time: torch.Tensor, want_cameras=None,
                   since: str | int | None = None, until: str | int | None = None) -> torch.Tensor | None:
     """The bool mask [N] of the items a filter (filter_bounds') keeps (kernels.search's
-    `allowed`), on the device of `camera`/`time`; None when nothing is filtered. An item of
-    unknown camera or time never passes a filter on it."""
+    `allowed`), on the device of `camera`/`time`; None when nothing is filtered."""
+    return item_mask(camera, time, *filter_bounds(cameras, want_cameras, since, until))
+
+
+def item_mask(camera: torch.Tensor, time: torch.Tensor, want: set[int] | None, lo: int | None,
+              hi: int | None) -> torch.Tensor | None:
+    """The bool mask of the items that pass filter bounds (filter_bounds'); None when they do not
+    constrain. An item of unknown camera or time never passes a filter on it."""
     import torch
-    want, lo, hi = filter_bounds(cameras, want_cameras, since, until)
     mask = None
     if want is not None:
         mask = torch.isin(camera, torch.tensor(sorted(want), dtype=camera.dtype, device=camera.device))
@@ -147,3 +152,14 @@ def allowed_items(cameras: list[str], camera: torch.Tensor, time: torch.Tensor, 
             window &= time <= hi
         mask = window if mask is None else mask & window
     return mask
+
+
+def may_match(cameras: set[int] | frozenset[int], span: tuple[int, int] | None, want: set[int] | None,
+              lo: int | None, hi: int | None) -> bool:
+    """Whether a range of items with these camera indices and known-time span ((lo, hi) ms,
+    None: no known time) can hold one that passes filter bounds: False lets a search skip it."""
+    if want is not None and not want & cameras:
+        return False
+    if lo is None and hi is None:
+        return True
+    return span is not None and (lo is None or span[1] >= lo) and (hi is None or span[0] <= hi)

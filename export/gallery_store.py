@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.gallery_meta import NO_CAMERA, NO_TIME, allowed_items, filter_bounds
+from export.gallery_meta import NO_CAMERA, NO_TIME, allowed_items, filter_bounds, may_match
 
 FORMAT = "tbps-gallery"
 VERSION = 3
@@ -74,11 +74,7 @@ class Segment:
 
     def may_match(self, cameras: set[int] | None, lo: int | None, hi: int | None) -> bool:
         """Whether any item here can pass a filter (filter_bounds'): False skips the segment."""
-        if cameras is not None and not cameras & set(self.cameras):
-            return False
-        if lo is None and hi is None:
-            return True
-        return self.time is not None and (lo is None or self.time[1] >= lo) and (hi is None or self.time[0] <= hi)
+        return may_match(set(self.cameras), self.time, cameras, lo, hi)
 
 
 class Paths(Sequence):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels import search_cpu
+from kernels import search_cpu, topk
 from kernels.set_similarity import check_inputs
 
 
@@ -42,6 +42,25 @@ def search(query_sets: Tensor, gallery_sets: Tensor, k: int, alpha: float = 16.0
     query_sets = query_sets.to(gallery_sets.dtype)  # one rounding on every device: same ranking
     return _backend(query_sets, gallery_sets).search(query_sets, gallery_sets, k, alpha, weight, margin, mode,
                                                      allowed)
+
+
+@torch.no_grad()
+def search_parts(query_sets: Tensor, parts, k: int, alpha: float = 16.0, weight: float = 1.0,
+                 mode: str = "chamfer") -> tuple[Tensor, Tensor]:
+    """`search` over a gallery held in parts, each (index of its first item, sets, margin or
+    None, allowed or None) as `search` takes them: the top-k over all parts, indices of the
+    whole gallery (below 2**32), ties to the lower index, exactly as one search over the parts
+    concatenated. No parts: [Q, 0] results (every item excluded)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    keys = None
+    for first, sets, margin, allowed in parts:
+        scores, index = search(query_sets, sets, k, alpha, weight, margin, mode, allowed)
+        keys = topk.merge(keys, topk.pack(scores, index + first), k)
+    if keys is None:
+        empty = query_sets.new_empty((query_sets.shape[0], 0))
+        return empty.float(), empty.long()
+    return topk.unpack(keys)
 
 
 @torch.no_grad()

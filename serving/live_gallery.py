@@ -1,19 +1,25 @@
-"""A live gallery: a gallery file plus durable additions and erasures, searched as one gallery.
+"""A live gallery: a gallery plus durable additions and erasures, searched as one gallery.
 
 The durable part is serving/live_store.py's (SQLite and safetensors segments, torch-free: the
-server's ingest and erasure processes use it alone); this is the searchable part: the base
-file's tensors and every committed addition's, with an `alive` mask, on the search's device.
-Searches `refresh` before each query, which costs one PRAGMA when nothing changed, so an item
-is searchable everywhere once its `add` returned, and gone once its `erase` returned.
-Erased items stay in memory, hidden from every search by the `alive` mask, until `compact`
-writes base + additions - erasures as one gallery file (indices renumbered in order, so it
-ranks exactly as the live gallery did).
+server's ingest and erasure processes use it alone); this is the searchable part, held in
+blocks: one per segment of the base gallery (its sets read from the segment's memory map
+straight onto the search's device, no host copy kept) and, for additions, blocks of a fixed
+CHUNK_ROWS rows. Growth allocates one new block, never a copy of the gallery, so ingest needs
+at most the gallery plus one chunk. Searches `refresh` before each query, which costs one
+PRAGMA when nothing changed, so an item is searchable everywhere once its `add` returned, and
+gone once its `erase` returned (an `alive` flag hides it until `compact`).
+
+Each block keeps, per zone of ZONE_ROWS rows, the cameras and the time range of its items: a
+filtered search reads only the zones that can match and masks only inside them. Additions are
+laid out in arrival order, which for a camera feed is capture order: a time window maps to few
+zones. Paths are read from the live store when hits are returned, not held in memory.
 
 Added images have no adaptive margin (it needs the training captions): where the base has
 one, theirs is 0.
 """
 from __future__ import annotations
 
+import bisect
 import itertools
 import os
 import threading
@@ -22,113 +28,238 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from export.gallery import Gallery, load_gallery, save_gallery
-from export.gallery_meta import allowed_items
+import kernels
+from export.gallery import Gallery, load_gallery
+from export.gallery_meta import NO_CAMERA, NO_TIME, filter_bounds, item_mask, may_match
+from export.gallery_writer import GalleryWriter
 from serving.live_store import LiveStore
+
+ZONE_ROWS = 1 << 14  # a filter's unit of skipping
+CHUNK_ROWS = 1 << 16  # rows one growth allocates: 335 MB of 5 x 512 fp16 sets
+HOST = {"ids": torch.int64, "camera": torch.int32, "time": torch.int64, "alive": torch.bool}
 
 
 def start_live(folder: str | os.PathLike, gallery: Gallery, adder: bool = False) -> LiveStore:
     """The live store of a gallery's items in `folder` (LiveStore.create: started once, reopened
-    after)."""
+    after; the columns passed as views, read only when started)."""
     g = gallery
-    return LiveStore.create(folder, g.fingerprint, g.paths, g.ids.tolist(), g.cameras, g.camera.tolist(),
-                            g.time.tolist(), adder)
+    return LiveStore.create(folder, g.fingerprint, g.paths, g.ids.numpy(), g.cameras, g.camera.numpy(),
+                            g.time.numpy(), adder)
 
 
-class _Rows:
-    """A growing [capacity, ...] tensor: appends are amortised O(rows), `view` is [:n]."""
+class _Block:
+    """Items first .. first + n - 1 in columns of one capacity: `sets` and `margin` on the
+    search's device (where loaded), person id, camera, time and alive flag on the host; per
+    zone, (camera indices, known-time span) of its items."""
 
-    def __init__(self, first: torch.Tensor):
-        self.data, self.n = first, first.shape[0]  # the first append past it copies: `first` is never written
+    def __init__(self, first: int, columns: dict[str, torch.Tensor], n: int):
+        self.first, self.columns, self.n = first, columns, n
+        self.capacity = len(columns["alive"])
+        self.hidden = n - int(columns["alive"][:n].sum())
+        self.zones: list[tuple[frozenset, tuple[int, int] | None]] = []
+        self._alive_device = None
+        self._index_zones(0)
 
-    def reserve(self, capacity: int) -> None:
-        """Room for `capacity` rows: the only allocation an append makes (it may fail, changing nothing)."""
-        if capacity > self.data.shape[0]:
-            grown = self.data.new_empty((max(2 * self.data.shape[0], capacity), *self.data.shape[1:]))
-            grown[:self.n] = self.data[:self.n]
-            self.data = grown
+    def view(self, name: str) -> torch.Tensor:
+        return self.columns[name][:self.n]
 
-    def append(self, rows: torch.Tensor) -> None:
-        self.reserve(self.n + rows.shape[0])
-        self.data[self.n:self.n + rows.shape[0]] = rows
-        self.n += rows.shape[0]
+    def write(self, rows: dict[str, torch.Tensor], start: int, stop: int) -> None:
+        """Rows start .. stop - 1 of `rows` appended (room is there: no allocation)."""
+        count = stop - start
+        for name, column in self.columns.items():
+            column[self.n:self.n + count] = rows[name][start:stop]
+        self.n += count
+        self._index_zones(self.n - count)
+        self._alive_device = None
 
-    def view(self) -> torch.Tensor:
-        return self.data[:self.n]
+    def hide(self, row: int) -> bool:
+        if not self.columns["alive"][row]:
+            return False
+        self.columns["alive"][row] = False
+        self.hidden += 1
+        self._alive_device = None
+        return True
+
+    def _index_zones(self, start: int) -> None:
+        camera, time = self.view("camera"), self.view("time")
+        first_zone = start // ZONE_ROWS
+        del self.zones[first_zone:]
+        for a in range(first_zone * ZONE_ROWS, self.n, ZONE_ROWS):
+            c, t = camera[a:a + ZONE_ROWS], time[a:a + ZONE_ROWS]
+            known = t[t != NO_TIME]
+            self.zones.append((frozenset(torch.unique(c).tolist()) - {NO_CAMERA},
+                               (int(known.min()), int(known.max())) if known.numel() else None))
+
+    def runs(self, want: set[int] | None, lo: int | None, hi: int | None) -> list[tuple[int, int]]:
+        """Row ranges (start, stop) of the zones that can hold an item passing the filter bounds."""
+        if want is None and lo is None and hi is None:
+            return [(0, self.n)] if self.n else []
+        runs: list[tuple[int, int]] = []
+        for z, (cameras, span) in enumerate(self.zones):
+            if may_match(cameras, span, want, lo, hi):
+                a, b = z * ZONE_ROWS, min((z + 1) * ZONE_ROWS, self.n)
+                if runs and runs[-1][1] == a:  # adjacent zones: one launch
+                    runs[-1] = (runs[-1][0], b)
+                else:
+                    runs.append((a, b))
+        return runs
+
+    def alive_on(self, device: torch.device) -> torch.Tensor:
+        """The alive flags on the search's device, copied again only after they changed."""
+        if self._alive_device is None:
+            self._alive_device = self.view("alive").to(device)
+        return self._alive_device
 
 
 class LiveGallery:
     def __init__(self, folder: str | os.PathLike, base: str | os.PathLike, fingerprint: str | None = None,
                  writer: bool = True, sets: str | torch.device | None = "cpu", dtype: torch.dtype = torch.float16):
-        """Open (or start) the live gallery in `folder` over the gallery file `base`; one
-        started for another file is refused. `writer`: the one process that adds. `sets`: the
+        """Open (or start) the live gallery in `folder` over the gallery `base`; one started
+        for another gallery is refused. `writer`: the one process that adds. `sets`: the
         device the embedding sets are kept on, in `dtype` (None: not loaded)."""
         self.folder, self.base_path = Path(folder), Path(base)
         self.base: Gallery = load_gallery(self.base_path, fingerprint, with_sets=sets is not None)
         b = self.base
         self.store = start_live(folder, b, adder=writer)
         self.lock, self.writer = threading.Lock(), writer
-        self.set_shape = tuple(b.sets.shape[1:])
-        self.cameras = list(b.cameras)
-        self.sets = None if sets is None else _Rows(b.sets.to(sets, dtype))
-        self.ids, self.camera, self.time = _Rows(b.ids), _Rows(b.camera), _Rows(b.time)
-        self.margin = None if b.margin is None or sets is None else _Rows(b.margin.to(sets))
-        self.alive = _Rows(torch.ones(len(b), dtype=torch.bool))
-        self.hidden = 0  # items erased: while 0, a search without a filter needs no mask
-        self.paths = list(b.paths)
+        self.set_shape, self.cameras = tuple(b.set_shape), list(b.cameras)
+        self.device, self.dtype = None if sets is None else torch.device(sets), dtype
+        self.has_margin = b.margin is not None and sets is not None
+        self.blocks = [self._segment_block(s.first, s.first + s.count, s) for s in b.segments]
+        self.hidden = 0  # items erased
         self._version = None
         self.refresh()
+
+    def _segment_block(self, a: int, z: int, segment) -> _Block:
+        b = self.base
+        columns = {"ids": b.ids[a:z], "camera": b.camera[a:z], "time": b.time[a:z],
+                   "alive": torch.ones(z - a, dtype=torch.bool)}
+        if self.device is not None:  # a memory map of fp16 on the CPU stays one (read as searched)
+            columns["sets"] = segment.sets().to(self.device, self.dtype)
+        if self.has_margin:
+            columns["margin"] = b.margin[a:z].to(self.device)
+        return _Block(a, columns, z - a)
+
+    def _new_block(self, first: int) -> _Block:
+        """An empty block of CHUNK_ROWS rows: the one allocation an addition makes."""
+        columns = {name: torch.zeros(CHUNK_ROWS, dtype=dtype) for name, dtype in HOST.items()}
+        if self.device is not None:
+            columns["sets"] = torch.empty((CHUNK_ROWS, *self.set_shape), dtype=self.dtype, device=self.device)
+        if self.has_margin:
+            columns["margin"] = torch.zeros(CHUNK_ROWS, device=self.device)
+        return _Block(first, columns, 0)
+
+    def __len__(self) -> int:
+        last = self.blocks[-1]
+        return last.first + last.n
+
+    def live_items(self) -> int:
+        return len(self) - self.hidden
 
     def refresh(self, own: bool = False) -> set[str]:
         """Take in what was committed since this object last looked (by another process, or
         everything on open; `own`: by this one too), from one consistent snapshot; the
         segments taken in. Cheap when nothing changed: SQLite's data_version says so without
-        reading a table (it counts other connections' commits only)."""
+        reading a table (it counts other connections' commits only). All or nothing: after an
+        error (out of memory) nothing is taken in, and the next refresh tries again in full."""
         version = self.store.data_version()
         if version == self._version and not own:
             return set()
         with self.lock:
             with self.store.transaction():  # one read snapshot: items, names and erasures agree
-                cams, rows, erased = self.store.read_since(len(self.paths), len(self.cameras), self.hidden)
-            self.cameras.extend(cams)
+                cams, rows, erased = self.store.read_since(len(self), len(self.cameras), self.hidden)
+            self.cameras.extend(cams)  # first: an item taken in never names a camera not yet known
             segments = set()
             for segment, group in itertools.groupby(rows, key=lambda r: r[0]):  # one add call's rows, in order
-                _, _, paths, persons, cameras, times = zip(*group)
-                sets = None if self.sets is None else load_file(self.store.segment_path(segment))["sets"]
-                self._append(sets, list(paths), persons, cameras, times)
+                _, _, _, persons, cameras, times = zip(*group)
+                sets = None if self.device is None else load_file(self.store.segment_path(segment))["sets"]
+                self._append(sets, persons, cameras, times)
                 segments.add(segment)
-            self._hide(erased)
-            self._version = version  # only now: a refresh that failed (out of memory) is retried in full by the next
+            for i in erased:
+                block = self._block_of(i)
+                self.hidden += block.hide(i - block.first)
+            self._version = version  # only now: a refresh that failed is retried in full by the next
             return segments
 
-    def _hide(self, erased) -> None:
-        for i in erased:
-            if self.alive.data[i]:
-                self.alive.data[i] = False
-                self.hidden += 1
+    def _append(self, sets, persons, cameras, times) -> None:
+        """All or nothing: the new rows and any new block are allocated before the first write."""
+        rows = {"ids": torch.tensor(persons, dtype=torch.int64), "camera": torch.tensor(cameras, dtype=torch.int32),
+                "time": torch.tensor(times, dtype=torch.int64), "alive": torch.ones(len(persons), dtype=torch.bool)}
+        if self.device is not None:
+            rows["sets"] = sets.to(self.device, self.dtype)
+        if self.has_margin:
+            rows["margin"] = torch.zeros(len(persons), device=self.device)
+        last, count = self.blocks[-1], len(persons)
+        room = last.capacity - last.n
+        fresh = []
+        for start in range(room, count, CHUNK_ROWS):
+            fresh.append(self._new_block(len(self) + start))
+        start = min(room, count)
+        if start:
+            last.write(rows, 0, start)
+        for block in fresh:
+            block.write(rows, start, min(start + CHUNK_ROWS, count))
+            start += block.n
+        self.blocks.extend(fresh)
 
-    def _append(self, sets, paths, persons, cameras, times) -> None:
-        """All or nothing: every allocation (the new rows, each column's growth) comes before the
-        first write, so an out-of-memory error leaves the columns as they were, of one length."""
-        columns = [(self.ids, torch.tensor(persons, dtype=torch.int64)),
-                   (self.camera, torch.tensor(cameras, dtype=torch.int32)),
-                   (self.alive, torch.ones(len(paths), dtype=torch.bool))]
-        if self.sets is not None:
-            columns.append((self.sets, sets.to(self.sets.data.device, self.sets.data.dtype)))
-        if self.margin is not None:
-            columns.append((self.margin, torch.zeros(len(paths), device=self.margin.data.device)))
-        columns.append((self.time, torch.tensor(times, dtype=torch.int64)))
-        for column, rows in columns:
-            column.reserve(column.n + len(rows))
-        for column, rows in columns:
-            column.append(rows)
-        self.paths.extend(paths)
+    def _block_of(self, i: int) -> _Block:
+        return self.blocks[bisect.bisect_right([b.first for b in self.blocks], i) - 1]
 
-    def __len__(self) -> int:
-        return len(self.paths)
+    def take(self, name: str, index: torch.Tensor) -> torch.Tensor:
+        """Column `name` (sets, margin, ids, camera, time, alive) of items `index` (int64, any
+        shape), on that column's device."""
+        flat = index.reshape(-1).cpu()
+        firsts = torch.tensor([b.first for b in self.blocks])
+        which = torch.searchsorted(firsts, flat, right=True) - 1
+        out = None
+        for w in which.unique().tolist():
+            block, sel = self.blocks[w], (which == w).nonzero().squeeze(1)
+            column = block.view(name)
+            rows = column[(flat[sel] - block.first).to(column.device)]
+            if out is None:
+                out = column.new_empty((flat.numel(), *column.shape[1:]))
+            out[sel.to(column.device)] = rows
+        if out is None:  # no index: an empty column slice of the right dtype and shape
+            out = self.blocks[0].view(name)[:0]
+        return out.reshape(*index.shape, *out.shape[1:])
 
-    def live_items(self) -> int:
-        return len(self) - self.hidden
+    def column(self, name: str) -> torch.Tensor:
+        """Column `name` of every item, concatenated (a copy: for checks and small galleries)."""
+        return torch.cat([b.view(name) for b in self.blocks])
+
+    def paths(self, indices) -> list[str]:
+        """The paths of items `indices`, from the live store."""
+        return self.store.paths(indices)
+
+    def plan(self, cameras=None, since=None, until=None) -> list[tuple[_Block, int, int, torch.Tensor | None]]:
+        """What a search with this filter reads: (block, start row, stop row, allowed mask on
+        the device or None) of every run of zones that can match, the mask built only inside
+        them. An unknown camera, a bad time or since > until: ValueError."""
+        want, lo, hi = filter_bounds(self.cameras, cameras, since, until)
+        parts = []
+        for block in self.blocks:
+            for a, z in block.runs(want, lo, hi):
+                mask = item_mask(block.view("camera")[a:z], block.view("time")[a:z], want, lo, hi)
+                if mask is not None:
+                    mask &= block.view("alive")[a:z]
+                    if mask.any():
+                        parts.append((block, a, z, mask.to(self.device)))
+                elif block.hidden:
+                    parts.append((block, a, z, block.alive_on(self.device)[a:z]))
+                else:
+                    parts.append((block, a, z, None))
+        return parts
+
+    def search(self, queries: torch.Tensor, k: int, margin: bool = False, cameras=None, since=None,
+               until=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """kernels.search over the live items that pass the filter: (scores, indices) [Q, k'] on
+        the search's device; `margin`: subtract the base gallery's adaptive margin."""
+        if self.device is None:
+            raise RuntimeError("this live gallery was opened without its sets (sets=None): nothing to search")
+        parts = [(block.first + a, block.view("sets")[a:z],
+                  block.view("margin")[a:z] if margin and self.has_margin else None, mask)
+                 for block, a, z, mask in self.plan(cameras, since, until)]
+        return kernels.search_parts(queries.to(self.device), parts, k, alpha=self.base.alpha, weight=self.base.weight)
 
     def add(self, sets: torch.Tensor, paths: list[str], persons=None, cameras=None, times=None) -> list[int]:
         """Append items (LiveStore.add: sets [B, K+1, D], optional person ids, camera names and
@@ -148,24 +279,24 @@ class LiveGallery:
         self.refresh(own=True)
         return hit
 
-    def allowed(self, cameras=None, since=None, until=None) -> torch.Tensor:
-        """The live items a query's filter keeps: kernels.search's `allowed` mask."""
-        mask = allowed_items(self.cameras, self.camera.view(), self.time.view(), cameras, since, until)
-        return self.alive.view() if mask is None else mask & self.alive.view()
-
     def compact(self, out: str | os.PathLike) -> dict:
-        """Write base + additions - erasures as one gallery file `out`; what it kept and dropped."""
-        if self.sets is None:
+        """Write base + additions - erasures as one gallery `out` (indices renumbered in order,
+        so it ranks exactly as the live gallery did), a block at a time; what it kept and dropped."""
+        if self.device is None:
             raise RuntimeError("this live gallery was opened without its sets (sets=None): nothing to compact")
         self.refresh()
-        with self.lock:
-            keep = self.alive.view().nonzero().squeeze(1)
-            b = self.base
-            save_gallery(out, self.sets.view()[keep], self.ids.view()[keep], [self.paths[i] for i in keep.tolist()],
-                         b.fingerprint, b.alpha, b.weight, None if self.margin is None else self.margin.view()[keep],
-                         b.root, self.cameras, self.camera.view()[keep], self.time.view()[keep])
-            return {"gallery": str(out), "kept": int(keep.numel()), "dropped": len(self) - int(keep.numel()),
-                    "added": len(self) - len(b)}
+        b = self.base
+        with self.lock, GalleryWriter(out, self.set_shape, b.fingerprint, b.alpha, b.weight, b.root, self.cameras,
+                                      self.has_margin) as w:
+            for block in self.blocks:
+                keep = block.view("alive").nonzero().squeeze(1)
+                if keep.numel():
+                    w.add(block.view("sets")[keep.to(self.device)].to("cpu", torch.float16), block.view("ids")[keep],
+                          self.paths((keep + block.first).tolist()),
+                          block.view("margin")[keep.to(self.device)].cpu() if self.has_margin else None,
+                          block.view("camera")[keep], block.view("time")[keep])
+        kept = self.live_items()
+        return {"gallery": str(out), "kept": kept, "dropped": len(self) - kept, "added": len(self) - len(b)}
 
     def close(self) -> None:
         self.store.close()

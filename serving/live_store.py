@@ -109,8 +109,8 @@ class LiveStore:
                     db.executemany("INSERT INTO meta VALUES (?, ?)", want.items())
                     db.executemany("INSERT INTO cameras VALUES (?, ?)", enumerate(cameras))
                     db.executemany("INSERT INTO items VALUES (?, NULL, ?, ?, ?, ?, ?)",
-                                   ((i, i, p, int(persons[i]), int(camera[i]), int(time[i]))
-                                    for i, p in enumerate(paths)))
+                                   ((i, i, p, int(person), int(c), int(t))
+                                    for i, (p, person, c, t) in enumerate(zip(paths, persons, camera, time))))
                 else:
                     names = [n for (n,) in db.execute("SELECT name FROM cameras WHERE idx < ? ORDER BY idx",
                                                       (len(cameras),))]
@@ -142,6 +142,18 @@ class LiveStore:
 
     def segment_path(self, segment: str) -> Path:
         return self.folder / SEGMENTS / segment
+
+    def paths(self, indices) -> list[str]:
+        """The paths of items `indices` (base or added, erased or not), in that order."""
+        indices = [int(i) for i in indices]
+        found = {}
+        for chunk in _chunks(sorted(set(indices))):
+            found.update(self.db.execute(f"SELECT idx, path FROM items WHERE idx IN ({','.join('?' * len(chunk))})",
+                                         chunk))
+        missing = sorted(set(indices) - found.keys())
+        if missing:
+            raise IndexError(f"{self.folder}: no item {missing[0]} in this live gallery")
+        return [found[i] for i in indices]
 
     def taken(self, paths: list[str]) -> set[str]:
         """Which of `paths` a live item has."""

@@ -6,7 +6,8 @@ The query is exactly one of: `text_sets` (the text encoder's, person_search; the
 adaptive margin applies), `image_sets` (the image encoder's, image_search) or `LIKE` (a
 gallery item's global index: its stored sets); the last two are image-to-image and take no
 margin (it corrects text-to-image hubness). The filter: CAMERAS (names), SINCE and UNTIL (ISO
-8601), one per request, applied as a mask before the top-k (kernels.search's `allowed`).
+8601), one per request: the live gallery reads only the zones whose cameras and time range can
+match, and masks inside them (serving/live_gallery.py).
 
 The gallery is this version's file plus its live state (serving/models/live.py): additions
 and erasures committed by gallery_ingest / gallery_erase are taken in before every execution,
@@ -15,7 +16,7 @@ instance of kind KIND_GPU runs on its own `cuda:N` or refuses to start (no silen
 fallback), and compiles at start every kernel variant it can launch (kernels.prepare: each batch
 size, every k, filtered or not, with or without a margin, at any gallery size), so READY means
 nothing compiles on the hot path. Requests with the same kind of query and filter share one
-kernels.search call.
+search.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 import kernels
-from export.gallery_meta import NO_CAMERA, format_time
+from export.gallery_meta import NO_CAMERA, filter_bounds, format_time
 from serving.models.common import RequestError, error_response, input_array, text
 from serving.models.live import open_live
 
@@ -61,20 +62,10 @@ class TritonPythonModel:
         # the CPU path computes in fp32: convert the fp16 file once, not per query
         dtype = torch.float32 if self.device.type == "cpu" else torch.float16
         self.live, self.index = open_live(args, writer=False, sets=self.device, dtype=dtype)
-        self.path_bytes: list[bytes] = []  # the hits' PATHS, grown as items arrive (_take_in)
-        self.alive, self.alive_state = None, None  # live.alive on the device, as of (items, hidden)
-        self._take_in()
         base = self.live.base
-        self.params = {"alpha": base.alpha, "weight": base.weight}
         max_batch = json.loads(args["model_config"])["max_batch_size"]
-        _, rows, dim = self.live.sets.view().shape  # queries have the gallery's set shape (one encoder family)
-        kernels.prepare(rows, rows, dim, dtype, self.device, max_batch, MAX_TOPK, **self.params)
-
-    def search(self, queries: torch.Tensor, k: int, margin: bool, allowed: torch.Tensor | None):
-        live = self.live
-        return kernels.search(queries.to(self.device), live.sets.view(), k,
-                              margin=live.margin.view() if margin and live.margin is not None else None,
-                              allowed=None if allowed is None else allowed.to(self.device), **self.params)
+        rows, dim = self.live.set_shape  # queries have the gallery's set shape (one encoder family)
+        kernels.prepare(rows, rows, dim, dtype, self.device, max_batch, MAX_TOPK, alpha=base.alpha, weight=base.weight)
 
     def _topk(self, request, rows: int) -> int:
         topk = input_array(request, "TOPK").reshape(-1)
@@ -97,10 +88,12 @@ class TritonPythonModel:
             local = self.index.to_local(index)
             if local is None or local >= len(self.live):
                 raise RequestError(f"LIKE {index}: no such item in this gallery")
-            if not self.live.alive.data[local]:
-                raise RequestError(f"LIKE {index}: that item was erased")
             locals_.append(local)
-        return kind, self.live.sets.view()[torch.tensor(locals_)].float()
+        locals_ = torch.tensor(locals_, dtype=torch.int64)
+        erased = locals_[~self.live.take("alive", locals_)]
+        if erased.numel():
+            raise RequestError(f"LIKE {int(self.index.to_global(erased[:1].numpy())[0])}: that item was erased")
+        return kind, self.live.take("sets", locals_).float()
 
     def _filter(self, request, rows: int) -> tuple:
         """(cameras, since, until), None where absent: the request's filter, a key to group by."""
@@ -116,51 +109,32 @@ class TritonPythonModel:
                 raise RequestError(f"{name} has {array.shape[0]} rows for {rows} queries")
             values = [v for v in (text(raw, name) for raw in _same_rows(array, name).reshape(-1)) if v]
             key.append(tuple(sorted(set(values))) if name == "CAMERAS" else (values[0] if values else None))
+        try:
+            filter_bounds(self.live.cameras, *key)
+        except ValueError as e:  # an unknown camera, a bad time, since > until: the gallery's words
+            raise RequestError(str(e)) from None
         return tuple(key)
 
-    def _allowed(self, key: tuple, masks: dict) -> torch.Tensor | None:
-        """The filter's mask over the live items (None: nothing to hide), once per execution."""
-        if key not in masks:
-            cameras, since, until = key
-            if not cameras and since is None and until is None:
-                masks[key] = self.alive if self.live.hidden else None  # None: the unfiltered kernel
-            else:
-                try:
-                    masks[key] = self.live.allowed(list(cameras or ()), since, until)
-                except ValueError as e:  # an unknown camera, a bad time, since > until: the gallery's words
-                    raise RequestError(str(e)) from None
-        return masks[key]
-
-    def _take_in(self) -> None:
-        """After a refresh: the new items' paths as bytes, and the alive mask's device copy once
-        it changed (not a host-to-device copy of N flags per execution)."""
-        live = self.live
-        self.path_bytes.extend(p.encode("utf-8") for p in live.paths[len(self.path_bytes):])
-        if self.alive_state != (len(live), live.hidden):
-            self.alive, self.alive_state = live.alive.view().to(self.device), (len(live), live.hidden)
-
     def _strings(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """BYTES [rows, k] PATHS, CAMERA_NAMES and TIMES of the hits: lookups, and one
-        format_time per distinct time."""
-        live, flat = self.live, index.reshape(-1)
-        paths = np.array([self.path_bytes[j] for j in flat.tolist()], dtype=object)
+        """BYTES [rows, k] PATHS, CAMERA_NAMES and TIMES of the hits: the paths read for the
+        hits alone, and one format_time per distinct time."""
+        live, flat = self.live, torch.from_numpy(index.reshape(-1))
+        paths = np.array([p.encode("utf-8") for p in live.paths(flat.tolist())], dtype=object)
         names = np.array([b""] + [c.encode("utf-8") for c in live.cameras], dtype=object)  # [0]: NO_CAMERA
-        cameras = names[live.camera.view().numpy()[flat] - NO_CAMERA]
-        times, where = np.unique(live.time.view().numpy()[flat], return_inverse=True)
+        cameras = names[live.take("camera", flat).numpy() - NO_CAMERA]
+        times, where = np.unique(live.take("time", flat).numpy(), return_inverse=True)
         stamps = np.array([format_time(int(t)).encode("utf-8") for t in times], dtype=object)
         return tuple(a.reshape(index.shape) for a in (paths, cameras, stamps[where.reshape(-1)]))
 
     def execute(self, requests):
         import triton_python_backend_utils as pb_utils
         self.live.refresh()  # what ingest and erase committed: searchable, or gone, from now on
-        self._take_in()
-        parsed, groups, masks = [], {}, {}
+        parsed, groups = [], {}
         for n, request in enumerate(requests):
             try:
                 kind, queries = self._query(request)
                 rows = queries.shape[0]
                 k, key = self._topk(request, rows), self._filter(request, rows)
-                self._allowed(key, masks)
             except RequestError as e:
                 parsed.append(e)
                 continue
@@ -170,7 +144,7 @@ class TritonPythonModel:
         for (margin, key), members in groups.items():  # one search per kind of query and filter
             queries = torch.cat([parsed[n][1] for n in members])
             scores, index = (t.cpu().numpy() for t in
-                             self.search(queries, max(parsed[n][2] for n in members), margin, masks[key]))
+                             self.live.search(queries, max(parsed[n][2] for n in members), margin, *key))
             start = 0
             for n in members:
                 rows, k = parsed[n][1].shape[0], parsed[n][2]
@@ -185,7 +159,7 @@ class TritonPythonModel:
             paths, cameras, times = self._strings(i)
             responses.append(pb_utils.InferenceResponse([
                 pb_utils.Tensor("SCORES", np.ascontiguousarray(s, dtype=np.float32)),
-                pb_utils.Tensor("IDS", self.live.ids.view().numpy()[i]),
+                pb_utils.Tensor("IDS", self.live.take("ids", torch.from_numpy(i)).numpy()),
                 pb_utils.Tensor("PATHS", paths),
                 pb_utils.Tensor("INDICES", self.index.to_global(i)),
                 pb_utils.Tensor("CAMERA_NAMES", cameras),

@@ -45,8 +45,8 @@ def test_ready_means_every_kernel_it_serves_was_prepared(gallery_search, reposit
     monkeypatch.setattr(gallery_search.kernels, "search", lambda *a, **kw: searched.append(a))
     model = gallery_search.TritonPythonModel()
     model.initialize(instance_args(repository, "CPU"))
-    assert model.device == torch.device("cpu") and model.live.sets.view().dtype == torch.float32
-    _, rows, dim = model.live.sets.view().shape
+    assert model.device == torch.device("cpu") and model.live.column("sets").dtype == torch.float32
+    rows, dim = model.live.set_shape
     assert calls == [((rows, rows, dim, torch.float32, torch.device("cpu"), MAX_BATCH, 2**31 - 1),
                       {"alpha": model.live.base.alpha, "weight": model.live.base.weight})]
     assert searched == []
@@ -63,7 +63,7 @@ def test_a_gpu_instance_takes_its_own_device(gallery_search, monkeypatch):
     assert gallery_search.claim_device("CPU", 0) == torch.device("cpu") and current == [1]
 
 
-def test_the_hits_columns_and_the_alive_mask_follow_the_live_gallery(gallery_search, repository, tmp_path):
+def test_the_hits_columns_and_erasures_follow_the_live_gallery(gallery_search, repository, tmp_path):
     import shutil
 
     import numpy as np
@@ -76,19 +76,18 @@ def test_the_hits_columns_and_the_alive_mask_follow_the_live_gallery(gallery_sea
     live = model.live
     writer = LiveGallery(live.folder, live.base_path)
     n = len(live)
-    writer.add(live.sets.view()[:3].half(), ["new/a.jpg", "new/b.jpg", "new/c.jpg"], cameras=["cam-new", None, "cam-new"],
+    writer.add(live.column("sets")[:3].half(), ["new/a.jpg", "new/b.jpg", "new/c.jpg"], cameras=["cam-new", None, "cam-new"],
                times=["2026-12-02T06:00:00Z", None, "2026-12-02T06:00:00Z"])
-    writer.erase(paths=[live.paths[1]])
+    writer.erase(paths=live.paths([1]))
     live.refresh()
-    model._take_in()
-    assert model.alive_state == (n + 3, 1) and not model.alive[1] and model.alive[n + 2]
+    assert not live.search(live.column("sets")[:2], n + 3)[1].eq(1).any()  # the erased item: never a hit
     index = np.array([[n + 2, 0, n + 1], [1, n, n + 2]])
     paths, cameras, times = model._strings(index)
-    camera = live.camera.view()
-    assert paths.tolist() == [[live.paths[j].encode() for j in row] for row in index.tolist()]
+    camera = live.column("camera")
+    assert paths.tolist() == [[p.encode() for p in live.paths(row)] for row in index.tolist()]
     assert cameras.tolist() == [[(live.cameras[camera[j]] if camera[j] >= 0 else "").encode() for j in row]
                                 for row in index.tolist()]
-    assert times.tolist() == [[format_time(int(live.time.view()[j])).encode() for j in row] for row in index.tolist()]
+    assert times.tolist() == [[format_time(int(live.column("time")[j])).encode() for j in row] for row in index.tolist()]
     assert cameras[0, 0] == b"cam-new" and times[0, 0] == times[1, 2] != b"" and times[0, 2] == b""
     assert [a.shape for a in model._strings(np.zeros((2, 0), dtype=np.int64))] == [(2, 0)] * 3
     writer.close()

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import kernels
 from export.gallery import load_gallery, save_gallery
+from export.gallery_meta import allowed_items
 from serving.live_gallery import LiveGallery
 from serving.live_store import SEGMENTS, GalleryReplaced
 
@@ -31,8 +33,7 @@ def base(tmp_path):
 
 
 def top(live, queries, k, **filters):
-    return kernels.search(queries, live.sets.view().float(), k, alpha=16.0, weight=1.0,
-                          allowed=live.allowed(**filters))
+    return live.search(queries, k, **filters)
 
 
 def test_added_items_are_found_at_once_and_after_a_reopen(tmp_path, base):
@@ -45,9 +46,9 @@ def test_added_items_are_found_at_once_and_after_a_reopen(tmp_path, base):
     assert sorted(top(live, new, 30, since="1970-01-01T00:00:20Z")[1][0].tolist()) == [20, 22]
     live.close()
     again = LiveGallery(tmp_path / "live", base)
-    assert len(again) == 23 and again.paths[20:] == ["new/a.jpg", "new/b.jpg", "new/c.jpg"]
-    assert again.cameras == ["c1", "c2", "c3"] and again.camera.view()[20:].tolist() == [2, 0, -1]
-    assert torch.equal(again.sets.view(), live.sets.view()) and again.ids.view()[20:].tolist() == [7, 8, 9]
+    assert len(again) == 23 and again.paths(range(20, 23)) == ["new/a.jpg", "new/b.jpg", "new/c.jpg"]
+    assert again.cameras == ["c1", "c2", "c3"] and again.column("camera")[20:].tolist() == [2, 0, -1]
+    assert torch.equal(again.column("sets"), live.column("sets")) and again.column("ids")[20:].tolist() == [7, 8, 9]
 
 
 def test_erased_items_are_gone_from_every_query_also_after_a_reopen(tmp_path, base):
@@ -64,7 +65,7 @@ def test_erased_items_are_gone_from_every_query_also_after_a_reopen(tmp_path, ba
         found = top(live, unit(8, seed=3), 30)[1]
         assert found.shape == (8, 15) and not gone & set(found.flatten().tolist())
     live.add(unit(1, seed=4), ["new/b.jpg"])  # an erased path may come back, under a new index
-    assert live.paths[22] == "new/b.jpg" and live.alive.view()[22] and not live.alive.view()[21]
+    assert live.paths([22]) == ["new/b.jpg"] and live.column("alive")[22] and not live.column("alive")[21]
 
 
 def test_compaction_ranks_exactly_as_the_live_gallery(tmp_path, base):
@@ -74,15 +75,14 @@ def test_compaction_ranks_exactly_as_the_live_gallery(tmp_path, base):
     report = live.compact(tmp_path / "compact.safetensors")
     assert report == {"gallery": str(tmp_path / "compact.safetensors"), "kept": 20, "dropped": 6, "added": 6}
     g = load_gallery(tmp_path / "compact.safetensors")
-    keep = live.allowed().nonzero().squeeze(1)
-    assert g.paths == [live.paths[i] for i in keep.tolist()] and g.cameras == ["c1", "c2", "c9"]
+    keep = live.column("alive").nonzero().squeeze(1)
+    assert g.paths == live.paths(keep.tolist()) and g.cameras == ["c1", "c2", "c9"]
     queries = unit(10, seed=6)
     s_live, i_live = top(live, queries, 12)
-    s_new, i_new = kernels.search(queries, g.sets.float(), 12, alpha=g.alpha, weight=g.weight)
+    s_new, i_new = kernels.search(queries, g.sets, 12, alpha=g.alpha, weight=g.weight)
     assert torch.equal(keep[i_new], i_live) and torch.equal(s_new, s_live)
     filtered = top(live, queries, 12, cameras=["c9"])[1]
-    assert torch.equal(keep[kernels.search(queries, g.sets.float(), 12, allowed=g.allowed(cameras=["c9"]))[1]],
-                       filtered)
+    assert torch.equal(keep[kernels.search(queries, g.sets, 12, allowed=g.allowed(cameras=["c9"]))[1]], filtered)
 
 
 def test_bad_additions_are_refused_and_change_nothing(tmp_path, base):
@@ -98,7 +98,7 @@ def test_bad_additions_are_refused_and_change_nothing(tmp_path, base):
             live.add(*args)
     assert len(live) == 20 and os.listdir(tmp_path / "live" / SEGMENTS) == []
     with pytest.raises(ValueError, match="unknown camera"):
-        live.allowed(cameras=["c7"])
+        live.search(unit(1), 1, cameras=["c7"])
     other = save_gallery(tmp_path / "other.safetensors", unit(5), range(5), list("abcde"), "fp", 16.0, 1.0)
     with pytest.raises(ValueError, match="holds the live gallery of another gallery file"):
         LiveGallery(tmp_path / "live", other)
@@ -145,8 +145,8 @@ def test_a_reader_takes_in_the_writers_commits_and_never_deletes_its_segments(tm
     writer.erase(paths=["base/2.jpg"])
     (tmp_path / "live" / SEGMENTS / "000000000099.safetensors").write_bytes(b"being written")
     assert reader.refresh() == {"000000000020.safetensors"}
-    assert len(reader) == 22 and reader.cameras == ["c1", "c2", "c5"] and not reader.alive.view()[2]
-    assert torch.equal(reader.sets.view(), writer.sets.view())
+    assert len(reader) == 22 and reader.cameras == ["c1", "c2", "c5"] and not reader.column("alive")[2]
+    assert torch.equal(reader.column("sets"), writer.column("sets"))
     assert torch.equal(top(reader, unit(4, seed=8), 22)[1], top(writer, unit(4, seed=8), 22)[1])
     LiveGallery(tmp_path / "live", base, writer=False)  # a reader's open leaves others' files alone
     assert (tmp_path / "live" / SEGMENTS / "000000000099.safetensors").exists()
@@ -159,12 +159,13 @@ def test_any_process_erases_what_the_adder_committed_and_metadata_only_copies_ho
     adder = LiveGallery(tmp_path / "live", base, sets=None)  # the server's ingest: no copy of the sets
     eraser = LiveGallery(tmp_path / "live", base, writer=False, sets=None)
     searcher = LiveGallery(tmp_path / "live", base, writer=False)
-    assert adder.sets is None and adder.base.sets.device.type == "meta"
+    assert adder.device is None and adder.base.sets.device.type == "meta"
     assert adder.add(unit(2, seed=3), ["new/a.jpg", "new/b.jpg"], [42, 43]) == [20, 21]
     assert eraser.erase(persons=[42, 1]) == [4, 5, 6, 7, 20]  # it took in the adder's item 20 first
     assert eraser.live_items() == 22 - 5
     searcher.refresh()
-    assert searcher.live_items() == 17 and not searcher.allowed()[[4, 20]].any() and searcher.allowed()[21]
+    alive = searcher.column("alive")
+    assert searcher.live_items() == 17 and not alive[[4, 20]].any() and alive[21]
     assert adder.add(unit(1, seed=4), ["new/a.jpg"]) == [22]  # the adder saw the erasure: the path is free
     with pytest.raises(RuntimeError, match="without its sets"):
         adder.compact(tmp_path / "out.safetensors")
@@ -180,7 +181,8 @@ def test_erasures_are_reread_only_when_they_changed_and_counted_without_a_scan(t
     assert live.hidden == 4 and live.live_items() == store.live_items() == 18
     assert live.erase(paths=["new/b.jpg", "base/0.jpg"]) == [21] and live.hidden == 5 and store.live_items() == 17
     reader = LiveGallery(tmp_path / "live", base, writer=False)
-    assert reader.hidden == 5 and not reader.allowed()[[0, 1, 2, 3, 21]].any() and reader.allowed()[[4, 20]].all()
+    alive = reader.column("alive")
+    assert reader.hidden == 5 and not alive[[0, 1, 2, 3, 21]].any() and alive[[4, 20]].all()
 
 
 def test_a_replaced_version_refuses_adds_and_erasures_and_is_sealed_only_with_nothing_to_lose(tmp_path, base):
@@ -226,29 +228,107 @@ def test_every_acknowledged_item_survives_a_kill_9(tmp_path, base):
     live = LiveGallery(tmp_path / "live", base)
     assert len(live) >= 20 + 4 * len(acked)  # perhaps more: added, killed before it printed
     for call, first in enumerate(acked):
-        assert live.paths[first:first + 4] == [f"ingest/{call}_{i}.jpg" for i in range(4)]
+        assert live.paths(range(first, first + 4)) == [f"ingest/{call}_{i}.jpg" for i in range(4)]
     segments = os.listdir(tmp_path / "live" / SEGMENTS)
     assert len(segments) == (len(live) - 20) // 4  # the uncommitted segment, if any, was removed
 
 
-def test_an_out_of_memory_refresh_changes_nothing_and_the_next_one_takes_the_items_in(tmp_path, base):
+def test_an_out_of_memory_refresh_changes_nothing_and_the_next_one_takes_the_items_in(tmp_path, base, monkeypatch):
     """Issue 24, fault 2: at 8b2c390 refresh recorded the store's version before growing its buffers, so
     after an out-of-memory error there the added items stayed unsearchable until another commit."""
     writer = LiveGallery(tmp_path / "live", base)
     reader = LiveGallery(tmp_path / "live", base, writer=False)
     writer.add(unit(2, seed=3), ["new/a.jpg", "new/b.jpg"], [5, 6], ["c1", "c9"])
-    grow, failed = reader.time.reserve, []
+    grow, failed = reader._new_block, []
 
-    def out_of_memory(capacity):  # the last column to grow: every other one has already grown
+    def out_of_memory(first):  # the growth: a new block for the added rows
         if not failed:
-            failed.append(capacity)
+            failed.append(first)
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        grow(capacity)
-    reader.time.reserve = out_of_memory
+        return grow(first)
+    monkeypatch.setattr(reader, "_new_block", out_of_memory)
     with pytest.raises(torch.OutOfMemoryError):
         reader.refresh()
-    assert failed and len(reader) == 20
-    assert {len(c.view()) for c in (reader.sets, reader.ids, reader.camera, reader.time, reader.alive)} == {20}
-    assert reader.refresh() and len(reader) == 22 and reader.paths[20:] == ["new/a.jpg", "new/b.jpg"]
-    assert {len(c.view()) for c in (reader.sets, reader.ids, reader.camera, reader.time, reader.alive)} == {22}
-    assert top(reader, unit(2, seed=3).half().float(), 1)[1][:, 0].tolist() == [20, 21]
+    assert failed == [20] and len(reader) == 20
+    assert {len(reader.column(c)) for c in ("sets", "ids", "camera", "time", "alive")} == {20}
+    assert reader.refresh() and len(reader) == 22 and reader.paths([20, 21]) == ["new/a.jpg", "new/b.jpg"]
+    assert {len(reader.column(c)) for c in ("sets", "ids", "camera", "time", "alive")} == {22}
+    assert top(reader, unit(2, seed=3), 1)[1][:, 0].tolist() == [20, 21]
+
+
+class _Allocations(TorchDispatchMode):
+    """The bytes of every tensor an operation allocates (views and in-place writes excluded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view and not func._schema.is_mutable:
+            self.sizes += [t.untyped_storage().nbytes() for t in (out if isinstance(out, (tuple, list)) else [out])
+                           if isinstance(t, torch.Tensor)]
+        return out
+
+
+def reference(live, queries, k, cameras=None, since=None, until=None):
+    """One kernels.search over the whole live gallery, concatenated, masked by filter and erasures."""
+    mask = allowed_items(live.cameras, live.column("camera"), live.column("time"), cameras, since, until)
+    alive = live.column("alive")
+    return kernels.search(queries, live.column("sets"), k, alpha=16.0, weight=1.0,
+                          allowed=alive if mask is None else mask & alive)
+
+
+def test_ingest_allocates_one_chunk_at_most_and_never_copies_the_gallery(tmp_path, monkeypatch):
+    """Issue 24, fault 2: at 8b2c390 the first ingest allocated 2N rows while the N rows were alive (3N at
+    peak: 154 GB for a 51 GB gallery). Growth is now a new block of CHUNK_ROWS rows, and searches over the
+    blocks rank exactly as one search over the whole (ties across blocks to the lower index)."""
+    from serving import live_gallery
+    monkeypatch.setattr(live_gallery, "CHUNK_ROWS", 8, raising=False)
+    n, row = 200, 3 * 16 * 2  # a set's bytes in fp16
+    sets = unit(n)
+    base = save_gallery(tmp_path / "g", sets, torch.zeros(n, dtype=torch.int64), [f"b/{i}.jpg" for i in range(n)],
+                        "fp", 16.0, 1.0)
+    live = LiveGallery(tmp_path / "live", base)
+    for call, b in enumerate((1, 5, 13, 2)):  # within a block, filling one, spanning two new ones
+        with _Allocations() as allocations:
+            live.add(sets[call * 20:call * 20 + b], [f"a/{call}_{i}.jpg" for i in range(b)])  # duplicates: ties
+        assert max(allocations.sizes) <= max(8, b) * row
+    assert len(live) == n + 21 and [blk.n for blk in live.blocks] == [n, 8, 8, 5]
+    first_rows = live.blocks[0].view("sets").data_ptr()
+    live.erase(paths=["b/0.jpg", "a/2_3.jpg"])
+    assert live.blocks[0].view("sets").data_ptr() == first_rows  # the base's rows stay where they were loaded
+    queries = torch.cat([sets[[0, 20, 41, 60]], unit(3, seed=9)])
+    for k in (1, 3, 30, 500):
+        assert all(torch.equal(a, b) for a, b in zip(live.search(queries, k), reference(live, queries, k)))
+
+
+def test_a_filter_reads_only_the_zones_that_can_match(tmp_path, monkeypatch):
+    """Issue 24, fault 4: at 8b2c390 a filter read every item and masked afterwards. Each block keeps the
+    cameras and time range of every zone of ZONE_ROWS items; a search reads only zones that can match."""
+    from serving import live_gallery
+    monkeypatch.setattr(live_gallery, "ZONE_ROWS", 4, raising=False)
+    monkeypatch.setattr(live_gallery, "CHUNK_ROWS", 8, raising=False)
+    n = 40  # camera-major, then time: c0 items 0-9, c1 10-19, ...; item i at i seconds
+    base = save_gallery(tmp_path / "g", unit(n), torch.arange(n), [f"b/{i}.jpg" for i in range(n)], "fp", 16.0, 1.0,
+                        cameras=["c0", "c1", "c2", "c3"], camera=torch.arange(n) // 10, time=torch.arange(n) * 1000,
+                        segment_size=16)
+    live = LiveGallery(tmp_path / "live", base)
+    live.add(unit(10, seed=1), [f"a/{i}.jpg" for i in range(10)], cameras=["c2"] * 10,
+             times=[f"1970-01-01T00:01:{i:02d}Z" for i in range(10)])
+    live.erase(paths=["b/13.jpg"])
+
+    def rows(**filters):
+        return [(blk.first + a, blk.first + z) for blk, a, z, _ in live.plan(**filters)]
+    assert rows() == [(0, 16), (16, 32), (32, 40), (40, 48), (48, 50)]
+    assert rows(cameras=["c1"]) == [(8, 16), (16, 20)]
+    assert rows(since="1970-01-01T00:00:12Z", until="1970-01-01T00:00:14Z") == [(12, 16)]
+    assert rows(cameras=["c2"], since="1970-01-01T00:01:00Z") == [(40, 48), (48, 50)]
+    assert rows(cameras=["c0"], since="1970-01-01T00:01:00Z") == []
+    queries = unit(5, seed=2)
+    for filters in ({}, {"cameras": ["c1"]}, {"since": "1970-01-01T00:00:12Z", "until": "1970-01-01T00:00:14Z"},
+                    {"cameras": ["c2", "c3"], "since": "1970-01-01T00:00:25Z"}, {"cameras": ["c0"], "since": 60_000}):
+        for k in (1, 4, 60):
+            assert all(torch.equal(a, b) for a, b in zip(live.search(queries, k, **filters),
+                                                         reference(live, queries, k, **filters))), (filters, k)
+    assert live.search(queries, 3, cameras=["c0"], since=60_000)[1].shape == (5, 0)
