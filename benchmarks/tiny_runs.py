@@ -22,22 +22,34 @@ BETAS = (0.0, 0.5, 1.0)  # weights of the gallery adaptive margin b_g
 METRICS = ("R1", "R5", "R10", "mAP")  # those printed and plotted (the JSON has every metric)
 
 
+def tiny_model(work: Path, image_size: tuple[int, int] = (64, 32), embed_dim: int | None = None):
+    """(ONNX export directory, checkpoint, synthetic data folder) of a freshly trained one-epoch
+    tiny ESA model (`embed_dim`: the tiny config's width of the embedding sets, or another)."""
+    from export.to_onnx import export_onnx
+    from trainer.model import CONFIG_DIR
+    from trainer.recipes import recipe
+    config = "tiny"
+    if embed_dim is not None:
+        work.mkdir(parents=True, exist_ok=True)
+        config = str(work / "tiny_config.json")
+        Path(config).write_text(json.dumps({**json.loads((CONFIG_DIR / "tiny.json").read_text()), "embed_dim": embed_dim}))
+    data = write_synthetic(work / "data", ids=16, seed=0, image_size=image_size, progress=False)
+    ckpt = load_checkpoint(train(TrainConfig(data=str(data), out=str(work / "run"), **recipe(
+        "tiny", epochs=1, batch_size=16, progress=False, bpe_vocab=600, config=config))))
+    return export_onnx(ckpt, work / "onnx").parent, ckpt, data
+
+
 def served_model(work: Path, gallery_size: int, image_size: tuple[int, int] = (64, 32),
                  paths: list[str] | None = None, root: str = "") -> tuple[Path, Path, Path]:
-    """(ONNX export directory, gallery file, synthetic data folder) of a freshly trained tiny ESA
-    model; the gallery holds `gallery_size` random unit embedding sets under its fingerprint
-    (search cost depends on N and the shapes, not on content), named `paths` under `root`
-    (default: img0000000.jpg, ...). `image_size`: the synthetic images' (height, width)."""
+    """(ONNX export directory, gallery file, synthetic data folder) of tiny_model; the gallery
+    holds `gallery_size` random unit embedding sets under its fingerprint (search cost depends on
+    N and the shapes, not on content), named `paths` under `root` (default: img0000000.jpg, ...).
+    `image_size`: the synthetic images' (height, width)."""
     import torch
     import torch.nn.functional as F
 
     from export.gallery import save_gallery
-    from export.to_onnx import export_onnx
-    from trainer.recipes import recipe
-    data = write_synthetic(work / "data", ids=16, seed=0, image_size=image_size, progress=False)
-    ckpt = load_checkpoint(train(TrainConfig(data=str(data), out=str(work / "run"),
-                                             **recipe("tiny", epochs=1, batch_size=16, progress=False, bpe_vocab=600))))
-    export = export_onnx(ckpt, work / "onnx").parent
+    export, ckpt, data = tiny_model(work, image_size)
     torch.manual_seed(0)
     sets = F.normalize(torch.randn(gallery_size, ckpt.model.set_size, ckpt.config["embed_dim"]), dim=-1)
     gallery = save_gallery(work / "gallery", sets, torch.arange(gallery_size) // 4,
