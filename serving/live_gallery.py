@@ -19,7 +19,6 @@ one, theirs is 0.
 """
 from __future__ import annotations
 
-import bisect
 import itertools
 import os
 import threading
@@ -72,13 +71,10 @@ class _Block:
         self._index_zones(self.n - count)
         self._alive_device = None
 
-    def hide(self, row: int) -> bool:
-        if not self.columns["alive"][row]:
-            return False
-        self.columns["alive"][row] = False
-        self.hidden += 1
+    def hide(self, rows: torch.Tensor) -> None:
+        self.columns["alive"][rows] = False
+        self.hidden = self.n - int(self.view("alive").sum())
         self._alive_device = None
-        return True
 
     def _index_zones(self, start: int) -> None:
         camera, time = self.view("camera"), self.view("time")
@@ -175,9 +171,12 @@ class LiveGallery:
                 sets = None if self.device is None else load_file(self.store.segment_path(segment))["sets"]
                 self._append(sets, persons, cameras, times)
                 segments.add(segment)
-            for i in erased:
-                block = self._block_of(i)
-                self.hidden += block.hide(i - block.first)
+            if erased:
+                erased = torch.tensor(erased, dtype=torch.int64)
+                which = self._block_index(erased)
+                for w in which.unique().tolist():
+                    self.blocks[w].hide(erased[which == w] - self.blocks[w].first)
+                self.hidden = sum(block.hidden for block in self.blocks)
             self._version = version  # only now: a refresh that failed is retried in full by the next
             return segments
 
@@ -202,15 +201,15 @@ class LiveGallery:
             start += block.n
         self.blocks.extend(fresh)
 
-    def _block_of(self, i: int) -> _Block:
-        return self.blocks[bisect.bisect_right([b.first for b in self.blocks], i) - 1]
+    def _block_index(self, index: torch.Tensor) -> torch.Tensor:
+        """The block of each of the items `index` (int64 on the host)."""
+        return torch.searchsorted(torch.tensor([b.first for b in self.blocks]), index, right=True) - 1
 
     def take(self, name: str, index: torch.Tensor) -> torch.Tensor:
         """Column `name` (sets, margin, ids, camera, time, alive) of items `index` (int64, any
         shape), on that column's device."""
         flat = index.reshape(-1).cpu()
-        firsts = torch.tensor([b.first for b in self.blocks])
-        which = torch.searchsorted(firsts, flat, right=True) - 1
+        which = self._block_index(flat)
         out = None
         for w in which.unique().tolist():
             block, sel = self.blocks[w], (which == w).nonzero().squeeze(1)
