@@ -162,6 +162,7 @@ def _ddp_worker(rank: int, world: int, port: int, result: str, method: str) -> N
         scale = max(q.abs().max().item() for _, q in pairs)
         worst = max((p - q).abs().max().item() for p, q in pairs) / scale
         Path(result).write_text(str(worst))
+    dist.barrier()  # tear down together: rank 1 leaving while rank 0 still works aborted it ("terminate called")
     dist.destroy_process_group()
 
 
