@@ -209,6 +209,9 @@ class LiveGallery:
         """Column `name` (sets, margin, ids, camera, time, alive) of items `index` (int64, any
         shape), on that column's device."""
         flat = index.reshape(-1).cpu()
+        if len(self.blocks) == 1:  # the common case, a small gallery: one lookup
+            column = self.blocks[0].view(name)
+            return column[flat.to(column.device)].reshape(*index.shape, *column.shape[1:])
         which = self._block_index(flat)
         out = None
         for w in which.unique().tolist():
