@@ -150,16 +150,21 @@ class TritonPythonModel:
                 rows, k = parsed[n][1].shape[0], parsed[n][2]
                 results[n] = scores[start:start + rows, :k], index[start:start + rows, :k]
                 start += rows
-        responses = []
+        # every hit's columns in one lookup per execution (one SQLite read for the paths)
+        hits = [r[1].reshape(-1) for r in results if r is not None]
+        flat = np.concatenate(hits) if hits else np.zeros(0, dtype=np.int64)
+        columns = (*self._strings(flat), self.live.take("ids", torch.from_numpy(flat)).numpy())
+        responses, start = [], 0
         for item, result in zip(parsed, results):
             if isinstance(item, RequestError):
                 responses.append(error_response(str(item)))
                 continue
             s, i = result
-            paths, cameras, times = self._strings(i)
+            paths, cameras, times, ids = (c[start:start + i.size].reshape(i.shape) for c in columns)
+            start += i.size
             responses.append(pb_utils.InferenceResponse([
                 pb_utils.Tensor("SCORES", np.ascontiguousarray(s, dtype=np.float32)),
-                pb_utils.Tensor("IDS", self.live.take("ids", torch.from_numpy(i)).numpy()),
+                pb_utils.Tensor("IDS", ids),
                 pb_utils.Tensor("PATHS", paths),
                 pb_utils.Tensor("INDICES", self.index.to_global(i)),
                 pb_utils.Tensor("CAMERA_NAMES", cameras),
