@@ -84,6 +84,7 @@ class Page:
         self.page = self.browser.new_page(viewport={"width": 1280, "height": 900})
         self.cdp = self.page.context.new_cdp_session(self.page)
         self.page.goto(base)
+        self.page.wait_for_selector("body[data-ready]", state="attached")  # the URL read: typing is safe
         self.searches = 0
 
     def search(self, text: str, k: int, browser_cache: bool) -> dict:

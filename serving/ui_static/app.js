@@ -175,4 +175,7 @@ window.addEventListener("popstate", () => fromURL() || clear());
 fetch("/api/options").then((r) => r.json()).then((options) => {
   maxImageBytes = options.max_image_bytes;
   for (const name of options.cameras) addCamera(name, false);
-}).catch(() => {}).finally(fromURL);  // without the options: no camera choices, the URL still filters
+}).catch(() => {}).finally(() => {  // without the options: no camera choices, the URL still filters
+  fromURL();
+  document.body.dataset.ready = "true";  // what is typed from now on is not overwritten by the URL's k
+});

@@ -146,6 +146,13 @@ def wait_for_search(page, action=None) -> None:
     page.wait_for_selector(f'body[data-searches="{done}"]', state="attached")
 
 
+def open_page(page, url: str) -> None:
+    """Load the page and wait until it has read its URL (after /api/options answers): typing
+    earlier would race the URL's k being written into the form."""
+    page.goto(url)
+    page.wait_for_selector("body[data-ready]", state="attached")
+
+
 def type_and_enter(page, text: str, k: int) -> None:
     def act():
         page.fill("#q", text)
@@ -180,7 +187,7 @@ def test_enter_draws_the_top_k_in_the_order_of_tbps_search(ui, page, server, cap
     text = captions[0]
     with SearchClient(server.grpc_url) as client:
         expected = client.search(text, K)[0]
-    page.goto(ui)
+    open_page(page, ui)
     type_and_enter(page, text, K)
     shown = grid(page)
     assert len(shown) == K and [path for path, _, _ in shown] == [h.path for h in expected]
@@ -201,7 +208,7 @@ def test_enter_draws_the_top_k_in_the_order_of_tbps_search(ui, page, server, cap
 
 
 def test_an_example_description_searches_when_clicked(ui, page):
-    page.goto(ui)
+    open_page(page, ui)
     example = page.locator(".example").first
     text = example.text_content()
     wait_for_search(page, example.click)
@@ -241,7 +248,7 @@ def test_api_searches_by_item_and_by_image_as_the_client_does(ui, server, ui_roo
 
 
 def test_a_camera_filter_shows_only_that_cameras_tiles_and_lives_in_the_url(ui, page, captions):
-    page.goto(f"{ui}/?" + urllib.parse.urlencode({"q": captions[0], "k": K}))
+    open_page(page, f"{ui}/?" + urllib.parse.urlencode({"q": captions[0], "k": K}))
     wait_for_search(page)
     assert page.eval_on_selector_all("#cameras input", "boxes => boxes.map(b => b.value)") == CAMERAS
     wait_for_search(page, lambda: page.check("#cameras input[value=gate]"))
@@ -254,7 +261,7 @@ def test_a_camera_filter_shows_only_that_cameras_tiles_and_lives_in_the_url(ui, 
 
 
 def test_a_time_window_keeps_the_images_taken_within_it(ui, page, captions):
-    page.goto(f"{ui}/?" + urllib.parse.urlencode({"q": captions[0], "k": K}))
+    open_page(page, f"{ui}/?" + urllib.parse.urlencode({"q": captions[0], "k": K}))
     wait_for_search(page)
 
     def window(since, until):
@@ -273,7 +280,7 @@ def test_a_time_window_keeps_the_images_taken_within_it(ui, page, captions):
 
 def test_a_click_on_a_crop_searches_for_more_like_that_person(ui, page, server, captions):
     from serving.client import SearchClient
-    page.goto(f"{ui}/?" + urllib.parse.urlencode({"q": captions[1], "k": K}))
+    open_page(page, f"{ui}/?" + urllib.parse.urlencode({"q": captions[1], "k": K}))
     wait_for_search(page)
     path, index = page.eval_on_selector("#grid figure:nth-child(3)", "f => [f.dataset.path, f.dataset.index]")
     wait_for_search(page, lambda: page.click("#grid figure:nth-child(3) .crop"))
@@ -288,7 +295,7 @@ def test_a_click_on_a_crop_searches_for_more_like_that_person(ui, page, server, 
 def test_a_dropped_or_chosen_image_file_searches_by_that_image(ui, page, ui_root, meta_gallery, tmp_path):
     from export.gallery import load_gallery
     paths = load_gallery(meta_gallery, with_sets=False).paths
-    page.goto(f"{ui}/?k={K}")
+    open_page(page, f"{ui}/?k={K}")
     wait_for_search(page, lambda: drop_file(page, (ui_root / paths[2]).read_bytes(), "dropped.jpg"))
     assert shown_paths(page)[0] == paths[2] and "more like dropped.jpg" in page.text_content("#status")
     assert url_query(page) == {"k": [str(K)]}  # no URL holds the file
@@ -304,7 +311,7 @@ def test_a_dropped_or_chosen_image_file_searches_by_that_image(ui, page, ui_root
 
 
 def test_a_refused_query_shows_the_servers_message(ui, page):
-    page.goto(ui)
+    open_page(page, ui)
     type_and_enter(page, "   ", 3)
     assert "text 0 is empty" in page.text_content("#error") and grid(page) == []
     status, body = get_json(ui, "/api/search?text=&k=3")
@@ -369,7 +376,7 @@ def test_a_thumbnail_is_made_once_and_remade_when_the_image_changes(ui, ui_root,
 
 
 def test_server_down_shows_a_message_not_a_traceback(down_ui, page):
-    page.goto(f"{down_ui}/?q=a+woman+in+a+red+dress&k=3")
+    open_page(page, f"{down_ui}/?q=a+woman+in+a+red+dress&k=3")
     wait_for_search(page)
     message = page.text_content("#error")
     assert "not reachable" in message and "Traceback" not in message and grid(page) == []
