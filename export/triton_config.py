@@ -42,6 +42,7 @@ IMAGE = {"name": "IMAGE", "dtype": "string", "shape": [-1, 1]}  # an encoded ima
 FILTERS = [{"name": "CAMERAS", "dtype": "string", "shape": [-1, -1], "optional": True},
            {"name": "SINCE", "dtype": "string", "shape": [-1, 1], "optional": True},
            {"name": "UNTIL", "dtype": "string", "shape": [-1, 1], "optional": True}]
+QUERY_SETS = "QUERY_SETS"  # a local shard's answer to a LIKE: the item's sets, as an image query
 LIKE = {"name": "LIKE", "dtype": "int64", "shape": [-1, 1], "optional": True}  # a gallery item as the query
 # ingest: one row per image; PERSON -1, CAMERA "" and TIME "" for unknown
 INGEST_INPUTS = [IMAGE, {"name": "PATH", "dtype": "string", "shape": [-1, 1]},
@@ -135,24 +136,52 @@ def text_encoder_config(manifest: dict, max_batch_size: int, parameters: dict[st
                          **options)
 
 
-def live_parameters(manifest: dict, index_offset: int, added_offset: int | None) -> dict[str, str]:
-    """What the models over the live gallery share: the checkpoint, and how local indices map to
-    global ones (base items from `index_offset`, additions from `added_offset`; "": right after
-    the base, one server)."""
-    return {"fingerprint": manifest["fingerprint"], "gallery_model": GALLERY_MODEL, "index_offset": str(index_offset),
-            "added_offset": "" if added_offset is None else str(added_offset)}
+def live_parameters(manifest: dict, index_offset: int, added_offset: int | None,
+                    gallery_model: str = GALLERY_MODEL) -> dict[str, str]:
+    """What the models over the live gallery share: the checkpoint, the gallery_search model whose
+    latest version holds the gallery, and how local indices map to global ones (base items from
+    `index_offset`, additions from `added_offset`; "": right after the base, one server)."""
+    return {"fingerprint": manifest["fingerprint"], "gallery_model": gallery_model,
+            "index_offset": str(index_offset), "added_offset": "" if added_offset is None else str(added_offset)}
+
+
+def shard_model(shard: int) -> str:
+    """The gallery_search model of one local shard (one GPU's slice of the gallery)."""
+    return f"{GALLERY_MODEL}_{shard}"
+
+
+def _gallery_inputs(manifest: dict) -> list[dict]:
+    text_sets = manifest["models"][TEXT_ENCODER]["outputs"][0]
+    image_sets = manifest["models"][IMAGE_ENCODER]["outputs"][0]
+    return [dict(text_sets, optional=True), dict(image_sets, optional=True), LIKE, TOPK, *FILTERS]
 
 
 def gallery_config(manifest: dict, max_batch_size: int, index_offset: int = 0, added_offset: int | None = None,
-                   **options) -> mc.ModelConfig:
+                   shard: int | None = None, **options) -> mc.ModelConfig:
     """gallery_search: a query (exactly one of text_sets, image_sets or LIKE) + TOPK and an
     optional filter -> the results over the live gallery. It refuses a gallery of another
-    checkpoint than `fingerprint`; see live_parameters for the indices."""
-    text_sets = manifest["models"][TEXT_ENCODER]["outputs"][0]
+    checkpoint than `fingerprint`; see live_parameters for the indices. A local `shard` is
+    gallery_search_<shard>, on GPU <shard> where its kind is KIND_GPU, and also answers
+    QUERY_SETS (a LIKE item's sets) for the merge that fronts it (merge_config)."""
+    name, outputs = GALLERY_MODEL, RESULTS
+    if shard is not None:
+        image_sets = manifest["models"][IMAGE_ENCODER]["outputs"][0]
+        name, outputs = shard_model(shard), [*RESULTS, dict(image_sets, name=QUERY_SETS, dtype="float32")]
+    config = python_config(name, _gallery_inputs(manifest), outputs, max_batch_size,
+                           live_parameters(manifest, index_offset, added_offset, name), ragged=("CAMERAS",), **options)
+    if shard is not None and config.instance_group[0].kind == KINDS["KIND_GPU"]:
+        config.instance_group[0].gpus.append(shard)
+    return config
+
+
+def merge_config(manifest: dict, max_batch_size: int, shards: list[str], **options) -> mc.ModelConfig:
+    """gallery_search over local shards (models `shards`): gallery_search's inputs and outputs,
+    answered by querying every shard and merging their top-k inside the server (a python BLS
+    model on CPU), so the ensembles and every client see one gallery."""
     image_sets = manifest["models"][IMAGE_ENCODER]["outputs"][0]
-    queries = [dict(text_sets, optional=True), dict(image_sets, optional=True), LIKE]
-    return python_config(GALLERY_MODEL, [*queries, TOPK, *FILTERS], RESULTS, max_batch_size,
-                         live_parameters(manifest, index_offset, added_offset), ragged=("CAMERAS",), **options)
+    params = {"shards": json.dumps(shards), "image_sets": json.dumps(image_sets)}
+    return python_config(GALLERY_MODEL, _gallery_inputs(manifest), RESULTS, max_batch_size, params,
+                         ragged=("CAMERAS",), **options)
 
 
 def image_decoder_config(manifest: dict, max_batch_size: int, **options) -> mc.ModelConfig:
@@ -162,22 +191,30 @@ def image_decoder_config(manifest: dict, max_batch_size: int, **options) -> mc.M
                          **options)
 
 
-def ingest_config(manifest: dict, max_batch_size: int, encoder_batch: int, index_offset: int = 0,
-                  added_offset: int | None = None, **options) -> mc.ModelConfig:
-    """gallery_ingest: images + path, person, camera, time -> their global indices, durable. One
-    instance: the live gallery's one adding process. It encodes through the image_encoder model
-    (its tensors and `encoder_batch`, its max_batch_size, are in the parameters)."""
+def store_parameters(manifest: dict, stores: list[dict[str, str]]) -> dict[str, str]:
+    """gallery_ingest's and gallery_erase's parameters: the checkpoint and the live stores they
+    work on (live_parameters of each gallery_search: one, or one per local shard)."""
+    return {"fingerprint": manifest["fingerprint"],
+            "stores": json.dumps([{k: v for k, v in s.items() if k != "fingerprint"} for s in stores])}
+
+
+def ingest_config(manifest: dict, max_batch_size: int, encoder_batch: int, stores: list[dict[str, str]],
+                  **options) -> mc.ModelConfig:
+    """gallery_ingest: images + path, person, camera, time -> their global indices, durable, in
+    the store (of `stores`) holding the fewest live items. One instance: the live gallery's one
+    adding process. It encodes through the image_encoder model (its tensors and
+    `encoder_batch`, its max_batch_size, are in the parameters)."""
     spec = manifest["models"][IMAGE_ENCODER]
     encoder = {"model": IMAGE_ENCODER, "input": spec["inputs"][0]["name"], "output": spec["outputs"][0]["name"],
                "max_batch": encoder_batch}
-    params = dict(live_parameters(manifest, index_offset, added_offset), image=json.dumps(manifest["image"]),
-                  encoder=json.dumps(encoder))
+    params = dict(store_parameters(manifest, stores), image=json.dumps(manifest["image"]), encoder=json.dumps(encoder))
     return python_config(INGEST_MODEL, INGEST_INPUTS, INGEST_OUTPUTS, max_batch_size, params, instances=1, **options)
 
 
-def erase_config(manifest: dict, index_offset: int = 0, added_offset: int | None = None) -> mc.ModelConfig:
+def erase_config(manifest: dict, stores: list[dict[str, str]]) -> mc.ModelConfig:
     """gallery_erase: PATHS and/or PERSONS (optional, any number) -> ERASED (their global
-    indices) and LIVE (items left). Not batched: one request is one erasure."""
+    indices, over every store of `stores`) and LIVE (items left). Not batched: one request is
+    one erasure."""
     config = mc.ModelConfig(name=ERASE_MODEL, max_batch_size=0, backend="python")
     _tensors(config.input, [{"name": "PATHS", "dtype": "string", "shape": [-1], "optional": True},
                             {"name": "PERSONS", "dtype": "int64", "shape": [-1], "optional": True}],
@@ -185,7 +222,7 @@ def erase_config(manifest: dict, index_offset: int = 0, added_offset: int | None
     _tensors(config.output, [{"name": "ERASED", "dtype": "int64", "shape": [-1]},
                              {"name": "LIVE", "dtype": "int64", "shape": [1]}], batched=False)
     config.instance_group.add(count=1, kind=KINDS["KIND_CPU"])
-    for key, value in live_parameters(manifest, index_offset, added_offset).items():
+    for key, value in store_parameters(manifest, stores).items():
         config.parameters[key].string_value = value
     return config
 

@@ -27,11 +27,11 @@ def cmd_repo(a) -> None:
     if a.shards > 1:
         from serving.shards import write_shard_repositories
         repos = write_shard_repositories(a.source, a.gallery, a.shards, a.out, profile=a.profile, engines=a.engines,
-                                         max_batch_size=a.max_batch)
+                                         max_batch_size=a.max_batch, local_shards=a.local_shards)
     else:
         from serving.repository import write_repository
         repos = [write_repository(a.source, a.gallery, a.out, profile=a.profile, engines=a.engines,
-                                  max_batch_size=a.max_batch)]
+                                  max_batch_size=a.max_batch, local_shards=a.local_shards)]
     for repo in repos:
         print(f"wrote {a.profile} model repository {repo} (serve it with: tbps serve {repo})")
 
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "production: Triton's onnxruntime / TensorRT backends on GPU")
     p.add_argument("--engines", default=None, help="production: a folder of export/to_trt.py engines")
     p.add_argument("--shards", type=int, default=1, help="split the gallery over this many repositories")
+    p.add_argument("--local-shards", type=int, default=1, metavar="S",
+                   help="split each server's gallery over S GPUs of that server (production: gallery_search_<i> on "
+                        "GPU i), merged inside the server: any Triton client gets the global top-k")
     p.add_argument("--max-batch", type=int, default=None,
                    help="largest batch of the models (default 64; with --engines: the engines' own, "
                         "which it may lower, not raise)")

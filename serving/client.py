@@ -22,6 +22,7 @@ import numpy as np
 from export.gallery_meta import parse_time
 from export.triton_config import ENSEMBLE, ERASE_MODEL, GALLERY_MODEL, IMAGE_ENSEMBLE, INGEST_MODEL
 from export.triton_config import RESULTS as RESULT_SPECS
+from serving.topk_merge import top_positions
 
 
 @dataclass(frozen=True)
@@ -116,11 +117,13 @@ def _hits(result) -> list[list[Hit]]:
 
 
 def merge(per_shard: list[list[list[Hit]]], k: int) -> list[list[Hit]]:
-    """Per query, the k best hits over all shards, ranked again."""
+    """Per query, the k best hits over all shards, ranked again (serving/topk_merge.py)."""
     merged = []
     for hits in zip(*per_shard):
-        best = sorted((h for shard in hits for h in shard), key=lambda h: (-h.score, h.index))[:k]
-        merged.append([replace(h, rank=r + 1) for r, h in enumerate(best)])
+        pool = [h for shard in hits for h in shard]
+        scores = np.array([[h.score for h in pool]], dtype=np.float32)
+        picks = top_positions(scores, np.array([[h.index for h in pool]], dtype=np.int64), k)[0]
+        merged.append([replace(pool[p], rank=r + 1) for r, p in enumerate(picks)])
     return merged
 
 

@@ -11,6 +11,10 @@
     REPO/person_search    the ensemble: TEXT + TOPK (+ CAMERAS, SINCE, UNTIL) -> SCORES, IDS, PATHS, INDICES
     REPO/image_search     the ensemble: IMAGE + TOPK (+ CAMERAS, SINCE, UNTIL) -> the same
 
+With local shards (`local_shards` S, one per GPU): REPO/gallery_search_<i> hold the gallery's
+slices (on GPU i), REPO/gallery_search is the python BLS model that queries them all and merges
+their top-k (serving/models/gallery_merge.py), and ingest and erasure work over every shard.
+
 Profiles differ only in how the encoders run: `portable` runs ONNX Runtime inside the python
 backend (the only backend of the tritonserver bundled with nvidia-pytriton, what CI and the
 demo use), and its text encoder tokenizes too (every python model a query crosses costs
@@ -22,6 +26,8 @@ repository is a one-line import, so the repository holds configuration and data 
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -34,8 +40,8 @@ from export.model_repository import write_encoders, write_model
 from export.triton_config import (ENSEMBLE, ERASE_MODEL, GALLERY_MODEL, IMAGE_ENCODER, IMAGE_ENSEMBLE, INGEST_MODEL,
                                   TEXT_ENCODER, TOKEN_BUCKET, ensemble_config, erase_config,
                                   gallery_config, image_decoder_config, image_ensemble_config, ingest_config,
-                                  parameter, python_config, read_config, text_encoder_config, tokenizer_config,
-                                  write_config)
+                                  live_parameters, merge_config, parameter, python_config, read_config,
+                                  text_encoder_config, tokenizer_config, write_config)
 from serving.live_gallery import LiveGallery, start_live
 from serving.live_store import GALLERY_FILE, LIVE_FOLDER, LiveStore
 
@@ -53,10 +59,11 @@ def _write_python_model(repo: Path, module: str, files: dict[str, Path], config=
     return folder
 
 
-def _write_gallery_version(repo: Path, gallery: Path, config=None, version: int = 1) -> Path:
-    """gallery_search version `version`: the gallery (as a version-3 directory: a version 1 or 2
-    file is converted), and its live state started empty."""
-    folder = _write_python_model(repo, "serving.models.gallery_search", {}, config, GALLERY_MODEL, version)
+def _write_gallery_version(repo: Path, gallery: Path, config=None, version: int = 1,
+                           model: str = GALLERY_MODEL) -> Path:
+    """gallery_search (or a local shard's `model`) version `version`: the gallery (as a version-3
+    directory: a version 1 or 2 file is converted), and its live state started empty."""
+    folder = _write_python_model(repo, "serving.models.gallery_search", {}, config, model, version)
     served = install_gallery(load_gallery(gallery), folder / str(version) / GALLERY_FILE)
     start_live(folder / str(version) / LIVE_FOLDER, load_gallery(served, with_sets=False)).close()
     return folder
@@ -89,11 +96,30 @@ def _engine_batches(engines: Path, manifest: dict, max_batch_size: int | None) -
             {name: m["max_batch"] for name, m in models.items()})
 
 
+def _write_local_shards(repo: Path, gallery: Path, manifest: dict, shards: int, max_batch: int, index_offset: int,
+                        added_offset: int | None, **options) -> list[dict[str, str]]:
+    """gallery_search_0 .. shards-1, each a contiguous slice of `gallery` (on GPU i where their
+    kind is KIND_GPU), numbered from `index_offset`; shard i's additions from `added_offset`
+    (default: right after the gallery) + i * LOCAL_ADDED_RANGE. Their live parameters."""
+    from serving.shards import LOCAL_ADDED_RANGE, split_gallery
+    with tempfile.TemporaryDirectory(prefix=".shards-", dir=repo) as tmp:
+        parts = split_gallery(gallery, shards, tmp)
+        total = len(load_gallery(gallery, with_sets=False))
+        added = index_offset + total if added_offset is None else added_offset
+        stores = []
+        for i, (part, first) in enumerate(parts):
+            config = gallery_config(manifest, max_batch, index_offset + first, added + i * LOCAL_ADDED_RANGE, shard=i,
+                                    **options)
+            _write_gallery_version(repo, part, config, model=config.name)
+            stores.append(live_parameters(manifest, index_offset + first, added + i * LOCAL_ADDED_RANGE, config.name))
+    return stores
+
+
 def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out: str | os.PathLike,
                      profile: str = "portable", engines: str | os.PathLike | None = None,
                      max_batch_size: int | None = None, index_offset: int = 0, added_offset: int | None = None,
                      kind: str = "KIND_CPU", threads: int = 1, batching: bool = True,
-                     token_bucket: int | None = None) -> Path:
+                     token_bucket: int | None = None, local_shards: int = 1) -> Path:
     """The repository for a checkpoint or an ONNX export directory (`source`) and a gallery
     file built by the same checkpoint. `engines`: a to_trt.py output folder (production); the
     encoders' max_batch_size is then the engines', and `max_batch_size` (default: theirs, else
@@ -105,11 +131,16 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
     tokenizes and pads a batch itself; TOKEN_BUCKET for production, whose backends batch equal
     shapes only). An export of version 1 (a fixed token axis) is padded to the full context.
     `index_offset`, `added_offset`: the global indices of this gallery's items and additions
-    (shards; serving/models/live.py)."""
+    (shards; serving/models/live.py). `local_shards`: split the gallery over this many
+    gallery_search_<i> models of this one server, one per GPU (production), merged inside the
+    server by gallery_search (serving/models/gallery_merge.py)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; available: {', '.join(PROFILES)}")
     if engines is not None and profile != "production":
         raise ValueError("engines are served by the production profile: add --profile production")
+    from serving.shards import MAX_LOCAL_SHARDS  # serving.shards writes repositories with this module
+    if isinstance(local_shards, bool) or not isinstance(local_shards, int) or not 1 <= local_shards <= MAX_LOCAL_SHARDS:
+        raise ValueError(f"local shards must be a whole number from 1 to {MAX_LOCAL_SHARDS}, got {local_shards!r}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty: choose a new folder for the repository")
@@ -146,15 +177,22 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
                 else:
                     config = python_config(name, spec["inputs"], spec["outputs"], encoder_batch[name], params, **delay)
                 _write_python_model(out, "serving.models.onnx_encoder", model_files, config)
-        search = gallery_config(manifest, batch, index_offset, added_offset,
-                                kind="KIND_GPU" if profile == "production" else kind, **delay)
-        _write_gallery_version(out, Path(gallery), search)
+        search_kind = "KIND_GPU" if profile == "production" else kind
+        if local_shards == 1:
+            search = gallery_config(manifest, batch, index_offset, added_offset, kind=search_kind, **delay)
+            _write_gallery_version(out, Path(gallery), search)
+            stores = [live_parameters(manifest, index_offset, added_offset)]
+        else:
+            stores = _write_local_shards(out, Path(gallery), manifest, local_shards, batch, index_offset, added_offset,
+                                         kind=search_kind, **delay)
+            search = merge_config(manifest, batch, [s["gallery_model"] for s in stores], **delay)
+            _write_python_model(out, "serving.models.gallery_merge", {}, search)
         image_batch = min(batch, encoder_batch[IMAGE_ENCODER])
         decoder = image_decoder_config(manifest, image_batch, **delay)
         _write_python_model(out, "serving.models.image_decoder", {}, decoder)
         _write_python_model(out, "serving.models.gallery_ingest", {}, ingest_config(
-            manifest, batch, encoder_batch[IMAGE_ENCODER], index_offset, added_offset, **delay))
-        _write_python_model(out, "serving.models.gallery_erase", {}, erase_config(manifest, index_offset, added_offset))
+            manifest, batch, encoder_batch[IMAGE_ENCODER], stores, **delay))
+        _write_python_model(out, "serving.models.gallery_erase", {}, erase_config(manifest, stores))
         write_config(out / ENSEMBLE, ensemble_config(tokenizer, read_config(out / TEXT_ENCODER), search))
         write_config(out / IMAGE_ENSEMBLE, image_ensemble_config(decoder, read_config(out / IMAGE_ENCODER), search))
         for ensemble in (ENSEMBLE, IMAGE_ENSEMBLE):
@@ -162,18 +200,25 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
     return out
 
 
-def gallery_versions(repo: str | os.PathLike) -> list[int]:
-    folder = Path(repo) / GALLERY_MODEL
+def gallery_versions(repo: str | os.PathLike, model: str = GALLERY_MODEL) -> list[int]:
+    folder = Path(repo) / model
     return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def stage_gallery(repo: str | os.PathLike, gallery: str | os.PathLike, fingerprint: str) -> int:
-    """Add a new version of gallery_search holding `gallery` (checked against the served
-    checkpoint's fingerprint first); returns it. Load it with `publish_gallery`."""
+def gallery_models(repo: str | os.PathLike) -> list[str]:
+    """The models holding the served gallery: gallery_search, or its local shards in order."""
+    config = read_config(Path(repo) / GALLERY_MODEL)
+    return json.loads(parameter(config, "shards")) if "shards" in config.parameters else [GALLERY_MODEL]
+
+
+def stage_gallery(repo: str | os.PathLike, gallery: str | os.PathLike, fingerprint: str,
+                  model: str = GALLERY_MODEL) -> int:
+    """Add a new version of gallery_search (or local shard `model`) holding `gallery` (checked
+    against the served checkpoint's fingerprint first); returns it. Load it with `publish_gallery`."""
     load_gallery(gallery, fingerprint=fingerprint, with_sets=False)
     repo = Path(repo)
-    version = gallery_versions(repo)[-1] + 1
-    _write_gallery_version(repo, Path(gallery), version=version)
+    version = gallery_versions(repo, model)[-1] + 1
+    _write_gallery_version(repo, Path(gallery), version=version, model=model)
     return version
 
 
@@ -188,6 +233,9 @@ def publish_gallery(repo: str | os.PathLike, gallery: str | os.PathLike, url: st
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
     repo = Path(repo)
+    if gallery_models(repo) != [GALLERY_MODEL]:
+        raise ValueError(f"{repo} serves its gallery split over local shards ({', '.join(gallery_models(repo))}); a "
+                         f"new gallery file goes live as a new repository: tbps repo --local-shards")
     # sealed first: an ingest or erasure that reaches the old version after this is refused (the
     # client is told to send it again), not acknowledged into a gallery no longer served
     store = LiveStore(repo / GALLERY_MODEL / str(gallery_versions(repo)[-1]) / LIVE_FOLDER)
@@ -220,24 +268,54 @@ def publish_gallery(repo: str | os.PathLike, gallery: str | os.PathLike, url: st
     return version
 
 
+def _renumber_local_shards(repo: Path, models: list[str]) -> None:
+    """After a compaction: shard i's items follow shard i-1's again (each base now holds its
+    additions), in the shards' configs and in the stores of gallery_ingest and gallery_erase."""
+    first, offsets = int(parameter(read_config(repo / models[0]), "index_offset")), {}
+    for model in models:
+        config = read_config(repo / model)
+        config.parameters["index_offset"].string_value = offsets[model] = str(first)
+        write_config(repo / model, config)
+        served = repo / model / str(gallery_versions(repo, model)[-1]) / GALLERY_FILE
+        first += len(load_gallery(served, with_sets=False))
+    for follower in (INGEST_MODEL, ERASE_MODEL):
+        config = read_config(repo / follower)
+        stores = [dict(store, index_offset=offsets[store["gallery_model"]])
+                  for store in json.loads(parameter(config, "stores"))]
+        config.parameters["stores"].string_value = json.dumps(stores)
+        write_config(repo / follower, config)
+
+
 def compact_repository(repo: str | os.PathLike) -> dict:
     """Offline (no server on `repo`): write the served gallery version plus its live additions
     minus its erasures as the next version, whose live state starts empty; the version before
     it is kept (a rollback), older ones deleted. What it kept and dropped, and the bytes before
-    and after. The new version ranks exactly as the live gallery did (indices renumbered)."""
+    and after. The new version ranks exactly as the live gallery did (indices renumbered). Local
+    shards are compacted together: every shard is written before any version is staged, then
+    the shards are numbered one after the other again (a rollback then needs the old offsets)."""
     repo = Path(repo)
-    current = repo / GALLERY_MODEL / str(gallery_versions(repo)[-1])
-    live_files = [f for f in (current / LIVE_FOLDER).rglob("*") if f.is_file()]
-    before = gallery_bytes(current / GALLERY_FILE) + sum(f.stat().st_size for f in live_files)
-    live = LiveGallery(current / LIVE_FOLDER, current / GALLERY_FILE, writer=False)
-    # inside the repository (a name Triton does not take for a version): on its filesystem, so the
-    # new version's files are links to these, not copies
-    with tempfile.TemporaryDirectory(prefix=".compact-", dir=repo / GALLERY_MODEL) as tmp:
-        report = live.compact(Path(tmp) / GALLERY_FILE)
-        live.close()
-        version = stage_gallery(repo, Path(tmp) / GALLERY_FILE, live.base.fingerprint)
-    for old in gallery_versions(repo)[:-2]:
-        shutil.rmtree(repo / GALLERY_MODEL / str(old))
-    after = gallery_bytes(repo / GALLERY_MODEL / str(version) / GALLERY_FILE)
-    return dict(report, gallery=str(repo / GALLERY_MODEL / str(version) / GALLERY_FILE), version=version,
-                bytes_before=before, bytes_after=after)
+    models = gallery_models(repo)
+    reports = []
+    with contextlib.ExitStack() as stack:
+        for model in models:
+            current = repo / model / str(gallery_versions(repo, model)[-1])
+            live_files = [f for f in (current / LIVE_FOLDER).rglob("*") if f.is_file()]
+            before = gallery_bytes(current / GALLERY_FILE) + sum(f.stat().st_size for f in live_files)
+            live = LiveGallery(current / LIVE_FOLDER, current / GALLERY_FILE, writer=False)
+            # inside the repository (a name Triton does not take for a version): on its filesystem, so the
+            # new version's files are links to these, not copies
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".compact-", dir=repo / model)))
+            report = live.compact(tmp / GALLERY_FILE)
+            live.close()
+            reports.append(dict(report, model=model, fingerprint=live.base.fingerprint, bytes_before=before))
+        for r in reports:
+            r["version"] = stage_gallery(repo, r["gallery"], r.pop("fingerprint"), r["model"])
+    for r in reports:
+        for old in gallery_versions(repo, r["model"])[:-2]:
+            shutil.rmtree(repo / r["model"] / str(old))
+        r["gallery"] = str(repo / r["model"] / str(r["version"]) / GALLERY_FILE)
+        r["bytes_after"] = gallery_bytes(r["gallery"])
+    if len(models) > 1:
+        _renumber_local_shards(repo, models)
+    total = {key: sum(r[key] for r in reports) for key in ("kept", "dropped", "added", "bytes_before", "bytes_after")}
+    return dict(total, gallery=", ".join(r["gallery"] for r in reports), version=max(r["version"] for r in reports))

@@ -4,7 +4,8 @@ Each shard's gallery_search knows the global index of its first image (`index_of
 the INDICES it returns are global and the client's merge (serving/client.py) breaks ties
 exactly as a single search over the whole gallery does. Images ingested live into shard s are
 numbered from `added_offset` = N + s * ADDED_RANGE (N: the whole gallery's size), so indices
-stay unique over shards without the shards agreeing on anything at run time.
+stay unique over shards without the shards agreeing on anything at run time. A server's own
+local shards (its GPUs, `local_shards`) split its range again, LOCAL_ADDED_RANGE each.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from export.gallery_writer import rewrite_gallery
 from serving.repository import write_repository
 
 ADDED_RANGE = 1 << 40  # the indices of one shard's live additions: more than any shard will hold
+MAX_LOCAL_SHARDS = 64  # the GPUs of one server (tbps repo --local-shards)
+LOCAL_ADDED_RANGE = ADDED_RANGE // MAX_LOCAL_SHARDS  # a local shard's additions: all fit its server's range
 
 
 def split_gallery(gallery: str | os.PathLike, shards: int, out_dir: str | os.PathLike) -> list[tuple[Path, int]]:

@@ -1,5 +1,6 @@
 """Triton model `gallery_erase`: PATHS and/or PERSONS (optional, any number) -> ERASED (the
-global indices of the items hidden by this call) and LIVE (the items left).
+global indices of the items hidden by this call) and LIVE (the items left), over the served
+gallery or every local shard of it.
 
 The erasure is durable when the response comes (serving/live_store.py's `erase`), and
 gallery_search takes it in before its next execution: the items are gone from every later
@@ -12,12 +13,12 @@ import numpy as np
 
 from serving.live_store import GalleryReplaced
 from serving.models.common import RequestError, error_response
-from serving.models.live import open_store
+from serving.models.live import open_stores
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.store, self.index = open_store(args, adder=False)
+        self.stores = open_stores(args, adder=False)
 
     def _erase(self, request) -> list[int]:
         import triton_python_backend_utils as pb_utils
@@ -27,7 +28,11 @@ class TritonPythonModel:
         except UnicodeDecodeError:
             raise RequestError("PATHS must be UTF-8") from None
         persons = [] if persons is None else persons.as_numpy().reshape(-1).tolist()
-        return self.store.erase(paths, persons) if paths or persons else []
+        if not paths and not persons:
+            return []
+        # shard by shard: an acknowledged erasure is on disk in every shard it touched
+        return np.concatenate([index.to_global(np.array(store.erase(paths, persons), dtype=np.int64))
+                               for store, index in self.stores]).tolist()
 
     def execute(self, requests):
         import triton_python_backend_utils as pb_utils
@@ -39,6 +44,6 @@ class TritonPythonModel:
                 responses.append(error_response(str(e)))
                 continue
             responses.append(pb_utils.InferenceResponse([
-                pb_utils.Tensor("ERASED", self.index.to_global(np.array(erased, dtype=np.int64))),
-                pb_utils.Tensor("LIVE", np.array([self.store.live_items()], dtype=np.int64))]))
+                pb_utils.Tensor("ERASED", np.array(sorted(erased), dtype=np.int64)),
+                pb_utils.Tensor("LIVE", np.array([sum(s.live_items() for s, _ in self.stores)], dtype=np.int64))]))
         return responses

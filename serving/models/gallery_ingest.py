@@ -5,8 +5,9 @@ Each image is checked and decoded (serving/models/images.py), its path and time 
 good ones of every request of the batch are encoded by the repository's own image encoder (a
 BLS call, so both profiles encode as they search) and appended in one durable LiveStore.add:
 a response with an INDEX means the item is on disk, and gallery_search takes it in before its
-next query. A refused image costs only its row; the others of the same call are ingested. One
-instance, torch-free: the live gallery's one adding process.
+next query. With local shards an execution's images go to the shard holding the fewest live
+items, and a path live in any shard is refused. A refused image costs only its row; the others
+of the same call are ingested. One instance, torch-free: the live gallery's one adding process.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 from export.gallery_meta import parse_time
 from serving.models.common import RequestError, error_response, input_array, parameters, text
 from serving.models.images import ImageDecoder
-from serving.models.live import open_store
+from serving.models.live import open_stores
 
 MAX_PATH_BYTES = 1024
 FIELDS = ("IMAGE", "PATH", "PERSON", "CAMERA", "TIME")
@@ -27,7 +28,7 @@ class TritonPythonModel:
     def initialize(self, args):
         import triton_python_backend_utils as pb_utils
         self.pb = pb_utils
-        self.store, self.index = open_store(args, adder=True)
+        self.stores = open_stores(args, adder=True)
         params = parameters(args)
         self.decode = ImageDecoder(params["image"])
         self.encoder = json.loads(params["encoder"])  # the image encoder model, its tensors and batch limit
@@ -65,9 +66,10 @@ class TritonPythonModel:
     def execute(self, requests):
         pb = self.pb
         fields = [[input_array(request, n).reshape(-1) for n in FIELDS] for request in requests]
-        paths = [_path for f in fields for _path in f[1]]
-        try:  # the live paths among them: taken (erasures free theirs)
-            seen = self.store.taken([bytes(p).decode("utf-8", "replace").strip() for p in paths])
+        paths = [bytes(p).decode("utf-8", "replace").strip() for f in fields for p in f[1]]
+        try:  # the live paths among them, in any shard: taken (erasures free theirs)
+            seen = set().union(*(store.taken(paths) for store, _ in self.stores))
+            target, numbering = min(self.stores, key=lambda s: s[0].live_items())  # the first of equals
         except Exception as e:
             return [error_response(f"ingest failed, nothing was added: {e}") for _ in requests]
         good, errors = [], []  # (request, row, item) of every good row; every row's error ("" if good)
@@ -83,10 +85,10 @@ class TritonPythonModel:
         if good:
             try:
                 pixels, names, persons, cameras, times = zip(*(item for _, _, item in good))
-                added = self.store.add(self._encode(np.stack(pixels)), list(names), persons, cameras, times)
+                added = target.add(self._encode(np.stack(pixels)), list(names), persons, cameras, times)
             except Exception as e:  # nothing was acknowledged: every request of the batch is told
                 return [error_response(f"ingest failed, nothing was added: {e}") for _ in requests]
-            for (n, r, _), i in zip(good, self.index.to_global(np.array(added))):
+            for (n, r, _), i in zip(good, numbering.to_global(np.array(added))):
                 index[n][r, 0] = i
         return [pb.InferenceResponse([
             pb.Tensor("INDEX", rows),

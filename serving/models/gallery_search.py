@@ -17,6 +17,10 @@ fallback), and compiles at start every kernel variant it can launch (kernels.pre
 size, every k, filtered or not, with or without a margin, at any gallery size), so READY means
 nothing compiles on the hot path. Requests with the same kind of query and filter share one
 search.
+
+A local shard (gallery_search_<i>, fronted by serving/models/gallery_merge.py) holds one slice
+and is asked for QUERY_SETS alone by the merge's first step of a LIKE: the item's sets, no
+search (the merge then queries every shard with them).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import torch
 
 import kernels
 from export.gallery_meta import NO_CAMERA, filter_bounds, format_time
+from export.triton_config import QUERY_SETS
 from serving.models.common import RequestError, error_response, input_array, text
 from serving.models.live import open_live
 
@@ -139,6 +144,8 @@ class TritonPythonModel:
                 parsed.append(e)
                 continue
             parsed.append((kind, queries, k))
+            if QUERY_SETS in request.requested_output_names():
+                continue  # the merge's LIKE lookup: the sets alone
             groups.setdefault((kind == "text_sets", key), []).append(n)
         results = [None] * len(requests)
         for (margin, key), members in groups.items():  # one search per kind of query and filter
@@ -158,6 +165,10 @@ class TritonPythonModel:
         for item, result in zip(parsed, results):
             if isinstance(item, RequestError):
                 responses.append(error_response(str(item)))
+                continue
+            if result is None:
+                responses.append(pb_utils.InferenceResponse([
+                    pb_utils.Tensor(QUERY_SETS, item[1].float().cpu().numpy())]))
                 continue
             s, i = result
             paths, cameras, times, ids = (c[start:start + i.size].reshape(i.shape) for c in columns)

@@ -12,6 +12,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export.engines import CONTAINER, CONTAINER_TRT
 from export.gallery import GalleryError, load_gallery, save_gallery
 from export.triton_config import ENSEMBLE, read_config, write_config
+from serving.live_store import GALLERY_FILE
 from serving.repository import publish_gallery, write_repository
 
 MODELS = ["gallery_erase", "gallery_ingest", "gallery_search", "image_decoder", "image_encoder", "image_search",
@@ -246,3 +247,32 @@ def test_bad_profile_used_folder_and_foreign_gallery_are_refused(esa_export, gal
     with pytest.raises(GalleryError, match="rebuild the gallery"):
         write_repository(esa_export, other, tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing half-written
+
+
+def test_local_shards_put_one_slice_on_each_gpu_behind_a_cpu_merge(esa_export, gallery, engines, tmp_path):
+    from serving.shards import LOCAL_ADDED_RANGE
+    repo = write_repository(esa_export, gallery, tmp_path / "repo", profile="production", engines=engines,
+                            local_shards=3)
+    assert sorted(p.name for p in repo.iterdir()) == sorted(MODELS + [f"gallery_search_{i}" for i in range(3)])
+    n, offsets = len(load_gallery(gallery, with_sets=False)), []
+    for i in range(3):
+        config = read_config(repo / f"gallery_search_{i}")
+        group = config.instance_group[0]
+        assert group.kind == mc.ModelInstanceGroup.KIND_GPU and list(group.gpus) == [i]
+        assert config.parameters["added_offset"].string_value == str(n + i * LOCAL_ADDED_RANGE)
+        offsets.append(int(config.parameters["index_offset"].string_value))
+        assert "QUERY_SETS" in [t.name for t in config.output]
+    sizes = [len(load_gallery(repo / f"gallery_search_{i}" / "1" / GALLERY_FILE, with_sets=False)) for i in range(3)]
+    assert offsets == [0, sizes[0], sizes[0] + sizes[1]] and sum(sizes) == n
+    merge = read_config(repo / "gallery_search")
+    assert merge.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU and merge.backend == "python"
+    assert json.loads(merge.parameters["shards"].string_value) == [f"gallery_search_{i}" for i in range(3)]
+    assert not (repo / "gallery_search" / "1" / GALLERY_FILE).exists()  # the merge holds no gallery
+    for ensemble in (ENSEMBLE, "image_search"):
+        assert ensemble_problems(repo, ensemble) == []
+    for follower in ("gallery_ingest", "gallery_erase"):
+        stores = json.loads(read_config(repo / follower).parameters["stores"].string_value)
+        assert [s["gallery_model"] for s in stores] == [f"gallery_search_{i}" for i in range(3)]
+    for bad in (0, 65, 1.5, True):
+        with pytest.raises(ValueError, match="local shards must be a whole number from 1 to 64"):
+            write_repository(esa_export, gallery, tmp_path / f"bad{bad}", local_shards=bad)
