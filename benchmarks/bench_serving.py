@@ -6,8 +6,10 @@ The floor first: the same tokenizer + ONNX Runtime text encoder + kernels.search
 process, one query at a time (what the server adds is measured against it: `p50_vs_floor`).
 Then a closed-loop load (serving/load.py: tritonclient's asyncio gRPC client) against the
 local Triton server and the portable repository, at concurrency 1 to 64, for three set-ups:
-dynamic batching on (the default repository), off, and the gallery split over 2 shards
-(2 servers, merged by the client). The model is `tiny` ESA trained for one epoch on a small
+dynamic batching on (the default repository), off, the gallery split over 2 shards
+(2 servers, merged by the client) or over 2 local shards of one server (merged inside it), and
+secured (gRPC over TLS, a viewer key checked per request, the audit trail written and
+fdatasync'ed before each answer). `--setups` picks some (their order is the run's order). The model is `tiny` ESA trained for one epoch on a small
 synthetic set: latency depends on its shapes, not its accuracy. The gallery holds
 --gallery-size random unit embedding sets under that checkpoint's fingerprint (search cost
 depends on N, not on content; the demo's gallery is 401 images). Each row carries Triton's own
@@ -92,8 +94,11 @@ def main() -> None:
     parser.add_argument("--gallery-size", type=int, default=20_000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON / PNG go")
+    parser.add_argument("--setups", default="batching on,batching off,2 shards,2 local shards,secured",
+                        help="comma-separated, run in this order (the first is the ratios' baseline)")
     args = parser.parse_args()
-    from serving.launch import TritonServer
+    from serving.client import NO_CREDENTIALS
+    from serving.launch import Security, TritonServer
     from serving.load import run_load
     from serving.repository import write_repository
     from serving.shards import write_shard_repositories
@@ -107,17 +112,25 @@ def main() -> None:
         floor = in_process(export, gallery, CAPTIONS, seconds)
         print(f"in-process floor: p50 {floor['p50_ms']:.2f} ms  p95 {floor['p95_ms']:.2f}  "
               f"{floor['qps']:.1f} q/s", flush=True)
-        setups = {"batching on": [write_repository(export, gallery, work / "on", **batch)],
-                  "batching off": [write_repository(export, gallery, work / "off", batching=False, **batch)],
-                  "2 shards": write_shard_repositories(export, gallery, 2, work / "shards", **batch)}
-        for name, repos in setups.items():
+        setups = {"batching on": lambda: ([write_repository(export, gallery, work / "on", **batch)], {}),
+                  "batching off": lambda: ([write_repository(export, gallery, work / "off", batching=False,
+                                                             **batch)], {}),
+                  "2 shards": lambda: (write_shard_repositories(export, gallery, 2, work / "shards", **batch), {}),
+                  "2 local shards": lambda: ([write_repository(export, gallery, work / "local", local_shards=2,
+                                                               **batch)], {}),
+                  "secured": lambda: ([write_repository(export, gallery, work / "secured", **batch)],
+                                      secured(work / "security"))}
+        for name in args.setups.split(","):
+            repos, guard = setups[name]()
             with contextlib.ExitStack() as stack:
-                servers = [stack.enter_context(TritonServer(r)) for r in repos]
+                servers = [stack.enter_context(TritonServer(r, security=guard.get("security", Security())))
+                           for r in repos]
                 urls = [s.grpc_url for s in servers]
-                run_load(urls, CAPTIONS, concurrency=4, duration=seconds / 2)  # warm-up
+                options = {"credentials": guard.get("credentials", NO_CREDENTIALS)}
+                run_load(urls, CAPTIONS, concurrency=4, duration=seconds / 2, **options)  # warm-up
                 for concurrency in levels:
                     before = model_times(urls[0])
-                    report = run_load(urls, CAPTIONS, concurrency=concurrency, duration=seconds)
+                    report = run_load(urls, CAPTIONS, concurrency=concurrency, duration=seconds, **options)
                     row = {"setup": name, **{k: v for k, v in report.items() if k != "errors"},
                            "p50_vs_floor": report["p50_ms"] / floor["p50_ms"],
                            "model_ms": ms_per_request(before, model_times(urls[0]))}  # the first server's
@@ -125,17 +138,43 @@ def main() -> None:
                     print(f"{name:13s} c={concurrency:3d}  {row['qps']:7.1f} q/s  p50 {row['p50_ms']:7.1f} ms  "
                           f"p95 {row['p95_ms']:7.1f}  p99 {row['p99_ms']:7.1f}  failures {row['failures']}  "
                           f"p50 / floor {row['p50_vs_floor']:.2f}", flush=True)
-    base = {r["concurrency"]: r["qps"] for r in rows if r["setup"] == "batching on"}
+    first = rows[0]["setup"]
+    base = {r["concurrency"]: r for r in rows if r["setup"] == first}
     for r in rows:
-        r["qps_vs_batching_on"] = r["qps"] / base[r["concurrency"]]
+        r["baseline"] = first
+        r["qps_vs_baseline"] = r["qps"] / base[r["concurrency"]]["qps"]
+        r["p50_above_baseline_ms"] = r["p50_ms"] - base[r["concurrency"]]["p50_ms"]
     size = "" if args.gallery_size == 20_000 else f"_n{args.gallery_size}"
     stem = result_stem(f"serving_cpu{size}", args.quick, args.results)
-    c1 = next(r for r in rows if r["setup"] == "batching on" and r["concurrency"] == 1)
+    c1 = next(r for r in rows if r["setup"] == first and r["concurrency"] == 1)
     write_result(stem, {
         "benchmark": "serving_cpu", **machine_record("machine", "processor", "cores"),
         "gallery_size": args.gallery_size, "k": 10, "model": "tiny esa", **machine_record("date"), "floor": floor,
         "served_c1_p50_above_floor_ms": c1["p50_ms"] - floor["p50_ms"], "rows": rows})
     plot(rows, floor, stem, args.gallery_size)
+
+
+def secured(folder: Path) -> dict:
+    """A server certificate (self-signed CA, by openssl), a viewer key and an audit folder."""
+    import subprocess
+
+    from serving.access import add_key
+    from serving.client import Credentials
+    from serving.launch import Security
+    folder.mkdir(parents=True)
+    def openssl(*a):
+        subprocess.run(["openssl", *a], cwd=folder, check=True, capture_output=True)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=bench-ca")
+    openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=127.0.0.1")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+            "-extfile", "san.ext", "-out", "server.pem")
+    key = add_key(folder / "keys.json", "bench", "viewer")
+    return {"security": Security(str(folder / "server.pem"), str(folder / "server.key"), None,
+                                 str(folder / "keys.json"), None, str(folder / "audit")),
+            "credentials": Credentials(tls_ca=str(folder / "ca.pem"), api_key=key)}
 
 
 def plot(rows: list[dict], floor: dict, stem: Path, n: int) -> None:

@@ -153,7 +153,9 @@ def shard_model(shard: int) -> str:
 def _gallery_inputs(manifest: dict) -> list[dict]:
     text_sets = manifest["models"][TEXT_ENCODER]["outputs"][0]
     image_sets = manifest["models"][IMAGE_ENCODER]["outputs"][0]
-    return [dict(text_sets, optional=True), dict(image_sets, optional=True), LIKE, TOPK, *FILTERS]
+    # TEXT and IMAGE: the query as the user gave it, fed by the ensembles for the audit trail
+    return [dict(text_sets, optional=True), dict(image_sets, optional=True), LIKE, TOPK, *FILTERS,
+            dict(TEXT, optional=True), dict(IMAGE, optional=True)]
 
 
 def gallery_config(manifest: dict, max_batch_size: int, index_offset: int = 0, added_offset: int | None = None,
@@ -253,7 +255,7 @@ def ensemble_config(tokenizer: mc.ModelConfig | None, text_encoder: mc.ModelConf
     steps = [] if tokenizer is None else [(tokenizer, {"TEXT": "TEXT"}, {tokenizer.output[0].name: "ids"})]
     return _ensemble(ENSEMBLE, [TEXT, TOPK, *FILTERS], steps + [
         (text_encoder, {text_encoder.input[0].name: text}, {sets.name: "sets"}),
-        (gallery, {sets.name: "sets", "TOPK": "TOPK", **_FILTER_MAP}, _RESULT_MAP)], RESULTS)
+        (gallery, {sets.name: "sets", "TOPK": "TOPK", "TEXT": "TEXT", **_FILTER_MAP}, _RESULT_MAP)], RESULTS)
 
 
 def image_ensemble_config(decoder: mc.ModelConfig, image_encoder: mc.ModelConfig,
@@ -263,7 +265,7 @@ def image_ensemble_config(decoder: mc.ModelConfig, image_encoder: mc.ModelConfig
     return _ensemble(IMAGE_ENSEMBLE, [IMAGE, TOPK, *FILTERS], [
         (decoder, {"IMAGE": "IMAGE"}, {pixels.name: "pixels"}),
         (image_encoder, {image_encoder.input[0].name: "pixels"}, {sets.name: "sets"}),
-        (gallery, {sets.name: "sets", "TOPK": "TOPK", **_FILTER_MAP}, _RESULT_MAP)], RESULTS)
+        (gallery, {sets.name: "sets", "TOPK": "TOPK", "IMAGE": "IMAGE", **_FILTER_MAP}, _RESULT_MAP)], RESULTS)
 
 
 def write_config(folder: str | os.PathLike, config: mc.ModelConfig) -> Path:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from export.cli import add_commands as add_export_commands
 from serving import ui
-from serving.live_commands import DEFAULT_URL
+from serving.live_commands import DEFAULT_URL, add_connection, credentials
 from serving.live_commands import add_commands as add_live_commands
+from serving.security_commands import add_commands as add_security_commands
 from trainer.cli import add_commands as add_trainer_commands
 from trainer.cli import run
 from trainer.recipes import DEMO_IDS, RECIPES
@@ -37,8 +38,12 @@ def cmd_repo(a) -> None:
 
 
 def cmd_serve(a) -> int:
-    from serving.launch import serve
-    return serve(a.repository, grpc_port=a.grpc_port, host=a.host, metrics_port=a.metrics_port)
+    from serving.access import secret_from
+    from serving.launch import Security, serve
+    security = Security(a.tls_cert, a.tls_key, a.tls_client_ca, a.keys, secret_from(a.admin_key_file, "TBPS_ADMIN_KEY"),
+                        a.audit)
+    return serve(a.repository, grpc_port=a.grpc_port, host=a.host, metrics_port=a.metrics_port,
+                 http_port=a.http_port, security=security, insecure=a.insecure)
 
 
 def cmd_search(a) -> None:
@@ -49,7 +54,7 @@ def cmd_search(a) -> None:
                          (f" (got {' and '.join(kinds)})" if kinds else ""))
     flt = Filter(tuple(a.camera), a.since, a.until)
     try:
-        with SearchClient(a.url or [DEFAULT_URL]) as client:
+        with SearchClient(a.url or [DEFAULT_URL], credentials=credentials(a)) as client:
             if a.text:
                 labels, hits = a.text, client.search(a.text, k=a.k, filter=flt)
             elif a.image:
@@ -97,6 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback only)")
     p.add_argument("--metrics-port", type=int, default=8002,
                    help="port of Triton's Prometheus metrics, http://HOST:PORT/metrics")
+    p.add_argument("--http-port", type=int, default=8000,
+                   help="port of the HTTP/REST (KServe v2) endpoint, always on 127.0.0.1: it has no TLS of its own "
+                        "(put a TLS reverse proxy in front); the keys apply to it as to gRPC")
+    p.add_argument("--tls-cert", default=None, metavar="PEM", help="gRPC over TLS: the server's certificate")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="gRPC over TLS: the server's private key")
+    p.add_argument("--tls-client-ca", default=None, metavar="PEM",
+                   help="mutual TLS: only clients with a certificate signed by this CA connect")
+    p.add_argument("--keys", default=None, metavar="FILE",
+                   help="API keys by role (tbps keys add): searching needs a viewer key, ingest and erasure an operator's")
+    p.add_argument("--admin-key-file", default=None, metavar="FILE",
+                   help="the key of model control and Triton's other admin protocols (default: $TBPS_ADMIN_KEY)")
+    p.add_argument("--audit", default=None, metavar="DIR",
+                   help="keep the audit trail here: every search, ingest and erasure, hash-chained (tbps audit)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a --host other than loopback without TLS and keys")
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("search", help="query a running server over gRPC: by description, image or gallery item")
@@ -109,12 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", default=None, help="only images taken at or after this ISO 8601 time (UTC unless "
                                                  "it says otherwise)")
     p.add_argument("--until", default=None, help="only images taken at or before this ISO 8601 time")
-    p.add_argument("--url", action="append", default=[],
-                   help=f"host:port of the server's gRPC endpoint; repeat for each shard (default {DEFAULT_URL})")
+    add_connection(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_search)
 
     add_live_commands(sub)
+    add_security_commands(sub)
 
     p = sub.add_parser("ui", help="the search page over a running server, on http://127.0.0.1:8080",
                        description=ui.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

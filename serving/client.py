@@ -26,6 +26,34 @@ from serving.topk_merge import top_positions
 
 
 @dataclass(frozen=True)
+class Credentials:
+    """How a client proves itself: TLS (the CA that signed the server's certificate; a client
+    certificate and key for mutual TLS) and an API key sent as the tbps-key header
+    (serving/access.py). `user`/`client`: the person and address a front (the page) acts for."""
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    api_key: str | None = None
+    user: str | None = None
+    client: str | None = None
+
+    def connection(self) -> dict:
+        if not self.tls_ca and not self.tls_cert:
+            return {}
+        return {"ssl": True, "root_certificates": self.tls_ca, "private_key": self.tls_key,
+                "certificate_chain": self.tls_cert}
+
+    def headers(self) -> dict | None:
+        from serving.access import CLIENT_HEADER, KEY_HEADER, USER_HEADER
+        found = {h: v for h, v in ((KEY_HEADER, self.api_key), (USER_HEADER, self.user),
+                                   (CLIENT_HEADER, self.client)) if v}
+        return found or None
+
+
+NO_CREDENTIALS = Credentials()
+
+
+@dataclass(frozen=True)
 class Hit:
     rank: int
     score: float
@@ -145,12 +173,13 @@ def _ingest_inputs(module, images: list[bytes], paths: list[str], persons, camer
 class SearchClient:
     """Blocking client; `urls` is one "host:port" or a list of shards' (queried in parallel)."""
 
-    def __init__(self, urls: str | list[str], timeout: float | None = 60.0):
+    def __init__(self, urls: str | list[str], timeout: float | None = 60.0,
+                 credentials: Credentials = NO_CREDENTIALS):
         import tritonclient.grpc as grpcclient
         self._module = grpcclient
         self.urls = [urls] if isinstance(urls, str) else list(urls)
-        self.timeout = timeout
-        self.clients = [grpcclient.InferenceServerClient(u) for u in self.urls]
+        self.timeout, self.headers = timeout, credentials.headers()
+        self.clients = [grpcclient.InferenceServerClient(u, **credentials.connection()) for u in self.urls]
         self._max_batch: dict = {}  # (client, model) -> its max_batch_size, asked once
         self._pool = ThreadPoolExecutor(max(1, len(self.clients)))
 
@@ -163,7 +192,7 @@ class SearchClient:
 
     def _batch(self, client, model: str) -> int:
         if (client, model) not in self._max_batch:
-            config = client.get_model_config(model, client_timeout=self.timeout).config
+            config = client.get_model_config(model, headers=self.headers, client_timeout=self.timeout).config
             self._max_batch[client, model] = config.max_batch_size
         return self._max_batch[client, model]
 
@@ -172,7 +201,8 @@ class SearchClient:
             hits = []
             for chunk in _chunks(values, self._batch(client, kind[0])):
                 hits += _hits(client.infer(kind[0], _inputs(self._module, kind, chunk, k, flt),
-                                           outputs=_outputs(self._module), client_timeout=self.timeout))
+                                           outputs=_outputs(self._module), headers=self.headers,
+                                           client_timeout=self.timeout))
             return hits
         return self._call(run)
 
@@ -200,7 +230,8 @@ class SearchClient:
     def live_items(self) -> list[int]:
         """Each server's count of live (searchable) items."""
         def one(client):
-            return int(self._call(lambda: client.infer(ERASE_MODEL, [], client_timeout=self.timeout)).as_numpy(
+            return int(self._call(lambda: client.infer(ERASE_MODEL, [], headers=self.headers,
+                                                       client_timeout=self.timeout)).as_numpy(
                 "LIVE")[0])
         return list(self._pool.map(one, self.clients))
 
@@ -221,7 +252,7 @@ class SearchClient:
         for rows in _chunks(list(range(n)), self._call(lambda: self._batch(client, INGEST_MODEL))):
             pick = [[seq[r] for r in rows] for seq in (images, paths, persons, cameras, times)]
             result = self._call(lambda: client.infer(INGEST_MODEL, _ingest_inputs(self._module, *pick),
-                                                     client_timeout=self.timeout))
+                                                     headers=self.headers, client_timeout=self.timeout))
             for r, i, e in zip(rows, result.as_numpy("INDEX").reshape(-1), result.as_numpy("ERROR").reshape(-1)):
                 done.append(Ingested(paths[r], None if i < 0 else int(i), e.decode("utf-8")))
         return done
@@ -241,7 +272,8 @@ class SearchClient:
             if persons:
                 inputs.append(self._module.InferInput("PERSONS", [len(persons)], "INT64"))
                 inputs[-1].set_data_from_numpy(np.array(persons, dtype=np.int64))
-            return self._call(lambda: client.infer(ERASE_MODEL, inputs, client_timeout=self.timeout)).as_numpy(
+            return self._call(lambda: client.infer(ERASE_MODEL, inputs, headers=self.headers,
+                                                   client_timeout=self.timeout)).as_numpy(
                 "ERASED").tolist()
         return sorted(i for erased in self._pool.map(one, self.clients) for i in erased)
 
@@ -260,12 +292,13 @@ class SearchClient:
 class AsyncSearchClient:
     """asyncio client of the queries, same interface with `await client.search(...)`."""
 
-    def __init__(self, urls: str | list[str], timeout: float | None = 60.0):
+    def __init__(self, urls: str | list[str], timeout: float | None = 60.0,
+                 credentials: Credentials = NO_CREDENTIALS):
         import tritonclient.grpc.aio as aioclient
         self._module = aioclient
         self.urls = [urls] if isinstance(urls, str) else list(urls)
-        self.timeout = timeout
-        self.clients = [aioclient.InferenceServerClient(u) for u in self.urls]
+        self.timeout, self.credentials = timeout, credentials
+        self.clients = [aioclient.InferenceServerClient(u, **credentials.connection()) for u in self.urls]
         self._max_batch: dict = {}  # (client, model) -> its max_batch_size, asked once
 
     async def _query_one(self, client, kind, values: list, k: int, flt: Filter) -> list[list[Hit]]:
@@ -273,11 +306,13 @@ class AsyncSearchClient:
         hits = []
         try:
             if (client, kind[0]) not in self._max_batch:
-                config = (await client.get_model_config(kind[0], client_timeout=self.timeout)).config
+                config = (await client.get_model_config(kind[0], headers=self.credentials.headers(),
+                                                        client_timeout=self.timeout)).config
                 self._max_batch[client, kind[0]] = config.max_batch_size
             for chunk in _chunks(values, self._max_batch[client, kind[0]]):
                 result = await client.infer(kind[0], _inputs(self._module, kind, chunk, k, flt),
-                                            outputs=_outputs(self._module), client_timeout=self.timeout)
+                                            outputs=_outputs(self._module), headers=self.credentials.headers(),
+                                            client_timeout=self.timeout)
                 hits += _hits(result)
         except InferenceServerException as e:
             raise SearchError(e.message()) from None

@@ -6,6 +6,15 @@ for this interpreter's version is copied next to the backend (a private copy of 
 backend folder, so site-packages is never written), and this environment's `bin/` goes
 first on PATH so the stub finds this environment's packages (numpy, torch, the project).
 The server listens on 127.0.0.1 only unless told otherwise.
+
+Secured (serving/access.py, serving/audit.py): gRPC over TLS (`Security.tls_cert`/`tls_key`,
+mutual with `tls_client_ca`: Triton's own SSL options), API keys by role checked by the models
+(the keys file reaches them through TBPS_KEYS_FILE; Triton forwards `tbps-*` headers to them),
+an admin key guarding model control and the other admin protocols (Triton's restricted
+protocols), and the audit trail's folder (TBPS_AUDIT_DIR). Triton's HTTP endpoint has no TLS of
+its own: it always listens on 127.0.0.1 (for a reverse proxy that terminates TLS), with the
+same keys. A server on any other address than loopback without TLS and keys is refused unless
+`insecure`.
 """
 from __future__ import annotations
 
@@ -20,7 +29,11 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+
+from serving.access import ADMIN_HEADER, ADMIN_PROTOCOLS, AUDIT_ENV, HEADER_PATTERN, KEYS_ENV, read_keys
 
 READY_TIMEOUT_S = 180.0
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
@@ -86,6 +99,38 @@ def free_port(host: str = "127.0.0.1") -> int:
     return free_ports(1, host)[0]
 
 
+@dataclass(frozen=True)
+class Security:
+    """What protects a server: TLS files (PEM), the keys file, the admin key, the audit folder."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # mutual TLS: clients need a certificate signed by this CA
+    keys_file: str | None = None
+    admin_key: str | None = None
+    audit_dir: str | None = None
+
+    def check(self, host: str, insecure: bool) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ServerError("TLS needs both a certificate and its private key (--tls-cert and --tls-key)")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ServerError("a client CA (mutual TLS) needs the server's own --tls-cert and --tls-key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "keys_file"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ServerError(f"{name.replace('_', '-')}: no such file {path}")
+        if self.keys_file:
+            read_keys(self.keys_file)  # a bad file is refused before the server starts
+        if not _loopback(host) and not insecure and not (self.tls_cert and self.keys_file):
+            missing = " and ".join(what for what, given in (("TLS (--tls-cert, --tls-key)", self.tls_cert),
+                                                            ("keys (--keys)", self.keys_file)) if not given)
+            raise ServerError(f"refusing to listen on {host} without {missing}: anyone who reaches the port "
+                              f"could search, ingest and erase; add them, or --insecure to do it anyway")
+
+
+def _loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+
+
 class TritonServer:
     """A running local server: `with TritonServer(repo) as server: server.grpc_url`.
 
@@ -97,11 +142,13 @@ class TritonServer:
     def __init__(self, repository: str | os.PathLike, grpc_port: int | None = None,
                  http_port: int | None = None, metrics_port: int | None = None, host: str = "127.0.0.1",
                  explicit: bool = False,
-                 log_path: str | os.PathLike | None = None, extra_args: tuple[str, ...] = ()):
+                 log_path: str | os.PathLike | None = None, extra_args: tuple[str, ...] = (),
+                 security: Security = Security(), insecure: bool = False):
         self.repository = Path(repository).resolve()
         if not self.repository.is_dir():
             raise ServerError(f"model repository {self.repository} does not exist")
-        self.host = host
+        security.check(host, insecure)
+        self.host, self.security = host, security
         ports = free_ports(3, host)
         self.grpc_port, self.http_port, self.metrics_port = (given or port for given, port in
                                                              zip((grpc_port, http_port, metrics_port), ports))
@@ -123,11 +170,21 @@ class TritonServer:
     def command(self, backends: Path) -> list[str]:
         binary, _ = bundled_server()
         cmd = [str(binary), "--model-repository", str(self.repository), "--backend-directory", str(backends),
-               "--grpc-address", self.host, "--http-address", self.host, "--metrics-address", self.host,
+               "--grpc-address", self.host, "--http-address", "127.0.0.1", "--metrics-address", self.host,
                "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
-               "--metrics-port", str(self.metrics_port), "--exit-on-error", "true"]
+               "--metrics-port", str(self.metrics_port), "--exit-on-error", "true",
+               "--grpc-header-forward-pattern", HEADER_PATTERN, "--http-header-forward-pattern", HEADER_PATTERN]
         if self.explicit:
             cmd += ["--model-control-mode", "explicit", "--load-model", "*"]
+        sec = self.security
+        if sec.tls_cert:
+            cmd += ["--grpc-use-ssl", "true", "--grpc-server-cert", str(sec.tls_cert), "--grpc-server-key",
+                    str(sec.tls_key)]
+            if sec.tls_client_ca:
+                cmd += ["--grpc-use-ssl-mutual", "true", "--grpc-root-cert", str(sec.tls_client_ca)]
+        if sec.admin_key:  # Triton takes the value as an argument only: see README, "Deployment"
+            rule = f"{ADMIN_PROTOCOLS}:{ADMIN_HEADER}={sec.admin_key}"
+            cmd += [f"--grpc-restricted-protocol={rule}", f"--http-restricted-api={rule}"]
         return cmd + list(self.extra_args)
 
     def start(self) -> TritonServer:
@@ -141,6 +198,10 @@ class TritonServer:
         # OpenMP threads (torch in gallery_search) spin ~200 ms after each op by default, which
         # starves the other model processes, and other servers, on the same cores
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        for var, value in ((KEYS_ENV, self.security.keys_file), (AUDIT_ENV, self.security.audit_dir)):
+            env.pop(var, None)
+            if value:
+                env[var] = str(Path(value).resolve())
         if self.log_path == "-":
             out = None
         else:
@@ -159,18 +220,18 @@ class TritonServer:
         return self
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        """Until the server and every model report ready (models warm up at load time)."""
-        import tritonclient.grpc as grpcclient
-        client = grpcclient.InferenceServerClient(self.grpc_url)
+        """Until the server and every model report ready (models warm up at load time), asked on
+        the loopback HTTP endpoint (no client certificate needed when gRPC is mutual TLS)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerError(f"tritonserver exited with code {self.process.returncode} while starting; "
                                   f"its log:\n{self.log_tail()}")
             try:
-                if client.is_server_ready():
-                    return
-            except Exception:  # not listening yet
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v2/health/ready", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:  # not listening yet, or not ready (400)
                 pass
             time.sleep(0.25)
         raise ServerError(f"tritonserver was not ready after {timeout:.0f} s; its log:\n{self.log_tail()}")
@@ -214,17 +275,21 @@ class TritonServer:
 
 
 def serve(repository: str | os.PathLike, grpc_port: int | None = None, host: str = "127.0.0.1",
-          explicit: bool = True, metrics_port: int | None = None) -> int:
+          explicit: bool = True, metrics_port: int | None = None, http_port: int | None = None,
+          security: Security = Security(), insecure: bool = False) -> int:
     """`tbps serve`: run in the foreground until Ctrl-C or SIGTERM, logs on stdout."""
-    server = TritonServer(repository, grpc_port=grpc_port, metrics_port=metrics_port, host=host, explicit=explicit,
-                          log_path="-")
+    server = TritonServer(repository, grpc_port=grpc_port, metrics_port=metrics_port, http_port=http_port, host=host,
+                          explicit=explicit, log_path="-", security=security, insecure=insecure)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
-    print(f"Triton is ready: gRPC {server.grpc_url}, HTTP {host}:{server.http_port}, metrics {server.metrics_url} "
-          f"(query with: tbps search \"a woman in a red coat\" --url {server.grpc_url}). Ctrl-C stops it.",
-          flush=True)
+    tls = " over TLS" + (" (mutual)" if security.tls_client_ca else "") if security.tls_cert else ""
+    guards = [what for what, on in (("keys by role", security.keys_file), ("an admin key", security.admin_key),
+                                    (f"audit trail in {security.audit_dir}", security.audit_dir)) if on]
+    print(f"Triton is ready: gRPC {server.grpc_url}{tls}, HTTP 127.0.0.1:{server.http_port}, metrics "
+          f"{server.metrics_url}; {', '.join(guards) if guards else 'no keys, no audit trail'} (query with: tbps "
+          f"search \"a woman in a red coat\" --url {server.grpc_url}). Ctrl-C stops it.", flush=True)
     try:
         while not stop.is_set() and server.process.poll() is None:
             stop.wait(0.5)

@@ -47,7 +47,7 @@ def cmd_ingest(a) -> int:
     persons = [a.person if a.person is not None else int(m.group(1)) if (m := PERSON_PREFIX.match(Path(p).name))
                else -1 for p in paths]
     added, refused = 0, 0
-    with SearchClient(a.url or [DEFAULT_URL]) as client, tqdm(total=len(paths), unit="img", disable=a.quiet,
+    with SearchClient(a.url or [DEFAULT_URL], credentials=credentials(a)) as client, tqdm(total=len(paths), unit="img", disable=a.quiet,
                                                               desc="ingest") as bar:
         for start in range(0, len(paths), a.batch):
             rows = range(start, min(start + a.batch, len(paths)))
@@ -73,7 +73,7 @@ def cmd_delete(a) -> None:
     if not a.path and not a.person:
         raise ValueError("name what to erase: --path P or --person ID")
     try:
-        with SearchClient(a.url or [DEFAULT_URL]) as client:
+        with SearchClient(a.url or [DEFAULT_URL], credentials=credentials(a)) as client:
             erased = client.delete(a.path, a.person)
     except SearchError as e:
         raise ValueError(f"the server refused the erasure: {e}") from None
@@ -92,9 +92,20 @@ def cmd_compact(a) -> None:
           f"bytes")
 
 
-def _urls(p: argparse.ArgumentParser) -> None:
+def add_connection(p: argparse.ArgumentParser) -> None:
+    """--url and the credentials of a client command (the key from a file or TBPS_KEY, never an argument)."""
     p.add_argument("--url", action="append", default=[],
                    help=f"host:port of the server's gRPC endpoint; repeat for each shard (default {DEFAULT_URL})")
+    p.add_argument("--tls-ca", default=None, metavar="PEM", help="TLS: the CA certificate that signed the server's")
+    p.add_argument("--tls-cert", default=None, metavar="PEM", help="mutual TLS: this client's certificate")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="mutual TLS: this client's private key")
+    p.add_argument("--key-file", default=None, help="a file holding this client's API key (default: $TBPS_KEY)")
+
+
+def credentials(a):
+    from serving.access import secret_from
+    from serving.client import Credentials
+    return Credentials(a.tls_ca, a.tls_cert, a.tls_key, secret_from(a.key_file, "TBPS_KEY"))
 
 
 def add_commands(sub) -> None:
@@ -107,13 +118,13 @@ def add_commands(sub) -> None:
     p.add_argument("--person", type=int, default=None, help="the person id of every image")
     p.add_argument("--batch", type=int, default=32, help="images per request")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _urls(p)
+    add_connection(p)
     p.set_defaults(fn=cmd_ingest)
 
     p = sub.add_parser("delete", help="erase images or people from a running server's live gallery, durably")
     p.add_argument("--path", action="append", default=[], help="a stored image path (repeatable)")
     p.add_argument("--person", type=int, action="append", default=[], help="a person id: all their images")
-    _urls(p)
+    add_connection(p)
     p.set_defaults(fn=cmd_delete)
 
     p = sub.add_parser("compact", help="offline: fold a repository's live additions and erasures into a new "

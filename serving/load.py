@@ -8,11 +8,12 @@ import time
 
 import numpy as np
 
-from serving.client import AsyncSearchClient
+from serving.client import NO_CREDENTIALS, AsyncSearchClient, Credentials
 
 
-async def _client(urls, texts, k: int, deadline: float, latencies: list, failures: list, offset: int) -> None:
-    async with AsyncSearchClient(urls) as client:
+async def _client(urls, texts, k: int, deadline: float, latencies: list, failures: list, offset: int,
+                  credentials: Credentials) -> None:
+    async with AsyncSearchClient(urls, credentials=credentials) as client:
         for text in itertools.islice(itertools.cycle(texts), offset, None):
             if time.monotonic() >= deadline:
                 return
@@ -25,14 +26,14 @@ async def _client(urls, texts, k: int, deadline: float, latencies: list, failure
 
 
 def run_load(urls: str | list[str], texts: list[str], concurrency: int = 32, duration: float = 30.0,
-             k: int = 10) -> dict:
+             k: int = 10, credentials: Credentials = NO_CREDENTIALS) -> dict:
     """{"queries", "failures", "qps", "p50_ms", "p95_ms", "p99_ms", "errors" (first 5)}."""
     latencies: list[float] = []
     failures: list[str] = []
 
     async def main():
         deadline = time.monotonic() + duration
-        await asyncio.gather(*(_client(urls, texts, k, deadline, latencies, failures, i)
+        await asyncio.gather(*(_client(urls, texts, k, deadline, latencies, failures, i, credentials)
                                for i in range(concurrency)))
     start = time.perf_counter()
     asyncio.run(main())

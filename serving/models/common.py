@@ -1,10 +1,16 @@
-"""What the python-backend models share: errors, batching of requests, config parameters."""
+"""What the python-backend models share: errors, batching of requests, config parameters, and
+the gate and audit trail of the secured server (serving/access.py, serving/audit.py)."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+from serving.access import AUDIT_ENV, AccessDenied, Gate
+from serving.audit import AuditLog
 
 
 class RequestError(ValueError):
@@ -55,3 +61,56 @@ def run_batched(requests, inputs: list[str], fn) -> list:
         responses.append(pb_utils.InferenceResponse(tensors))
         start += size
     return responses
+
+
+class AccessRefused(RequestError):
+    """A request without the credential its operation needs (audited as a refusal)."""
+
+
+def refusal(e: AccessRefused, what: str) -> dict:
+    return {"event": "refused", "who": "unknown", "what": what, "reason": str(e)}
+
+
+class Guard:
+    """A model instance's check of who asks (a RequestError when they may not) and its audit
+    trail (None where the server keeps none)."""
+
+    def __init__(self):
+        self.gate = Gate()
+        folder = os.environ.get(AUDIT_ENV)
+        self.log = AuditLog(folder) if folder else None
+
+    def admit(self, request, role: str, what: str) -> dict:
+        raw = request.parameters()
+        try:
+            params = {str(k).lower(): v for k, v in (json.loads(raw) if raw else {}).items()}  # HTTP keeps case
+            return self.gate.admit(params, role, what)
+        except AccessDenied as e:
+            raise AccessRefused(str(e)) from None
+
+    def record(self, records: list[dict]) -> None:
+        """Durably, before the answers leave (AuditLog.write fdatasyncs)."""
+        if self.log is not None:
+            self.log.write(records)
+
+
+def search_record(request, who: dict, k: int, indices: np.ndarray) -> dict:
+    """The audit record of one search request: the query as the user gave it (texts, images'
+    SHA-256, gallery items; "sets": embedding sets sent directly), its filter and k, and the
+    global indices answered, a list per query."""
+    def values(name):
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        return None if tensor is None else tensor.as_numpy()
+    if (texts := values("TEXT")) is not None:
+        query = {"texts": [bytes(t).decode("utf-8", "replace") for t in texts.reshape(-1)]}
+    elif (images := values("IMAGE")) is not None:
+        query = {"images_sha256": [hashlib.sha256(bytes(i)).hexdigest() for i in images.reshape(-1)]}
+    elif (like := values("LIKE")) is not None:
+        query = {"like": like.reshape(-1).tolist()}
+    else:
+        query = {"sets": int(indices.shape[0])}
+    found = {}
+    for name in ("CAMERAS", "SINCE", "UNTIL"):
+        if (array := values(name)) is not None:  # one filter per request: its first row
+            found[name.lower()] = [bytes(v).decode("utf-8", "replace") for v in array[:1].reshape(-1)]
+    return {"event": "search", **who, "query": query, "filter": found, "k": k, "indices": indices.tolist()}

@@ -12,15 +12,17 @@ from __future__ import annotations
 import numpy as np
 
 from serving.live_store import GalleryReplaced
-from serving.models.common import RequestError, error_response
+from serving.models.common import AccessRefused, Guard, RequestError, error_response, refusal
 from serving.models.live import open_stores
 
 
 class TritonPythonModel:
     def initialize(self, args):
         self.stores = open_stores(args, adder=False)
+        self.guard = Guard()
 
-    def _erase(self, request) -> list[int]:
+    def _erase(self, request) -> tuple[list[int], dict | None]:
+        """(the global indices erased, the audit record; None for a request that only counts)."""
         import triton_python_backend_utils as pb_utils
         paths, persons = (pb_utils.get_input_tensor_by_name(request, n) for n in ("PATHS", "PERSONS"))
         try:
@@ -28,22 +30,35 @@ class TritonPythonModel:
         except UnicodeDecodeError:
             raise RequestError("PATHS must be UTF-8") from None
         persons = [] if persons is None else persons.as_numpy().reshape(-1).tolist()
-        if not paths and not persons:
-            return []
+        if not paths and not persons:  # LIVE alone: a count, which a viewer may ask
+            self.guard.admit(request, "viewer", "counting the live items")
+            return [], None
+        who = self.guard.admit(request, "operator", "erasure")
         # shard by shard: an acknowledged erasure is on disk in every shard it touched
-        return np.concatenate([index.to_global(np.array(store.erase(paths, persons), dtype=np.int64))
-                               for store, index in self.stores]).tolist()
+        erased = np.concatenate([index.to_global(np.array(store.erase(paths, persons), dtype=np.int64))
+                                 for store, index in self.stores]).tolist()
+        return erased, {"event": "erase", **who, "paths": paths, "persons": persons, "erased": sorted(erased)}
 
     def execute(self, requests):
         import triton_python_backend_utils as pb_utils
-        responses = []
+        responses, records = [], []
         for request in requests:
             try:
-                erased = self._erase(request)
+                erased, record = self._erase(request)
+            except AccessRefused as e:
+                responses.append(error_response(str(e)))
+                records.append(refusal(e, "erasure"))
+                continue
             except (RequestError, GalleryReplaced) as e:
                 responses.append(error_response(str(e)))
                 continue
+            records += [record] if record else []
             responses.append(pb_utils.InferenceResponse([
                 pb_utils.Tensor("ERASED", np.array(sorted(erased), dtype=np.int64)),
                 pb_utils.Tensor("LIVE", np.array([sum(s.live_items() for s, _ in self.stores)], dtype=np.int64))]))
+        try:
+            self.guard.record(records)  # on disk before any answer leaves
+        except OSError as e:
+            return [error_response(f"the audit trail could not be written ({e}); the erasure itself may have been "
+                                   f"done: check with a search") for _ in requests]
         return responses

@@ -16,7 +16,8 @@ import json
 import numpy as np
 
 from export.gallery_meta import parse_time
-from serving.models.common import RequestError, error_response, input_array, parameters, text
+from serving.models.common import (AccessRefused, Guard, RequestError, error_response, input_array, parameters,
+                                   refusal, text)
 from serving.models.images import ImageDecoder
 from serving.models.live import open_stores
 
@@ -29,6 +30,7 @@ class TritonPythonModel:
         import triton_python_backend_utils as pb_utils
         self.pb = pb_utils
         self.stores = open_stores(args, adder=True)
+        self.guard = Guard()
         params = parameters(args)
         self.decode = ImageDecoder(params["image"])
         self.encoder = json.loads(params["encoder"])  # the image encoder model, its tensors and batch limit
@@ -64,6 +66,26 @@ class TritonPythonModel:
         return np.concatenate(out)
 
     def execute(self, requests):
+        """A refused key answers its request alone; the others are ingested together."""
+        who, refused = [], []
+        for request in requests:
+            try:
+                who.append(self.guard.admit(request, "operator", "ingest"))
+            except AccessRefused as e:
+                who.append(error_response(str(e)))
+                refused.append(refusal(e, "ingest"))
+        admitted = [(r, w) for r, w in zip(requests, who) if isinstance(w, dict)]
+        answers, records = self._ingest([r for r, _ in admitted], [w for _, w in admitted]) if admitted else ([], [])
+        try:
+            self.guard.record(refused + records)  # on disk before any answer leaves
+        except OSError as e:  # the items are in (durably): say so, and that the trail missed them
+            return [error_response(f"the audit trail could not be written ({e}); the ingest itself may have been "
+                                   f"done: check with a search") for _ in requests]
+        answers = iter(answers)
+        return [next(answers) if isinstance(w, dict) else w for w in who]
+
+    def _ingest(self, requests, who: list[dict]) -> tuple[list, list[dict]]:
+        """(a response per request, the audit records of what was ingested)."""
         pb = self.pb
         fields = [[input_array(request, n).reshape(-1) for n in FIELDS] for request in requests]
         paths = [bytes(p).decode("utf-8", "replace").strip() for f in fields for p in f[1]]
@@ -71,7 +93,7 @@ class TritonPythonModel:
             seen = set().union(*(store.taken(paths) for store, _ in self.stores))
             target, numbering = min(self.stores, key=lambda s: s[0].live_items())  # the first of equals
         except Exception as e:
-            return [error_response(f"ingest failed, nothing was added: {e}") for _ in requests]
+            return [error_response(f"ingest failed, nothing was added: {e}") for _ in requests], []
         good, errors = [], []  # (request, row, item) of every good row; every row's error ("" if good)
         for n, f in enumerate(fields):
             errors.append([])
@@ -87,10 +109,13 @@ class TritonPythonModel:
                 pixels, names, persons, cameras, times = zip(*(item for _, _, item in good))
                 added = target.add(self._encode(np.stack(pixels)), list(names), persons, cameras, times)
             except Exception as e:  # nothing was acknowledged: every request of the batch is told
-                return [error_response(f"ingest failed, nothing was added: {e}") for _ in requests]
+                return [error_response(f"ingest failed, nothing was added: {e}") for _ in requests], []
             for (n, r, _), i in zip(good, numbering.to_global(np.array(added))):
                 index[n][r, 0] = i
+        records = [{"event": "ingest", **w, "paths": [bytes(p).decode("utf-8", "replace") for p in f[1]],
+                    "indices": rows.reshape(-1).tolist(), "refused": sum(bool(e) for e in errs)}
+                   for w, f, rows, errs in zip(who, fields, index, errors)]
         return [pb.InferenceResponse([
             pb.Tensor("INDEX", rows),
             pb.Tensor("ERROR", np.array([e.encode("utf-8") for e in errs], dtype=object).reshape(-1, 1))])
-            for rows, errs in zip(index, errors)]
+            for rows, errs in zip(index, errors)], records

@@ -20,7 +20,8 @@ import json
 import numpy as np
 
 from export.triton_config import QUERY_SETS, RESULTS
-from serving.models.common import error_response, input_array, parameters
+from serving.models.common import (AccessRefused, Guard, error_response, input_array, parameters, refusal,
+                                   search_record)
 from serving.topk_merge import top_positions
 
 OUTPUTS = [r["name"] for r in RESULTS]
@@ -39,20 +40,24 @@ class TritonPythonModel:
         self.shards = json.loads(params["shards"])
         self.image_sets = json.loads(params["image_sets"])  # the image query's tensor: what LIKE becomes
         self.inputs = [i["name"] for i in json.loads(args["model_config"])["input"]]
+        self.guard = Guard()
+        self.guard.record([{"event": "load", "who": "server", "model": args["model_name"],
+                            "version": int(args["model_version"]), "shards": self.shards}])
 
-    async def _ask(self, shard: str, tensors: list, outputs: list[str]):
+    async def _ask(self, shard: str, tensors: list, outputs: list[str], params: dict):
         pb = self.pb
         response = await pb.InferenceRequest(model_name=shard, inputs=tensors, requested_output_names=outputs,
+                                             parameters=params,  # the caller's key: the shard checks it too
                                              preferred_memory=pb.PreferredMemory(pb.TRITONSERVER_MEMORY_CPU, 0)
                                              ).async_exec()
         if response.has_error():
             raise ShardError(response.error().message())
         return {name: pb.get_output_tensor_by_name(response, name).as_numpy() for name in outputs}
 
-    async def _item_sets(self, index: int, topk) -> np.ndarray:
+    async def _item_sets(self, index: int, topk, params: dict) -> np.ndarray:
         """The sets [1, K, D] of gallery item `index`, from the one shard that holds it."""
         like = self.pb.Tensor("LIKE", np.array([[index]], dtype=np.int64))
-        answers = await asyncio.gather(*(self._ask(s, [like, topk], [QUERY_SETS]) for s in self.shards),
+        answers = await asyncio.gather(*(self._ask(s, [like, topk], [QUERY_SETS], params) for s in self.shards),
                                        return_exceptions=True)
         for answer in answers:
             if not isinstance(answer, BaseException):
@@ -64,26 +69,42 @@ class TritonPythonModel:
         raise next((a for a in answers if NO_SUCH_ITEM not in str(a)), answers[0])
 
     async def _search(self, request):
+        """(the response, its audit record)."""
         pb = self.pb
+        who = self.guard.admit(request, "viewer", "search")
+        raw = request.parameters()
+        params = json.loads(raw) if raw else {}
         given = {n: t for n in self.inputs if (t := pb.get_input_tensor_by_name(request, n)) is not None}
+        for name in ("TEXT", "IMAGE"):  # the query as given, for the audit record here: the shards need the sets
+            given.pop(name, None)
         if "LIKE" in given:  # each row resolved by its shard (the others refuse it at once), then an image query
             topk = pb.Tensor("TOPK", given["TOPK"].as_numpy()[:1])
-            sets = await asyncio.gather(*(self._item_sets(int(i), topk)
+            sets = await asyncio.gather(*(self._item_sets(int(i), topk, params)
                                           for i in given.pop("LIKE").as_numpy().reshape(-1)))
             name = self.image_sets["name"]
             given[name] = pb.Tensor(name, np.concatenate(sets).astype(self.image_sets["dtype"]))
-        answers = await asyncio.gather(*(self._ask(s, list(given.values()), OUTPUTS) for s in self.shards))
+        answers = await asyncio.gather(*(self._ask(s, list(given.values()), OUTPUTS, params) for s in self.shards))
         merged = {n: np.concatenate([a[n] for a in answers], axis=1) for n in OUTPUTS}
-        picks = top_positions(merged["SCORES"], merged["INDICES"], int(input_array(request, "TOPK").max()))
-        return pb.InferenceResponse([pb.Tensor(n, np.take_along_axis(merged[n], picks, axis=1)) for n in OUTPUTS])
+        k = int(input_array(request, "TOPK").max())
+        picks = top_positions(merged["SCORES"], merged["INDICES"], k)
+        out = {n: np.take_along_axis(merged[n], picks, axis=1) for n in OUTPUTS}
+        return (pb.InferenceResponse([pb.Tensor(n, out[n]) for n in OUTPUTS]),
+                search_record(request, who, k, out["INDICES"]))
 
     async def _answer(self, request):
         try:
             return await self._search(request)
+        except AccessRefused as e:
+            return error_response(str(e)), refusal(e, "search")
         except ShardError as e:
-            return error_response(str(e))
+            return error_response(str(e)), None
         except Exception as e:  # a shard down or failing: this request's error, the others go on
-            return error_response(f"gallery_search: a shard failed: {e}")
+            return error_response(f"gallery_search: a shard failed: {e}"), None
 
     async def execute(self, requests):
-        return await asyncio.gather(*(self._answer(r) for r in requests))
+        answered = await asyncio.gather(*(self._answer(r) for r in requests))
+        try:
+            self.guard.record([record for _, record in answered if record is not None])  # before any answer leaves
+        except OSError as e:
+            return [error_response(f"the audit trail could not be written ({e}): no answer") for _ in requests]
+        return [response for response, _ in answered]

@@ -31,8 +31,9 @@ import torch
 
 import kernels
 from export.gallery_meta import NO_CAMERA, filter_bounds, format_time
-from export.triton_config import QUERY_SETS
-from serving.models.common import RequestError, error_response, input_array, text
+from export.triton_config import GALLERY_MODEL, QUERY_SETS
+from serving.models.common import (AccessRefused, Guard, RequestError, error_response, input_array, refusal,
+                                   search_record, text)
 from serving.models.live import open_live
 
 MAX_TOPK = 2**31 - 1  # TOPK is INT32: the kernels are prepared for every k it can carry
@@ -71,6 +72,11 @@ class TritonPythonModel:
         max_batch = json.loads(args["model_config"])["max_batch_size"]
         rows, dim = self.live.set_shape  # queries have the gallery's set shape (one encoder family)
         kernels.prepare(rows, rows, dim, dtype, self.device, max_batch, MAX_TOPK, alpha=base.alpha, weight=base.weight)
+        self.guard = Guard()
+        self.front = args["model_name"] == GALLERY_MODEL  # a local shard's searches are its merge's to audit
+        if self.front:
+            self.guard.record([{"event": "load", "who": "server", "model": args["model_name"],
+                                "version": int(args["model_version"]), "items": len(self.live)}])
 
     def _topk(self, request, rows: int) -> int:
         topk = input_array(request, "TOPK").reshape(-1)
@@ -134,16 +140,19 @@ class TritonPythonModel:
     def execute(self, requests):
         import triton_python_backend_utils as pb_utils
         self.live.refresh()  # what ingest and erase committed: searchable, or gone, from now on
-        parsed, groups = [], {}
+        parsed, groups, refused = [], {}, []
         for n, request in enumerate(requests):
             try:
+                who = self.guard.admit(request, "viewer", "search")
                 kind, queries = self._query(request)
                 rows = queries.shape[0]
                 k, key = self._topk(request, rows), self._filter(request, rows)
             except RequestError as e:
                 parsed.append(e)
+                if self.front and isinstance(e, AccessRefused):
+                    refused.append(refusal(e, "search"))
                 continue
-            parsed.append((kind, queries, k))
+            parsed.append((kind, queries, k, who))
             if QUERY_SETS in request.requested_output_names():
                 continue  # the merge's LIKE lookup: the sets alone
             groups.setdefault((kind == "text_sets", key), []).append(n)
@@ -161,8 +170,8 @@ class TritonPythonModel:
         hits = [r[1].reshape(-1) for r in results if r is not None]
         flat = np.concatenate(hits) if hits else np.zeros(0, dtype=np.int64)
         columns = (*self._strings(flat), self.live.take("ids", torch.from_numpy(flat)).numpy())
-        responses, start = [], 0
-        for item, result in zip(parsed, results):
+        responses, start, audit = [], 0, refused
+        for request, item, result in zip(requests, parsed, results):
             if isinstance(item, RequestError):
                 responses.append(error_response(str(item)))
                 continue
@@ -173,6 +182,8 @@ class TritonPythonModel:
             s, i = result
             paths, cameras, times, ids = (c[start:start + i.size].reshape(i.shape) for c in columns)
             start += i.size
+            if self.front:
+                audit.append(search_record(request, item[3], item[2], self.index.to_global(i)))
             responses.append(pb_utils.InferenceResponse([
                 pb_utils.Tensor("SCORES", np.ascontiguousarray(s, dtype=np.float32)),
                 pb_utils.Tensor("IDS", ids),
@@ -180,4 +191,8 @@ class TritonPythonModel:
                 pb_utils.Tensor("INDICES", self.index.to_global(i)),
                 pb_utils.Tensor("CAMERA_NAMES", cameras),
                 pb_utils.Tensor("TIMES", times)]))
+        try:
+            self.guard.record(audit)  # on disk before any answer leaves
+        except OSError as e:
+            return [error_response(f"the audit trail could not be written ({e}): no answer") for _ in requests]
         return responses

@@ -1,0 +1,255 @@
+"""The server's audit trail: append-only JSON lines in a folder, each carrying the SHA-256 of the
+line before it, so an edited, removed or reordered line breaks the chain where it happened.
+
+Written by the server's own models (gallery_search, gallery_ingest, gallery_erase), never by
+clients, and by the offline commands that change a served gallery (`tbps compact`). Every
+record of one model execution is written and fdatasync'ed, under an exclusive lock of the
+folder, before that execution's answers leave: an acknowledged search, ingest or erasure is on
+disk. Several processes (model instances) append to one chain; the lock orders them.
+
+A record: {"seq", "time" (UTC), "event", "who", "via", ..., "prev"}; `prev` is the hex SHA-256
+of the previous line's bytes (the first line of all: 64 zeros). Files rotate at `max_bytes`
+(audit-<first seq>.jsonl), the chain running on across them. A crash can leave a torn last line;
+the next writer keeps it (evidence), ends it, and appends a `torn` record naming its SHA-256 and
+length, so `verify` reports the fragment and never counts it as a record. `prune` removes whole
+files older than a time and appends a `prune` record naming the last removed line's hash, from
+which verification of what remains starts.
+
+What it does not protect against: someone who can write the folder and recomputes every hash
+after an edit. `tbps audit verify` prints the head hash: keep it elsewhere (a ticket, a second
+machine) and a rewrite shows as a different head.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GENESIS = "0" * 64
+LOCK_FILE = ".lock"
+MAX_BYTES = 64 << 20  # a file's size before the chain moves on to a new one
+
+
+def _line_hash(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()
+
+
+def now_utc() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _files(folder: Path) -> list[Path]:
+    """The log files in chain order (by the seq their name starts at)."""
+    return sorted(folder.glob("audit-*.jsonl"), key=lambda p: int(p.stem.split("-")[1]))
+
+
+def _tail(path: Path) -> tuple[bytes | None, bytes]:
+    """(the file's last complete line without its newline, or None; the torn bytes after it),
+    read backwards from the end."""
+    with path.open("rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        start, data = end, b""
+        while start > 0 and data.count(b"\n") < 2:
+            start = max(0, start - 65536)
+            f.seek(start)
+            data = f.read(end - start)
+    cut = data.rfind(b"\n")
+    fragment, body = data[cut + 1:], data[:max(cut, 0)]
+    if cut < 0:
+        return None, fragment
+    return body[body.rfind(b"\n") + 1:], fragment
+
+
+class AuditLog:
+    """One writer (a model instance, a command) of the chain in `folder`."""
+
+    def __init__(self, folder: str | os.PathLike, max_bytes: int = MAX_BYTES):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.max_bytes = max_bytes
+        self._lock = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+
+    @contextlib.contextmanager
+    def locked(self):
+        """The folder's exclusive lock: one writer (or pruner) at a time, across processes."""
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+
+    def _head(self) -> tuple[Path, int, str, list[bytes]]:
+        """(the file to append to, the next seq, the previous line's hash, lines to write first:
+        the end of a torn line and the record that reports it)."""
+        files = _files(self.folder)
+        last, fragment = None, b""
+        for path in reversed(files):  # a file of a torn first line only, or empty: the one before ends the chain
+            last, tail = _tail(path)
+            fragment = fragment or (tail if path == files[-1] else b"")
+            if last is not None:
+                break
+        if last is None:
+            prev, seq = GENESIS, 0
+        else:
+            prev, seq = _line_hash(last), json.loads(last)["seq"] + 1
+        path = files[-1] if files else self.folder / "audit-0.jsonl"
+        if not fragment:
+            if path.exists() and path.stat().st_size >= self.max_bytes:
+                path = self.folder / f"audit-{seq}.jsonl"
+            return path, seq, prev, []
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # whole but for its newline: a record
+            record = json.loads(fragment)
+            if record["prev"] == prev and record["seq"] == seq:
+                return path, seq + 1, _line_hash(fragment), [b""]
+        torn = json.dumps({"seq": seq, "time": now_utc(), "event": "torn", "bytes": len(fragment),
+                           "sha256": _line_hash(fragment), "prev": prev}, separators=(",", ":")).encode()
+        return path, seq + 1, _line_hash(torn), [b"", torn]
+
+    def write(self, records: list[dict]) -> None:
+        """Append `records` (each: event, who, ...) to the chain, durably, in one locked step."""
+        if not records:
+            return
+        with self.locked():
+            path, seq, prev, lines = self._head()
+            for r in records:
+                line = json.dumps({"seq": seq, "time": now_utc(), **r, "prev": prev}, separators=(",", ":"),
+                                  ensure_ascii=False).encode()
+                lines.append(line)
+                prev, seq = _line_hash(line), seq + 1
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, b"\n".join(lines) + b"\n")
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        os.close(self._lock)
+
+
+@dataclass
+class Verified:
+    records: int = 0
+    head: str = GENESIS
+    first_seq: int = 0
+    problems: list[str] = field(default_factory=list)
+    torn: list[str] = field(default_factory=list)  # fragments a later `torn` record owns up to
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def read_records(folder: str | os.PathLike):
+    """(file, line number, raw bytes) of every line in chain order."""
+    for path in _files(Path(folder)):
+        with path.open("rb") as f:
+            for number, raw in enumerate(f, 1):
+                yield path, number, raw
+
+
+def verify(folder: str | os.PathLike) -> Verified:
+    """Walk the chain: every line parses, follows the previous one's hash and seq; a torn
+    fragment counts only as reported (by the `torn` record after it), never as a record."""
+    v, prev, seq, pending = Verified(), None, None, None
+    for path, number, raw in read_records(folder):
+        where = f"{path.name}:{number}"
+        if not raw.endswith(b"\n"):
+            v.problems.append(f"{where}: the last line is torn ({len(raw)} bytes, a crash while writing): "
+                              f"not a record")
+            break
+        line = raw[:-1]
+        try:
+            record = json.loads(line)
+            record_prev, record_seq = record["prev"], record["seq"]
+        except (ValueError, KeyError, TypeError):
+            if pending is None:
+                pending = (where, line)
+                continue
+            v.problems.append(f"{where}: not a record")
+            break
+        if pending is not None:  # a fragment: only a torn record right after it accounts for it
+            if record.get("event") != "torn" or record.get("sha256") != _line_hash(pending[1]):
+                v.problems.append(f"{pending[0]}: not a record, and no torn record accounts for it")
+                break
+            v.torn.append(f"{pending[0]}: {len(pending[1])} bytes torn by a crash (reported, not a record)")
+            pending = None
+        if prev is None:  # the first line: the chain starts at genesis, or where a prune left it
+            prev, seq = record_prev, record_seq
+            v.first_seq = record_seq
+            if record_seq != 0 or record_prev != GENESIS:
+                pruned = _prune_anchor(folder)
+                if pruned != (record_seq, record_prev):
+                    v.problems.append(f"{where}: the chain starts at seq {record_seq}, but no prune record "
+                                      f"accounts for the lines before it")
+                    break
+        if record_seq != seq:
+            v.problems.append(f"{where}: breaks the chain: seq {record_seq} where {seq} was expected (a line "
+                              f"removed or reordered)")
+            break
+        if record_prev != prev:
+            v.problems.append(f"{where}: breaks the chain: it does not follow the line before it (that line "
+                              f"was edited)")
+            break
+        prev, seq = _line_hash(line), seq + 1
+        v.records += 1
+    if pending is not None and not v.problems:
+        v.problems.append(f"{pending[0]}: not a record")
+    v.head = prev or GENESIS
+    return v
+
+
+def _prune_anchor(folder) -> tuple[int, str] | None:
+    """(first remaining seq, the hash it must follow) as the latest prune record states it."""
+    anchor = None
+    for _, _, raw in read_records(folder):
+        if b'"event":"prune"' in raw:
+            with contextlib.suppress(ValueError):
+                record = json.loads(raw)
+                anchor = (record["kept_from_seq"], record["kept_prev"])
+    return anchor
+
+
+def prune(folder: str | os.PathLike, before: str, who: str) -> dict:
+    """Remove whole files whose last record is older than `before` (ISO 8601), keeping the live
+    file; the chain then starts at the first kept line, as a prune record appended says."""
+    folder = Path(folder)
+    log = AuditLog(folder)
+    try:
+        with log.locked():
+            files = _files(folder)
+            removed = []
+            for path in files[:-1]:
+                last = json.loads(_tail(path)[0])
+                if last["time"] >= before:
+                    break
+                removed.append(path)
+            if not removed:
+                return {"removed_files": 0, "removed_records": 0}
+            kept = files[len(removed)]
+            with kept.open("rb") as f:
+                first = json.loads(f.readline())
+            count = sum(1 for p in removed for _ in p.open("rb"))
+        log.write([{"event": "prune", "who": who, "before": before, "kept_from_seq": first["seq"],
+                    "kept_prev": first["prev"], "removed_records": count}])
+        for path in removed:  # after the record: a crash in between leaves files the record already covers
+            path.unlink()
+        return {"removed_files": len(removed), "removed_records": count}
+    finally:
+        log.close()
+
+
+def show(folder: str | os.PathLike, user: str | None = None, since: str | None = None):
+    """The records (dicts) of `user` (the key's name, or the person a front acted for) from
+    `since` (ISO 8601 UTC, as the log writes it), in chain order."""
+    for _, _, raw in read_records(folder):
+        with contextlib.suppress(ValueError):
+            record = json.loads(raw)
+            if (user is None or user in (record.get("who"), record.get("user"))) and \
+                    (since is None or record["time"] >= since):
+                yield record

@@ -1,0 +1,167 @@
+"""A secured server, for real: TLS handshakes with certificates made here by openssl, keys by role
+checked by the server's models over gRPC and HTTP, Triton's admin protocols behind their key, and
+the audit trail the server writes (verified after concurrent clients, and after a kill -9)."""
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+
+from serving import audit
+from serving.access import GRPC_ADMIN_HEADER, add_key
+from serving.client import AsyncSearchClient, Credentials, SearchClient, SearchError
+from serving.launch import Security, ServerError, TritonServer
+
+pytestmark = pytest.mark.slow
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def certificate(folder, name: str, ca: str | None, san: str | None = None) -> None:
+    """name.key and name.pem: self-signed (a CA) or signed by `ca`."""
+    openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-subj", f"/CN={name}",
+            *(["-x509", "-days", "2", "-out", f"{name}.pem"] if ca is None else ["-out", f"{name}.csr"]), cwd=folder)
+    if ca is not None:
+        (folder / f"{name}.ext").write_text(f"subjectAltName={san}\n" if san else "basicConstraints=CA:FALSE\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+                "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=folder)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pki")
+    for ca in ("ca", "client_ca", "other_ca"):
+        certificate(folder, ca, None)
+    certificate(folder, "server", "ca", "IP:127.0.0.1,DNS:localhost")
+    certificate(folder, "client", "client_ca")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def secured(esa_export, gallery, pki, tmp_path_factory):
+    from serving.repository import write_repository
+    root = tmp_path_factory.mktemp("secured")
+    repo = write_repository(esa_export, gallery, root / "repo", max_batch_size=8)
+    keys = {name: add_key(root / "keys.json", name, role) for name, role in (("vera", "viewer"), ("otto", "operator"))}
+    security = Security(str(pki / "server.pem"), str(pki / "server.key"), str(pki / "client_ca.pem"),
+                        str(root / "keys.json"), "the-admin-key", str(root / "audit"))
+    server = TritonServer(repo, security=security).start()
+    yield server, keys, root / "audit"
+    server.stop()
+
+
+def credentials(pki, key=None, ca="ca", cert=True):
+    return Credentials(str(pki / f"{ca}.pem"), str(pki / "client.pem") if cert else None,
+                       str(pki / "client.key") if cert else None, key)
+
+
+def test_only_a_client_that_trusts_the_server_and_is_trusted_connects(secured, pki, captions):
+    server, keys, _ = secured
+    with SearchClient(server.grpc_url, credentials=credentials(pki, keys["vera"])) as client:
+        assert len(client.search(captions[0], k=3)[0]) == 3
+    for refused in (Credentials(api_key=keys["vera"]),  # plain text to a TLS port
+                    credentials(pki, keys["vera"], ca="other_ca"),  # a CA that did not sign the server
+                    credentials(pki, keys["vera"], cert=False)):  # mutual TLS: no client certificate
+        with SearchClient(server.grpc_url, timeout=10, credentials=refused) as client, pytest.raises(SearchError):
+            client.search(captions[0], k=3)
+
+
+def test_each_role_may_do_its_operations_and_no_more(secured, pki, captions, synthetic_data):
+    from trainer.data.formats import load_dataset
+    server, keys, _ = secured
+    image = load_dataset(synthetic_data).train[0].path
+    with SearchClient(server.grpc_url, credentials=credentials(pki)) as anonymous:
+        with pytest.raises(SearchError, match="permission denied: search needs a key"):
+            anonymous.search(captions[0], k=3)
+    with SearchClient(server.grpc_url, credentials=credentials(pki, "not-a-key")) as stranger:
+        with pytest.raises(SearchError, match="that key is not valid on this server"):
+            stranger.search(captions[0], k=3)
+    with SearchClient(server.grpc_url, credentials=credentials(pki, keys["vera"])) as viewer:
+        assert viewer.search_images(image.read_bytes(), k=2)[0]
+        with pytest.raises(SearchError, match="ingest needs the operator role; key 'vera' is a viewer"):
+            viewer.ingest([image.read_bytes()], ["new/by-vera.jpg"])
+        with pytest.raises(SearchError, match="erasure needs the operator role"):
+            viewer.delete(paths=["new/by-vera.jpg"])
+        assert len(viewer.like([0], k=2)[0]) == 2  # still serving
+    with SearchClient(server.grpc_url, credentials=credentials(pki, keys["otto"])) as operator:
+        (done,) = operator.ingest([image.read_bytes()], ["new/by-otto.jpg"])
+        assert done.index is not None and operator.delete(paths=["new/by-otto.jpg"]) == [done.index]
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+    admin = grpcclient.InferenceServerClient(server.grpc_url, **credentials(pki).connection())
+    with pytest.raises(InferenceServerException, match="tbps-admin-key"):
+        admin.get_model_repository_index()
+    assert admin.get_model_repository_index(headers={GRPC_ADMIN_HEADER: "the-admin-key"}).models
+    # HTTP (loopback only, no TLS of its own): the same keys
+    body = json.dumps({"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": [captions[0]]},
+                                  {"name": "TOPK", "shape": [1, 1], "datatype": "INT32", "data": [2]}]}).encode()
+    url = f"http://127.0.0.1:{server.http_port}/v2/models/person_search/infer"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=30)
+    assert "search needs a key" in json.load(refused.value)["error"]
+    request = urllib.request.Request(url, data=body, method="POST", headers={"tbps-key": keys["vera"]})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert len(next(o for o in json.load(answer)["outputs"] if o["name"] == "INDICES")["data"]) == 2
+
+
+def test_the_trail_holds_every_search_of_32_concurrent_clients_and_verifies(secured, pki, captions):
+    server, keys, folder = secured
+    before = audit.verify(folder).records
+
+    async def load():
+        async with AsyncSearchClient(server.grpc_url, credentials=credentials(pki, keys["vera"])) as client:
+            async def one(c):
+                for i in range(12):
+                    await client.search(captions[(c + i) % len(captions)], k=5)
+            await asyncio.gather(*(one(c) for c in range(32)))
+    asyncio.run(load())
+    v = audit.verify(folder)
+    assert v.ok and v.records == before + 32 * 12, v.problems
+    mine = [r for r in audit.show(folder, user="vera") if r["event"] == "search"]
+    last = mine[-1]
+    assert last["query"]["texts"][0] in captions and last["k"] == 5 and len(last["indices"][0]) == 5
+    refusals = [r for r in audit.show(folder) if r["event"] == "refused"]
+    assert {r["what"] for r in refusals} >= {"search", "ingest", "erasure"}
+    assert any(r["event"] == "ingest" and r["who"] == "otto" and r["paths"] == ["new/by-otto.jpg"]
+               for r in audit.show(folder))
+
+
+def test_a_kill_9_under_load_leaves_a_trail_that_verifies(esa_export, gallery, pki, captions, tmp_path):
+    from serving.repository import write_repository
+    repo = write_repository(esa_export, gallery, tmp_path / "repo", max_batch_size=8)
+    key = add_key(tmp_path / "keys.json", "vera", "viewer")
+    security = Security(keys_file=str(tmp_path / "keys.json"), audit_dir=str(tmp_path / "audit"))
+    server = TritonServer(repo, security=security).start()
+    try:
+        async def load():
+            async with AsyncSearchClient(server.grpc_url, timeout=20, credentials=Credentials(api_key=key)) as client:
+                async def one(c):
+                    for i in range(1000):
+                        await client.search(captions[i % len(captions)], k=3)
+                tasks = [asyncio.create_task(one(c)) for c in range(16)]
+                await asyncio.sleep(3)
+                os.killpg(server.process.pid, signal.SIGKILL)  # the server and its model processes, mid-write
+                await asyncio.gather(*tasks, return_exceptions=True)
+        asyncio.run(load())
+    finally:
+        server.stop()
+    v = audit.verify(tmp_path / "audit")
+    assert v.records > 16 and all("the last line is torn" in p for p in v.problems), v.problems
+    with TritonServer(repo, security=security) as again, \
+            SearchClient(again.grpc_url, credentials=Credentials(api_key=key)) as client:
+        client.search(captions[0], k=3)
+    after = audit.verify(tmp_path / "audit")
+    assert after.ok and after.records > v.records and len(after.torn) == len(v.problems), after.problems
+
+
+def test_a_public_address_needs_tls_and_keys(repository):
+    with pytest.raises(ServerError, match=r"refusing to listen on 0\.0\.0\.0 without TLS .* and keys"):
+        TritonServer(repository, host="0.0.0.0")
+    with pytest.raises(ServerError, match="needs both a certificate and its private key"):
+        TritonServer(repository, security=Security(tls_cert="server.pem"))
