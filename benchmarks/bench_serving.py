@@ -68,10 +68,11 @@ def in_process(export: Path, gallery: Path, texts: list[str], seconds: float, k:
 STEPS = ("queue", "compute_input", "compute_infer", "compute_output")
 
 
-def model_times(url: str) -> dict:
-    """Triton's cumulative statistics per model: {model: {"n": requests, step: ns}}."""
+def model_times(url: str, connection: dict) -> dict:
+    """Triton's cumulative statistics per model: {model: {"n": requests, step: ns}}; `connection`:
+    the TLS arguments of a secured server (Credentials.connection())."""
     import tritonclient.grpc as grpcclient
-    with grpcclient.InferenceServerClient(url) as client:
+    with grpcclient.InferenceServerClient(url, **connection) as client:
         stats = client.get_inference_statistics(as_json=True)["model_stats"]
     return {m["name"]: {"n": int(m["inference_stats"]["success"].get("count", 0)),
                         **{step: int(m["inference_stats"][step].get("ns", 0)) for step in STEPS}} for m in stats}
@@ -127,13 +128,14 @@ def main() -> None:
                            for r in repos]
                 urls = [s.grpc_url for s in servers]
                 options = {"credentials": guard.get("credentials", NO_CREDENTIALS)}
+                connection = options["credentials"].connection()
                 run_load(urls, CAPTIONS, concurrency=4, duration=seconds / 2, **options)  # warm-up
                 for concurrency in levels:
-                    before = model_times(urls[0])
+                    before = model_times(urls[0], connection)
                     report = run_load(urls, CAPTIONS, concurrency=concurrency, duration=seconds, **options)
                     row = {"setup": name, **{k: v for k, v in report.items() if k != "errors"},
                            "p50_vs_floor": report["p50_ms"] / floor["p50_ms"],
-                           "model_ms": ms_per_request(before, model_times(urls[0]))}  # the first server's
+                           "model_ms": ms_per_request(before, model_times(urls[0], connection))}  # the first server's
                     rows.append(row)
                     print(f"{name:13s} c={concurrency:3d}  {row['qps']:7.1f} q/s  p50 {row['p50_ms']:7.1f} ms  "
                           f"p95 {row['p95_ms']:7.1f}  p99 {row['p99_ms']:7.1f}  failures {row['failures']}  "

@@ -91,6 +91,11 @@ def remove_key(path: str | os.PathLike, name: str) -> None:
     os.replace(tmp, path)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listen address reaches only this machine."""
+    return host in ("::1", "localhost") or host.startswith("127.")
+
+
 def secret_from(file: str | None, env: str) -> str | None:
     """A secret from a file (first line) or an environment variable, never from an argument."""
     if file:

@@ -301,40 +301,50 @@ class AsyncSearchClient:
         self.clients = [aioclient.InferenceServerClient(u, **credentials.connection()) for u in self.urls]
         self._max_batch: dict = {}  # (client, model) -> its max_batch_size, asked once
 
-    async def _query_one(self, client, kind, values: list, k: int, flt: Filter) -> list[list[Hit]]:
+    def _headers(self, caller: dict | None) -> dict | None:
+        """The client's credentials, naming the person and address it acts for (a page's user)."""
+        if not caller:
+            return self.credentials.headers()
+        return replace(self.credentials, user=caller.get("user"), client=caller.get("client")).headers()
+
+    async def _query_one(self, client, kind, values: list, k: int, flt: Filter,
+                         caller: dict | None) -> list[list[Hit]]:
         from tritonclient.utils import InferenceServerException
-        hits = []
+        hits, headers = [], self._headers(caller)
         try:
             if (client, kind[0]) not in self._max_batch:
-                config = (await client.get_model_config(kind[0], headers=self.credentials.headers(),
+                config = (await client.get_model_config(kind[0], headers=headers,
                                                         client_timeout=self.timeout)).config
                 self._max_batch[client, kind[0]] = config.max_batch_size
             for chunk in _chunks(values, self._max_batch[client, kind[0]]):
                 result = await client.infer(kind[0], _inputs(self._module, kind, chunk, k, flt),
-                                            outputs=_outputs(self._module), headers=self.credentials.headers(),
+                                            outputs=_outputs(self._module), headers=headers,
                                             client_timeout=self.timeout)
                 hits += _hits(result)
         except InferenceServerException as e:
             raise SearchError(e.message()) from None
         return hits
 
-    async def _query(self, kind, values, k: int, flt: Filter | None) -> list[list[Hit]]:
+    async def _query(self, kind, values, k: int, flt: Filter | None, caller: dict | None) -> list[list[Hit]]:
         values, flt = _check_values(kind, values), flt or NO_FILTER
-        per_shard = await asyncio.gather(*(self._query_one(c, kind, values, k, flt) for c in self.clients))
+        per_shard = await asyncio.gather(*(self._query_one(c, kind, values, k, flt, caller) for c in self.clients))
         return per_shard[0] if len(per_shard) == 1 else merge(list(per_shard), k)
 
-    async def search(self, texts: str | list[str], k: int = 10, filter: Filter | None = None) -> list[list[Hit]]:
-        return await self._query(TEXTS, texts, k, filter)
+    async def search(self, texts: str | list[str], k: int = 10, filter: Filter | None = None,
+                     caller: dict | None = None) -> list[list[Hit]]:
+        """As SearchClient.search; `caller`: {"user", "client"} a front acts for (the audit's who)."""
+        return await self._query(TEXTS, texts, k, filter, caller)
 
     async def search_images(self, images: bytes | list[bytes], k: int = 10,
-                            filter: Filter | None = None) -> list[list[Hit]]:
-        return await self._query(IMAGES, images, k, filter)
+                            filter: Filter | None = None, caller: dict | None = None) -> list[list[Hit]]:
+        return await self._query(IMAGES, images, k, filter, caller)
 
-    async def like(self, indices: int | list[int], k: int = 10, filter: Filter | None = None) -> list[list[Hit]]:
+    async def like(self, indices: int | list[int], k: int = 10, filter: Filter | None = None,
+                   caller: dict | None = None) -> list[list[Hit]]:
         if len(self.clients) > 1:
             raise SearchError("search by a gallery item is served by one server, not across shards: "
                               "query with the item's image (search_images) instead")
-        return await self._query(ITEMS, indices, k, filter)
+        return await self._query(ITEMS, indices, k, filter, caller)
 
     async def close(self) -> None:
         for c in self.clients:

@@ -33,7 +33,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.access import ADMIN_HEADER, ADMIN_PROTOCOLS, AUDIT_ENV, HEADER_PATTERN, KEYS_ENV, read_keys
+from serving.access import ADMIN_HEADER, ADMIN_PROTOCOLS, AUDIT_ENV, HEADER_PATTERN, KEYS_ENV, is_loopback, read_keys
 
 READY_TIMEOUT_S = 180.0
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
@@ -120,15 +120,11 @@ class Security:
                 raise ServerError(f"{name.replace('_', '-')}: no such file {path}")
         if self.keys_file:
             read_keys(self.keys_file)  # a bad file is refused before the server starts
-        if not _loopback(host) and not insecure and not (self.tls_cert and self.keys_file):
+        if not is_loopback(host) and not insecure and not (self.tls_cert and self.keys_file):
             missing = " and ".join(what for what, given in (("TLS (--tls-cert, --tls-key)", self.tls_cert),
                                                             ("keys (--keys)", self.keys_file)) if not given)
             raise ServerError(f"refusing to listen on {host} without {missing}: anyone who reaches the port "
                               f"could search, ingest and erase; add them, or --insecure to do it anyway")
-
-
-def _loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
 
 
 class TritonServer:

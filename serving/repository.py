@@ -42,6 +42,7 @@ from export.triton_config import (ENSEMBLE, ERASE_MODEL, GALLERY_MODEL, IMAGE_EN
                                   gallery_config, image_decoder_config, image_ensemble_config, ingest_config,
                                   live_parameters, merge_config, parameter, python_config, read_config,
                                   text_encoder_config, tokenizer_config, write_config)
+from serving.access import GRPC_ADMIN_HEADER
 from serving.live_gallery import LiveGallery, start_live
 from serving.live_store import GALLERY_FILE, LIVE_FOLDER, LiveStore
 
@@ -222,15 +223,19 @@ def stage_gallery(repo: str | os.PathLike, gallery: str | os.PathLike, fingerpri
     return version
 
 
-def publish_gallery(repo: str | os.PathLike, gallery: str | os.PathLike, url: str) -> int:
+def publish_gallery(repo: str | os.PathLike, gallery: str | os.PathLike, url: str, admin_key: str | None = None,
+                    connection: dict | None = None) -> int:
     """Put a new gallery live on a running server (started with explicit model control) without
     a restart: stage it as the next version and reload the model. Triton's version policy
     (latest 1) serves the new version once it is ready; requests already running finish on the
     old one, which is then unloaded; ingest and erasure follow the new version. Versions before
     the previous one are deleted; a version the server did not load is deleted too (ValueError,
     one line). Refused while the served version has live additions or erasures, which the new
-    file does not hold: compact them into a version first (`tbps compact`, offline)."""
+    file does not hold: compact them into a version first (`tbps compact`, offline). A secured
+    server: its `admin_key` (model control is an admin protocol) and `connection`, the TLS
+    arguments of serving.client.Credentials.connection()."""
     import tritonclient.grpc as grpcclient
+    headers = {GRPC_ADMIN_HEADER: admin_key} if admin_key else None
     from tritonclient.utils import InferenceServerException
     repo = Path(repo)
     if gallery_models(repo) != [GALLERY_MODEL]:
@@ -247,9 +252,9 @@ def publish_gallery(repo: str | os.PathLike, gallery: str | os.PathLike, url: st
         try:
             fingerprint = parameter(read_config(repo / GALLERY_MODEL), "fingerprint")
             version = stage_gallery(repo, gallery, fingerprint)
-            client = grpcclient.InferenceServerClient(url)
+            client = grpcclient.InferenceServerClient(url, **(connection or {}))
             try:
-                client.load_model(GALLERY_MODEL)
+                client.load_model(GALLERY_MODEL, headers=headers)
             except InferenceServerException as e:
                 shutil.rmtree(repo / GALLERY_MODEL / str(version))
                 raise ValueError(f"the server at {url} did not load gallery version {version}: {e.message()} (a "
@@ -262,7 +267,7 @@ def publish_gallery(repo: str | os.PathLike, gallery: str | os.PathLike, url: st
         store.close()
     for follower in (INGEST_MODEL, ERASE_MODEL):  # they work on the latest version: reopen on it
         if (repo / follower).is_dir():
-            client.load_model(follower)
+            client.load_model(follower, headers=headers)
     for old in gallery_versions(repo)[:-2]:
         shutil.rmtree(repo / GALLERY_MODEL / str(old))
     return version

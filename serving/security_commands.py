@@ -1,9 +1,11 @@
-"""`tbps keys` (API keys by role, serving/access.py) and `tbps audit` (the server's hash-chained
-audit trail, serving/audit.py).
+"""`tbps keys` (API keys by role, serving/access.py), `tbps accounts` (the search page's users,
+serving/ui_auth.py) and `tbps audit` (the server's hash-chained audit trail, serving/audit.py).
 
     tbps keys add NAME --role viewer|operator --file KEYS   prints the new key once
     tbps keys remove NAME --file KEYS
     tbps keys list --file KEYS
+    tbps accounts add NAME --role viewer|operator --file USERS   asks the password (or reads a line of stdin)
+    tbps accounts remove|list ...
     tbps audit verify DIR                  the chain, the records, the head hash to keep elsewhere
     tbps audit show DIR [--user U] [--since ISO] [--json]
     tbps audit prune DIR --before ISO      drops whole files older than that; what remains verifies
@@ -30,6 +32,26 @@ def cmd_keys(a) -> int:
     else:
         for k in read_keys(a.file):
             print(f"{k['name']}\t{k['role']}\tsha256 {k['sha256'][:12]}...")
+    return 0
+
+
+def cmd_accounts(a) -> int:
+    from serving.ui_auth import add_account, read_accounts, remove_account
+    if a.action == "add":
+        if sys.stdin.isatty():
+            password = getpass.getpass(f"password for {a.name}: ")
+            if getpass.getpass("again: ") != password:
+                raise ValueError("the two passwords differ")
+        else:
+            password = sys.stdin.readline().rstrip("\n")
+        add_account(a.file, a.name, a.role, password)
+        print(f"account {a.name!r} ({a.role}) added to {a.file} (tbps ui --accounts {a.file} reads it at start)")
+    elif a.action == "remove":
+        remove_account(a.file, a.name)
+        print(f"removed account {a.name!r} (a running page reads its accounts at start: restart it)")
+    else:
+        for user in read_accounts(a.file).values():
+            print(f"{user['name']}\t{user['role']}")
     return 0
 
 
@@ -82,6 +104,14 @@ def add_commands(sub) -> None:
     p.add_argument("--file", required=True, help="the keys file (made 0600; holds hashes, never keys)")
     p.set_defaults(fn=lambda a: cmd_keys(_needs_name(a)))
 
+    p = sub.add_parser("accounts", help="the search page's users for tbps ui --accounts (scrypt-hashed passwords)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=["add", "remove", "list"])
+    p.add_argument("name", nargs="?", default=None, help="the user (add, remove)")
+    p.add_argument("--role", default="viewer", help="viewer or operator (add)")
+    p.add_argument("--file", required=True, help="the accounts file (made 0600)")
+    p.set_defaults(fn=lambda a: cmd_accounts(_needs_name(a)))
+
     p = sub.add_parser("audit", help="verify, show or prune a server's audit trail (tbps serve --audit DIR)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=["verify", "show", "prune"])
@@ -95,7 +125,7 @@ def add_commands(sub) -> None:
 
 def _needs_name(a):
     if a.action in ("add", "remove") and not a.name:
-        raise ValueError(f"tbps keys {a.action} needs the key's NAME")
+        raise ValueError(f"{a.command} {a.action} needs a NAME")
     return a
 
 

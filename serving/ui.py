@@ -1,6 +1,7 @@
 """`tbps ui`: the search page, a small Starlette app over the served `person_search` ensemble.
 
     tbps ui --gallery GALLERY_FILE | --root IMAGES  [--url 127.0.0.1:8001 ...] [--port 8080]
+            [--accounts USERS | --trust-user-header X-Forwarded-User] [--key-file KEY] [--tls-ca PEM]
 
 Routes: `/` the page (ui_static/: plain HTML and a little JavaScript);
 `/api/search?text=...&k=...` (or `like=INDEX`: more like that gallery item) the hits exactly as
@@ -13,24 +14,33 @@ gallery's image root: a file is served only if it resolves, symlinks followed, t
 inside that root; anything else is a 404. The page keeps its query and filters in its URL
 (?q=...&k=...&camera=...&since=...&until=..., or ?like=INDEX&...), so a search can be shared
 and reloaded; an uploaded image is the one query no URL can hold.
+
+With `--accounts` (or a trusted proxy's user header) every route but the login page and the
+static files needs a user (serving/ui_auth.py): `/login` (GET the form, POST name and
+password), `POST /logout`; `/api/options` then also says who is logged in and the session's
+CSRF token, which every POST sends back. The page queries the server with its own credentials
+(`--key-file`, TLS), naming the user and their address for the server's audit trail.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import hashlib
+import hmac
 import os
 import re
 import socket
 import threading
 import time
+import urllib.parse
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from serving.client import AsyncSearchClient, Filter, SearchError
+from serving.client import NO_CREDENTIALS, AsyncSearchClient, Credentials, Filter, SearchError
+from serving.ui_auth import COOKIE, CSRF_HEADER, IDLE_S, PageAuth
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -175,13 +185,15 @@ async def read_image(request) -> bytes:
 
 
 def create_app(urls: str | list[str], root: str | os.PathLike, cache: str | os.PathLike | None = None,
-               timeout: float = 60.0, cameras: list[str] = ()) -> Starlette:
+               timeout: float = 60.0, cameras: list[str] = (), auth: PageAuth | None = None,
+               credentials: Credentials = NO_CREDENTIALS) -> Starlette:
     """The page and its API over the servers at `urls` (one per shard), images from `root`;
-    `cameras`: the gallery's camera names, the page's choices (a filter may name others)."""
+    `cameras`: the gallery's camera names, the page's choices (a filter may name others);
+    `auth`: who may use it (None: anyone who reaches it); `credentials`: the page's own, on the server."""
     # here, not at the top: `tbps --help` and the other commands need no web framework
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
-    from starlette.responses import FileResponse, JSONResponse, Response
+    from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
@@ -192,7 +204,7 @@ def create_app(urls: str | list[str], root: str | os.PathLike, cache: str | os.P
     @contextlib.asynccontextmanager
     async def lifespan(app):
         # gRPC aio channels belong to the event loop that made them: the server's own
-        app.state.client = AsyncSearchClient(urls, timeout=timeout)
+        app.state.client = AsyncSearchClient(urls, timeout=timeout, credentials=credentials)
         try:
             yield
         finally:
@@ -218,11 +230,57 @@ def create_app(urls: str | list[str], root: str | os.PathLike, cache: str | os.P
             return error(400, f"the server refused the query: {e}")
         return JSONResponse([{"text": t, "hits": [asdict(h) for h in hits]} for t, hits in zip(labels, results)])
 
+    def guarded(handler, search: bool = False, page: bool = False):
+        """The handler for a logged-in user (any user, without `auth`): a POST must carry the
+        session's CSRF token; a search counts against the user's rate."""
+        async def run(request):
+            request.state.caller, request.state.session = None, None
+            if auth is None:
+                return await handler(request)
+            session = auth.session(request.headers, request.cookies)
+            if session is None:
+                if page and auth.accounts is not None:
+                    return RedirectResponse("/login", status_code=303)
+                return error(401, "log in first (the search page needs a user)")
+            if request.method == "POST" and not hmac.compare_digest(request.headers.get(CSRF_HEADER, ""),
+                                                                    session.csrf):
+                return error(403, "this request lacks the page's CSRF token: reload the page")
+            if search and not auth.allow_search(session):
+                return error(429, f"too many searches: at most {auth.rate} a minute per user")
+            request.state.session = session
+            request.state.caller = {"user": session.user, "client": request.client.host if request.client else ""}
+            return await handler(request)
+        return run
+
     async def page(request):
         return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
     async def page_options(request):
-        return JSONResponse(options)
+        session = request.state.session
+        who = {"user": session.user, "role": session.role, "csrf": session.csrf} if session else {}
+        return JSONResponse({**options, **who})
+
+    async def login_page(request):
+        return FileResponse(STATIC / "login.html", headers=PAGE_HEADERS)
+
+    async def login(request):
+        # no session yet, so no CSRF token: the form must come from this page's own origin
+        if urllib.parse.urlsplit(request.headers.get("origin", "")).netloc != request.headers.get("host"):
+            return error(403, "a login must come from the search page's own login form")
+        form = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
+        name, password = (form.get(field, [""])[0] for field in ("name", "password"))
+        token = await run_in_threadpool(auth.login, name, password)  # scrypt: off the event loop
+        if token is None:
+            return RedirectResponse("/login?failed=1", status_code=303)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, token, max_age=IDLE_S, httponly=True, secure=True, samesite="strict")
+        return response
+
+    async def logout(request):
+        auth.logout(request.cookies.get(COOKIE))
+        response = JSONResponse({"logged_out": request.state.session.user})
+        response.delete_cookie(COOKIE)
+        return response
 
     async def search(request):
         params = request.query_params
@@ -237,8 +295,9 @@ def create_app(urls: str | list[str], root: str | os.PathLike, cache: str | os.P
         except QueryError as e:
             return error(e.status, str(e))
         if texts:
-            return await answer(request, texts, lambda client: client.search(texts, k, flt))
-        return await answer(request, [f"like #{i}" for i in indices], lambda client: client.like(indices, k, flt))
+            return await answer(request, texts, lambda client: client.search(texts, k, flt, request.state.caller))
+        return await answer(request, [f"like #{i}" for i in indices],
+                            lambda client: client.like(indices, k, flt, request.state.caller))
 
     async def search_image(request):
         try:
@@ -246,7 +305,8 @@ def create_app(urls: str | list[str], root: str | os.PathLike, cache: str | os.P
             body = await read_image(request)
         except QueryError as e:
             return error(e.status, str(e))
-        return await answer(request, ["image"], lambda client: client.search_images(body, k, flt))
+        return await answer(request, ["image"],
+                            lambda client: client.search_images(body, k, flt, request.state.caller))
 
     async def thumb(request):
         path = images.find(request.path_params["path"])
@@ -265,11 +325,15 @@ def create_app(urls: str | list[str], root: str | os.PathLike, cache: str | os.P
     async def internal(request, exc):  # the last resort: a line, never a traceback, reaches the page
         return error(500, f"internal error of the search page ({type(exc).__name__})")
 
-    return Starlette(routes=[Route("/", page), Route("/api/options", page_options), Route("/api/search", search),
-                             Route("/api/search/image", search_image, methods=["POST"]),
-                             Route("/thumb/{path:path}", thumb), Route("/image/{path:path}", image),
-                             Mount("/static", StaticFiles(directory=STATIC))],
-                     lifespan=lifespan, exception_handlers={Exception: internal})
+    routes = [Route("/", guarded(page, page=True)), Route("/api/options", guarded(page_options)),
+              Route("/api/search", guarded(search, search=True)),
+              Route("/api/search/image", guarded(search_image, search=True), methods=["POST"]),
+              Route("/thumb/{path:path}", guarded(thumb)), Route("/image/{path:path}", guarded(image)),
+              Mount("/static", StaticFiles(directory=STATIC))]
+    if auth is not None and auth.accounts is not None:
+        routes += [Route("/login", login_page), Route("/login", login, methods=["POST"]),
+                   Route("/logout", guarded(logout), methods=["POST"])]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: internal})
 
 
 def _server(app: Starlette):
@@ -296,10 +360,11 @@ def _base_url(host: str, sock: socket.socket) -> str:
 
 
 def serve_ui(urls: str | list[str], root: str | os.PathLike, host: str = "127.0.0.1", port: int = 8080,
-             cache: str | os.PathLike | None = None, cameras: list[str] = ()) -> None:
+             cache: str | os.PathLike | None = None, cameras: list[str] = (), auth: PageAuth | None = None,
+             credentials: Credentials = NO_CREDENTIALS) -> None:
     """Serve the page until Ctrl-C, which ends in KeyboardInterrupt after a clean shutdown
     (uvicorn re-raises the signal it caught)."""
-    server = _server(create_app(urls, root, cache, cameras=cameras))
+    server = _server(create_app(urls, root, cache, cameras=cameras, auth=auth, credentials=credentials))
     with _listen(host, port) as sock:
         print(f"search page: {_base_url(host, sock)}/ (Ctrl-C stops)", flush=True)
         server.run(sockets=[sock])
@@ -307,9 +372,10 @@ def serve_ui(urls: str | list[str], root: str | os.PathLike, host: str = "127.0.
 
 @contextlib.contextmanager
 def running_ui(urls: str | list[str], root: str | os.PathLike, cache: str | os.PathLike | None = None,
-               host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0, cameras: list[str] = ()):
+               host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0, cameras: list[str] = (),
+               auth: PageAuth | None = None, credentials: Credentials = NO_CREDENTIALS):
     """The page served from a background thread (tests, benchmarks): yields its base URL."""
-    server = _server(create_app(urls, root, cache, timeout, cameras))
+    server = _server(create_app(urls, root, cache, timeout, cameras, auth, credentials))
     with _listen(host, port) as sock:
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="tbps-ui", daemon=True)
         thread.start()
@@ -334,8 +400,8 @@ def gallery_images(gallery: str | os.PathLike) -> tuple[str, list[str]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", action="append", default=[],
-                        help=f"host:port of the server's gRPC endpoint; repeat for each shard (default {DEFAULT_URL})")
+    from serving.live_commands import add_connection
+    add_connection(parser)  # --url, and the page's own TLS and key on the server
     images = parser.add_mutually_exclusive_group(required=True)
     images.add_argument("--gallery", help="the served gallery file: its images are under the folder it records, "
                                           "its cameras are the page's choices")
@@ -343,8 +409,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback only)")
     parser.add_argument("--cache", default=None, help=f"thumbnail folder (default {default_cache()})")
+    users = parser.add_mutually_exclusive_group()
+    users.add_argument("--accounts", default=None, metavar="FILE",
+                       help="users log in with the accounts of this file (tbps accounts add)")
+    users.add_argument("--trust-user-header", default=None, metavar="HEADER",
+                       help="the user named by an authenticating reverse proxy in this header (the page must "
+                            "then be reachable only through it: listen on the loopback)")
+    parser.add_argument("--trust-role-header", default=None, metavar="HEADER",
+                        help="with --trust-user-header: the user's role (viewer, operator; default viewer)")
+    parser.add_argument("--rate", type=int, default=120, help="searches a user may make a minute (with users)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow a --host other than loopback without accounts, or with a trusted header")
 
 
 def run(a: argparse.Namespace) -> None:
+    from serving.access import is_loopback
+    from serving.live_commands import credentials
     root, cameras = gallery_images(a.gallery) if a.gallery else (a.root, [])
-    serve_ui(a.url or [DEFAULT_URL], root, host=a.host, port=a.port, cache=a.cache, cameras=cameras)
+    auth = PageAuth(a.accounts, a.trust_user_header, a.trust_role_header, a.rate) \
+        if a.accounts or a.trust_user_header else None
+    if not is_loopback(a.host) and not a.insecure and (auth is None or a.trust_user_header):
+        why = ("trusting a header anyone who reaches it can send: listen on the loopback behind the proxy" if auth
+               else "without a login (--accounts, or a proxy's --trust-user-header)")
+        raise ValueError(f"refusing to serve the page on {a.host} {why}; --insecure to do it anyway")
+    serve_ui(a.url or [DEFAULT_URL], root, host=a.host, port=a.port, cache=a.cache, cameras=cameras, auth=auth,
+             credentials=credentials(a))

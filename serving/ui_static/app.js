@@ -10,6 +10,7 @@ const $ = (id) => document.getElementById(id);
 let current = 0;     // the latest search: an older one's answer arriving late is dropped
 let query = null;    // what the grid shows; a change of filter runs it again
 let maxImageBytes = 16 << 20;  // /api/options says
+let csrf = "";       // the session's token, sent with every POST (with logins: /api/options says)
 
 function chosenCameras() {
   return [...document.querySelectorAll("#cameras input:checked")].map((box) => box.value);
@@ -60,7 +61,8 @@ async function answer(q) {
   try {
     response = q.image
       ? await fetch("/api/search/image?" + settings(), {
-        method: "POST", body: q.image, headers: { "Content-Type": q.image.type || "application/octet-stream" } })
+        method: "POST", body: q.image,
+        headers: { "Content-Type": q.image.type || "application/octet-stream", "X-CSRF-Token": csrf } })
       : await fetch("/api/search?" + queryParams(q, "api"));
   } catch (e) {
     return { error: "the search page's own server (tbps ui) is not reachable" };
@@ -172,9 +174,30 @@ document.addEventListener("drop", (event) => {
 // back to a URL with no query (or an uploaded image's, which no URL brings back): an empty grid
 window.addEventListener("popstate", () => fromURL() || clear());
 
-fetch("/api/options").then((r) => r.json()).then((options) => {
+function showUser(user, role) {  // with logins: who is searching, and the way out
+  $("user").textContent = `${user} (${role}) `;
+  const out = document.createElement("button");
+  out.type = "button";
+  out.id = "logout";
+  out.textContent = "Log out";
+  out.addEventListener("click", async () => {
+    await fetch("/logout", { method: "POST", headers: { "X-CSRF-Token": csrf } }).catch(() => {});
+    location.assign("/login");
+  });
+  $("user").append(out);
+  $("user").hidden = false;
+}
+
+fetch("/api/options").then((r) => {
+  if (r.status === 401) location.assign("/login");  // the session ended (idle, or the page restarted)
+  return r.json();
+}).then((options) => {
   maxImageBytes = options.max_image_bytes;
   for (const name of options.cameras) addCamera(name, false);
+  if (options.user) {
+    csrf = options.csrf;
+    showUser(options.user, options.role);
+  }
 }).catch(() => {}).finally(() => {  // without the options: no camera choices, the URL still filters
   fromURL();
   document.body.dataset.ready = "true";  // what is typed from now on is not overwritten by the URL's k

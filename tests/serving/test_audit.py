@@ -81,3 +81,34 @@ def test_pruning_keeps_what_remains_verifiable_and_a_silent_removal_is_caught(tm
     assert v.ok and v.records == 12 - report["removed_records"] + 1, v.problems
     files[2].unlink()  # without a prune record
     assert "breaks the chain" in verify(tmp_path).problems[0] or "no prune record" in verify(tmp_path).problems[0]
+
+
+def test_the_commands_make_keys_and_accounts_and_verify_show_and_prune_a_trail(tmp_path):
+    from serving.access import read_keys
+    from serving.ui_auth import read_accounts
+    from tests.conftest import run_command
+    made = run_command("serving.cli", "keys", "add", "vera", "--role", "viewer", "--file", str(tmp_path / "k.json"))
+    key = made.stdout.strip().splitlines()[-1]
+    assert len(key) >= 40 and key not in (tmp_path / "k.json").read_text()  # the file holds its hash only
+    assert [k["name"] for k in read_keys(tmp_path / "k.json")] == ["vera"]
+    assert (tmp_path / "k.json").stat().st_mode & 0o077 == 0
+    bad = run_command("serving.cli", "keys", "add", "vera", "--file", str(tmp_path / "k.json"), check=False)
+    assert bad.returncode == 2 and "is taken" in bad.stderr and "Traceback" not in bad.stderr
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, "-m", "serving.cli", "accounts", "add", "alice", "--file", str(tmp_path / "u.json")],
+                   input="a long enough password\n", text=True, check=True, capture_output=True)
+    assert read_accounts(tmp_path / "u.json")["alice"]["role"] == "viewer"
+    log = AuditLog(tmp_path / "audit")
+    log.write([{"event": "search", "who": "vera", "query": {"texts": ["a man in grey"]}}])
+    log.write([{"event": "search", "who": "otto", "query": {"texts": ["a woman in red"]}}])
+    shown = run_command("serving.cli", "audit", "show", str(tmp_path / "audit"), "--user", "vera", "--json")
+    assert [json.loads(line)["query"]["texts"] for line in shown.stdout.splitlines()] == [["a man in grey"]]
+    ok = run_command("serving.cli", "audit", "verify", str(tmp_path / "audit"))
+    assert "2 records from seq 0 verified" in ok.stdout
+    (path,) = (tmp_path / "audit").glob("audit-*.jsonl")
+    path.write_bytes(path.read_bytes().replace(b"a man in grey", b"a man in blue"))
+    broken = run_command("serving.cli", "audit", "verify", str(tmp_path / "audit"), check=False)
+    assert broken.returncode == 1 and "NOT VERIFIED: audit-0.jsonl:2: breaks the chain" in broken.stderr
+    bad = run_command("serving.cli", "audit", "prune", str(tmp_path / "audit"), "--before", "yesterday", check=False)
+    assert bad.returncode == 2 and "not an ISO 8601 time" in bad.stderr

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -51,7 +52,7 @@ def secured(esa_export, gallery, pki, tmp_path_factory):
     keys = {name: add_key(root / "keys.json", name, role) for name, role in (("vera", "viewer"), ("otto", "operator"))}
     security = Security(str(pki / "server.pem"), str(pki / "server.key"), str(pki / "client_ca.pem"),
                         str(root / "keys.json"), "the-admin-key", str(root / "audit"))
-    server = TritonServer(repo, security=security).start()
+    server = TritonServer(repo, explicit=True, security=security).start()  # explicit: publish_gallery works
     yield server, keys, root / "audit"
     server.stop()
 
@@ -70,6 +71,17 @@ def test_only_a_client_that_trusts_the_server_and_is_trusted_connects(secured, p
                     credentials(pki, keys["vera"], cert=False)):  # mutual TLS: no client certificate
         with SearchClient(server.grpc_url, timeout=10, credentials=refused) as client, pytest.raises(SearchError):
             client.search(captions[0], k=3)
+
+
+def test_a_new_gallery_goes_live_only_with_the_admin_key(secured, pki, gallery):
+    from serving.repository import publish_gallery
+    server, _, folder = secured
+    with pytest.raises(ValueError, match="did not load gallery version 2.*tbps-admin-key"):
+        publish_gallery(server.repository, gallery, server.grpc_url, connection=credentials(pki).connection())
+    assert publish_gallery(server.repository, gallery, server.grpc_url, admin_key="the-admin-key",
+                           connection=credentials(pki).connection()) == 2  # the refused 2 was deleted
+    loads = [r for r in audit.show(folder) if r["event"] == "load"]
+    assert [r["version"] for r in loads] == [1, 2]  # the server recorded the publish
 
 
 def test_each_role_may_do_its_operations_and_no_more(secured, pki, captions, synthetic_data):
@@ -165,3 +177,117 @@ def test_a_public_address_needs_tls_and_keys(repository):
         TritonServer(repository, host="0.0.0.0")
     with pytest.raises(ServerError, match="needs both a certificate and its private key"):
         TritonServer(repository, security=Security(tls_cert="server.pem"))
+
+
+@pytest.fixture(scope="module")
+def login_page(secured, pki, gallery, tmp_path_factory):
+    """The search page with accounts, over the secured server with the page's own viewer key."""
+    from serving.ui import gallery_images, running_ui
+    from serving.ui_auth import PageAuth, add_account
+    server, keys, _ = secured
+    root = tmp_path_factory.mktemp("page")
+    for name in ("alice", "bob"):
+        add_account(root / "users.json", name, "viewer", f"{name} likes long passwords")
+    auth = PageAuth(accounts=root / "users.json", rate=5)
+    images, cameras = gallery_images(gallery)
+    with running_ui(server.grpc_url, images, root / "cache", cameras=cameras, auth=auth,
+                    credentials=credentials(pki, keys["vera"])) as url:
+        yield url
+
+
+def http(base: str, method: str, path: str, body: bytes = b"", headers: dict | None = None):
+    import http.client
+    url = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def log_in(base: str, name: str) -> str:
+    """The session cookie of a login by form POST, from the page's own origin."""
+    form = urllib.parse.urlencode({"name": name, "password": f"{name} likes long passwords"}).encode()
+    status, headers, _ = http(base, "POST", "/login", form, {"Origin": base,
+                                                             "Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 303 and headers["location"] == "/"
+    return headers["set-cookie"].split(";")[0]
+
+
+def test_the_page_logs_people_in_and_the_server_audits_who_searched(login_page, secured, captions):
+    from serving.report import find_chromium
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+    _, _, folder = secured
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"], headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(login_page)
+            assert page.url == f"{login_page}/login"  # no session: the login form
+            page.fill("#name", "alice")
+            page.fill("#password", "not her password at all")
+            page.click("button[type=submit]")
+            page.wait_for_url("**/login?failed=1")
+            assert page.is_visible("#error")
+            page.fill("#name", "alice")
+            page.fill("#password", "alice likes long passwords")
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{login_page}/")
+            page.wait_for_selector("body[data-ready]", state="attached")
+            assert page.text_content("#user").startswith("alice (viewer)")
+            (cookie,) = page.context.cookies()
+            assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+            page.fill("#q", captions[0])
+            page.fill("#k", "3")
+            page.press("#q", "Enter")
+            page.wait_for_selector('body[data-searches="1"]', state="attached")
+            assert len(page.query_selector_all("#grid figure")) == 3 and not page.is_visible("#error")
+            record = [r for r in audit.show(folder, user="alice") if r["event"] == "search"][-1]
+            assert (record["who"], record["client"], record["query"]["texts"]) == ("vera", "127.0.0.1", [captions[0]])
+            page.click("#logout")
+            page.wait_for_url("**/login")
+            assert http(login_page, "GET", "/api/options", headers={"Cookie": f"tbps_session={cookie['value']}"})[0] \
+                == 401
+        finally:
+            browser.close()
+
+
+def test_the_page_refuses_strangers_forged_posts_and_too_many_searches(login_page, captions):
+    assert http(login_page, "GET", "/")[0] == 303  # to /login
+    for path in ("/api/options", f"/api/search?text={urllib.parse.quote(captions[0])}", "/thumb/x.jpg"):
+        assert http(login_page, "GET", path)[0] == 401
+    form = b"name=bob&password=bob+likes+long+passwords"
+    assert http(login_page, "POST", "/login", form, {"Origin": "http://evil.example"})[0] == 403
+    cookie = log_in(login_page, "bob")
+    status, _, body = http(login_page, "POST", "/api/search/image?k=3", b"\xff\xd8", {"Cookie": cookie})
+    assert status == 403 and b"CSRF" in body
+    csrf = json.loads(http(login_page, "GET", "/api/options", headers={"Cookie": cookie})[2])["csrf"]
+    search = f"/api/search?k=2&text={urllib.parse.quote(captions[0])}"
+    answers = [http(login_page, "GET", search, headers={"Cookie": cookie})[0] for _ in range(5)]
+    second = log_in(login_page, "bob")  # a new session does not reset the user's rate
+    status, _, body = http(login_page, "GET", search, headers={"Cookie": second})
+    assert answers == [200] * 5 and status == 429 and b"at most 5 a minute" in body
+    assert http(login_page, "POST", "/logout", headers={"Cookie": cookie, "X-CSRF-Token": csrf})[0] == 200
+    assert http(login_page, "GET", "/api/options", headers={"Cookie": cookie})[0] == 401
+
+
+def test_behind_a_proxy_the_page_trusts_its_user_header(secured, pki, gallery, tmp_path, captions):
+    from serving.ui import gallery_images, running_ui
+    from serving.ui_auth import PageAuth
+    server, keys, folder = secured
+    images, cameras = gallery_images(gallery)
+    auth = PageAuth(user_header="X-Forwarded-User", role_header="X-Forwarded-Role")
+    with running_ui(server.grpc_url, images, tmp_path, cameras=cameras, auth=auth,
+                    credentials=credentials(pki, keys["vera"])) as url:
+        search = f"/api/search?k=2&text={urllib.parse.quote(captions[1])}"
+        assert http(url, "GET", search)[0] == 401
+        status, _, body = http(url, "GET", "/api/options", headers={"X-Forwarded-User": "carol",
+                                                                     "X-Forwarded-Role": "operator"})
+        assert status == 200 and (json.loads(body)["user"], json.loads(body)["role"]) == ("carol", "operator")
+        assert http(url, "GET", search, headers={"X-Forwarded-User": "carol"})[0] == 200
+    assert [r for r in audit.show(folder, user="carol")][-1]["query"]["texts"] == [captions[1]]
