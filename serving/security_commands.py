@@ -94,23 +94,21 @@ def cmd_audit(a) -> int:
     return 0
 
 
-def add_commands(sub) -> None:
-    p = sub.add_parser("keys", help="API keys by role for tbps serve --keys (viewer: search; operator: also "
-                                    "ingest and erase)", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+def _holders(sub, command: str, help: str, holder: str, file: str, fn) -> None:
+    """`tbps keys` and `tbps accounts`: add, remove or list the NAMEs of a FILE, each with a role."""
+    p = sub.add_parser(command, help=help, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=["add", "remove", "list"])
-    p.add_argument("name", nargs="?", default=None, help="the key's holder (add, remove)")
+    p.add_argument("name", nargs="?", default=None, help=f"the {holder} (add, remove)")
     p.add_argument("--role", default="viewer", help="viewer or operator (add)")
-    p.add_argument("--file", required=True, help="the keys file (made 0600; holds hashes, never keys)")
-    p.set_defaults(fn=lambda a: cmd_keys(_needs_name(a)))
+    p.add_argument("--file", required=True, help=file)
+    p.set_defaults(fn=lambda a: fn(_needs_name(a)))
 
-    p = sub.add_parser("accounts", help="the search page's users for tbps ui --accounts (scrypt-hashed passwords)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=["add", "remove", "list"])
-    p.add_argument("name", nargs="?", default=None, help="the user (add, remove)")
-    p.add_argument("--role", default="viewer", help="viewer or operator (add)")
-    p.add_argument("--file", required=True, help="the accounts file (made 0600)")
-    p.set_defaults(fn=lambda a: cmd_accounts(_needs_name(a)))
+
+def add_commands(sub) -> None:
+    _holders(sub, "keys", "API keys by role for tbps serve --keys (viewer: search; operator: also ingest and erase)",
+             "key's holder", "the keys file (made 0600; holds hashes, never keys)", cmd_keys)
+    _holders(sub, "accounts", "the search page's users for tbps ui --accounts (scrypt-hashed passwords)", "user",
+             "the accounts file (made 0600)", cmd_accounts)
 
     p = sub.add_parser("audit", help="verify, show or prune a server's audit trail (tbps serve --audit DIR)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
