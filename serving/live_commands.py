@@ -3,7 +3,7 @@
 
     tbps ingest FILE... [--root DIR] [--meta FILE.csv|.jsonl] [--person ID] [--url U ...]
     tbps delete --path P [--path P2] | --person ID [--url U ...]
-    tbps compact REPO
+    tbps compact REPO [--audit DIR]
 
 An ingested image is stored under its path relative to `--root` (default: as given); its person
 id is `--person`, else the Market-1501 file naming's (`0042_c1s1_...jpg` is 42), else -1. With
@@ -85,8 +85,16 @@ def cmd_delete(a) -> None:
 
 
 def cmd_compact(a) -> None:
+    import getpass
+
     from serving.repository import compact_repository
     r = compact_repository(a.repository)
+    if a.audit:  # the served gallery's trail: the compaction is an operator's act on it
+        from serving.audit import AuditLog
+        log = AuditLog(a.audit)
+        log.write([{"event": "compact", "who": f"tbps compact ({getpass.getuser()})", "repository": str(a.repository),
+                    **{k: r[k] for k in ("version", "kept", "dropped", "added", "bytes_before", "bytes_after")}}])
+        log.close()
     print(f"compacted into gallery version {r['version']} ({r['gallery']}): kept {r['kept']} items "
           f"({r['added']} added live), dropped {r['dropped']} erased; {r['bytes_before']:,} -> {r['bytes_after']:,} "
           f"bytes")
@@ -130,4 +138,5 @@ def add_commands(sub) -> None:
     p = sub.add_parser("compact", help="offline: fold a repository's live additions and erasures into a new "
                                        "gallery version")
     p.add_argument("repository", help="a model repository (tbps repo) whose server is stopped")
+    p.add_argument("--audit", default=None, metavar="DIR", help="record the compaction in the server's audit trail")
     p.set_defaults(fn=cmd_compact)

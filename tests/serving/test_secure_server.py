@@ -122,19 +122,19 @@ def test_each_role_may_do_its_operations_and_no_more(secured, pki, captions, syn
         assert len(next(o for o in json.load(answer)["outputs"] if o["name"] == "INDICES")["data"]) == 2
 
 
-def test_the_trail_holds_every_search_of_32_concurrent_clients_and_verifies(secured, pki, captions):
+def test_the_trail_holds_every_search_of_32_concurrent_clients_x_100_and_verifies(secured, pki, captions):
     server, keys, folder = secured
     before = audit.verify(folder).records
 
     async def load():
         async with AsyncSearchClient(server.grpc_url, credentials=credentials(pki, keys["vera"])) as client:
             async def one(c):
-                for i in range(12):
+                for i in range(100):
                     await client.search(captions[(c + i) % len(captions)], k=5)
             await asyncio.gather(*(one(c) for c in range(32)))
     asyncio.run(load())
     v = audit.verify(folder)
-    assert v.ok and v.records == before + 32 * 12, v.problems
+    assert v.ok and v.records == before + 32 * 100, v.problems
     mine = [r for r in audit.show(folder, user="vera") if r["event"] == "search"]
     last = mine[-1]
     assert last["query"]["texts"][0] in captions and last["k"] == 5 and len(last["indices"][0]) == 5
@@ -170,6 +170,11 @@ def test_a_kill_9_under_load_leaves_a_trail_that_verifies(esa_export, gallery, p
         client.search(captions[0], k=3)
     after = audit.verify(tmp_path / "audit")
     assert after.ok and after.records > v.records and len(after.torn) == len(v.problems), after.problems
+    from tests.conftest import run_command  # offline, the server stopped: the compaction joins the trail
+    assert "compacted into gallery version 2" in run_command("serving.cli", "compact", repo, "--audit",
+                                                             tmp_path / "audit").stdout
+    last = list(audit.show(tmp_path / "audit"))[-1]
+    assert audit.verify(tmp_path / "audit").ok and (last["event"], last["version"]) == ("compact", 2)
 
 
 def test_a_public_address_needs_tls_and_keys(repository):
