@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from export import build_gallery, to_onnx, to_trt
+from export import ann_index, build_gallery, to_onnx, to_trt
 
 COMMANDS = {
     "export": (to_onnx, "ONNX encoders of a checkpoint, with their manifest"),
     "gallery": (build_gallery, "encode a dataset split or a folder of images into a gallery file"),
     "trt": (to_trt, "TensorRT engines of a checkpoint, checked against torch, with their record"),
+    "ann": (ann_index, "ANN indexes of a gallery's segments: the first stage of two-stage search"),
 }
 
 

@@ -273,7 +273,8 @@ def install_gallery(g: Gallery, target: str | os.PathLike) -> Path:
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        for f in gallery_files(Path(g.location)):
+        # the listed files, and the segments' ANN indexes where built (export/ann_index.py: optional)
+        for f in gallery_files(Path(g.location)) + sorted(Path(g.location).glob("*.ann.*.faiss")):
             try:
                 os.link(f, tmp / f.name)
             except OSError:  # another filesystem, or no links there

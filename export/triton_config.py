@@ -159,18 +159,20 @@ def _gallery_inputs(manifest: dict) -> list[dict]:
 
 
 def gallery_config(manifest: dict, max_batch_size: int, index_offset: int = 0, added_offset: int | None = None,
-                   shard: int | None = None, **options) -> mc.ModelConfig:
+                   shard: int | None = None, two_stage: dict[str, str] | None = None, **options) -> mc.ModelConfig:
     """gallery_search: a query (exactly one of text_sets, image_sets or LIKE) + TOPK and an
     optional filter -> the results over the live gallery. It refuses a gallery of another
     checkpoint than `fingerprint`; see live_parameters for the indices. A local `shard` is
     gallery_search_<shard>, on GPU <shard> where its kind is KIND_GPU, and also answers
-    QUERY_SETS (a LIKE item's sets) for the merge that fronts it (merge_config)."""
+    QUERY_SETS (a LIKE item's sets) for the merge that fronts it (merge_config). `two_stage`:
+    {"candidates", "ann_proxy", "nprobe"}, two-stage search over the segments' ANN indexes."""
     name, outputs = GALLERY_MODEL, RESULTS
     if shard is not None:
         image_sets = manifest["models"][IMAGE_ENCODER]["outputs"][0]
         name, outputs = shard_model(shard), [*RESULTS, dict(image_sets, name=QUERY_SETS, dtype="float32")]
     config = python_config(name, _gallery_inputs(manifest), outputs, max_batch_size,
-                           live_parameters(manifest, index_offset, added_offset, name), ragged=("CAMERAS",), **options)
+                           {**live_parameters(manifest, index_offset, added_offset, name), **(two_stage or {})},
+                           ragged=("CAMERAS",), **options)
     if shard is not None and config.instance_group[0].kind == KINDS["KIND_GPU"]:
         config.instance_group[0].gpus.append(shard)
     return config

@@ -50,13 +50,15 @@ def search_parts(query_sets: Tensor, parts, k: int, alpha: float = 16.0, weight:
     """`search` over a gallery held in parts, each (index of its first item, sets, margin or
     None, allowed or None) as `search` takes them: the top-k over all parts, indices of the
     whole gallery (below 2**32), ties to the lower index, exactly as one search over the parts
-    concatenated. No parts: [Q, 0] results (every item excluded)."""
+    concatenated. A part of items gathered from anywhere (two-stage search's candidates) gives,
+    instead of its first item's index, the int64 tensor of its items' indices, ascending. No
+    parts: [Q, 0] results (every item excluded)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     keys = None
     for first, sets, margin, allowed in parts:
         scores, index = search(query_sets, sets, k, alpha, weight, margin, mode, allowed)
-        keys = topk.merge(keys, topk.pack(scores, index + first), k)
+        keys = topk.merge(keys, topk.pack(scores, first[index] if torch.is_tensor(first) else index + first), k)
     if keys is None:
         empty = query_sets.new_empty((query_sets.shape[0], 0))
         return empty.float(), empty.long()

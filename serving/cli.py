@@ -28,11 +28,13 @@ def cmd_repo(a) -> None:
     if a.shards > 1:
         from serving.shards import write_shard_repositories
         repos = write_shard_repositories(a.source, a.gallery, a.shards, a.out, profile=a.profile, engines=a.engines,
-                                         max_batch_size=a.max_batch, local_shards=a.local_shards)
+                                         max_batch_size=a.max_batch, local_shards=a.local_shards,
+                                         two_stage=a.two_stage, ann_proxy=a.ann_proxy, nprobe=a.nprobe)
     else:
         from serving.repository import write_repository
         repos = [write_repository(a.source, a.gallery, a.out, profile=a.profile, engines=a.engines,
-                                  max_batch_size=a.max_batch, local_shards=a.local_shards)]
+                                  max_batch_size=a.max_batch, local_shards=a.local_shards, two_stage=a.two_stage,
+                                  ann_proxy=a.ann_proxy, nprobe=a.nprobe)]
     for repo in repos:
         print(f"wrote {a.profile} model repository {repo} (serve it with: tbps serve {repo})")
 
@@ -91,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-shards", type=int, default=1, metavar="S",
                    help="split each server's gallery over S GPUs of that server (production: gallery_search_<i> on "
                         "GPU i), merged inside the server: any Triton client gets the global top-k")
+    p.add_argument("--two-stage", type=int, default=None, metavar="CANDIDATES",
+                   help="search each query's CANDIDATES nearest items of every segment's ANN index (tbps ann), "
+                        "scored exactly; segments without one are scanned (default: exact search everywhere)")
+    p.add_argument("--ann-proxy", choices=["global", "rows"], default="global", help="the indexes' proxy (tbps ann)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists each query visits (default FAISS's, 1)")
     p.add_argument("--max-batch", type=int, default=None,
                    help="largest batch of the models (default 64; with --engines: the engines' own, "
                         "which it may lower, not raise)")

@@ -16,6 +16,13 @@ zones. Paths are read from the live store when hits are returned, not held in me
 
 Added images have no adaptive margin (it needs the training captions): where the base has
 one, theirs is 0.
+
+Two-stage (`ann`: an ANN proxy of export/ann_index.py, `search(candidates=n)`): a base block
+whose segment has an ANN index gives the union of each query's n nearest items (within the
+zones the filter reads), and only those are scored exactly, by the same fused search; the alive
+flags and the filter mask apply to them, so an erased or excluded item never comes back. Blocks
+without an index (additions, a segment whose index is missing or unreadable: `ann_notes` says
+which) are scanned exactly. With n >= the items, it is the exact search.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ import torch
 from safetensors.torch import load_file
 
 import kernels
+from export import ann_index
 from export.gallery import Gallery, load_gallery
 from export.gallery_meta import NO_CAMERA, NO_TIME, filter_bounds, item_mask, may_match
 from export.gallery_writer import GalleryWriter
@@ -57,6 +65,7 @@ class _Block:
         self.hidden = n - int(columns["alive"][:n].sum())
         self.zones: list[tuple[frozenset, tuple[int, int] | None]] = []
         self._alive_device = None
+        self.ann = None  # a base segment's ANN index (two-stage search), where it has one
         self._index_zones(0)
 
     def view(self, name: str) -> torch.Tensor:
@@ -109,10 +118,12 @@ class _Block:
 
 class LiveGallery:
     def __init__(self, folder: str | os.PathLike, base: str | os.PathLike, fingerprint: str | None = None,
-                 writer: bool = True, sets: str | torch.device | None = "cpu", dtype: torch.dtype = torch.float16):
+                 writer: bool = True, sets: str | torch.device | None = "cpu", dtype: torch.dtype = torch.float16,
+                 ann: str | None = None, nprobe: int | None = None):
         """Open (or start) the live gallery in `folder` over the gallery `base`; one started
         for another gallery is refused. `writer`: the one process that adds. `sets`: the
-        device the embedding sets are kept on, in `dtype` (None: not loaded)."""
+        device the embedding sets are kept on, in `dtype` (None: not loaded). `ann`: the ANN
+        proxy whose per-segment indexes two-stage searches use (`nprobe` IVF lists each)."""
         self.folder, self.base_path = Path(folder), Path(base)
         self.base: Gallery = load_gallery(self.base_path, fingerprint, with_sets=sets is not None)
         b = self.base
@@ -122,6 +133,15 @@ class LiveGallery:
         self.device, self.dtype = None if sets is None else torch.device(sets), dtype
         self.has_margin = b.margin is not None and sets is not None
         self.blocks = [self._segment_block(s.first, s.first + s.count, s) for s in b.segments]
+        self.ann, self.nprobe, self.ann_notes = ann, nprobe, []
+        for block, segment in zip(self.blocks if ann else [], b.segments):
+            if segment.file is None:
+                self.ann_notes.append(f"segment of items {segment.first}..: held in memory, no ANN index: "
+                                      f"searched exactly")
+                continue
+            block.ann, why = ann_index.open_index(segment.file, ann, segment.count)
+            if why:
+                self.ann_notes.append(why)
         self.hidden = 0  # items erased
         self._version = None
         self.refresh()
@@ -253,14 +273,31 @@ class LiveGallery:
         return parts
 
     def search(self, queries: torch.Tensor, k: int, margin: bool = False, cameras=None, since=None,
-               until=None) -> tuple[torch.Tensor, torch.Tensor]:
+               until=None, candidates: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """kernels.search over the live items that pass the filter: (scores, indices) [Q, k'] on
-        the search's device; `margin`: subtract the base gallery's adaptive margin."""
+        the search's device; `margin`: subtract the base gallery's adaptive margin;
+        `candidates`: two-stage, each query's n nearest items of every indexed block."""
         if self.device is None:
             raise RuntimeError("this live gallery was opened without its sets (sets=None): nothing to search")
-        parts = [(block.first + a, block.view("sets")[a:z],
-                  block.view("margin")[a:z] if margin and self.has_margin else None, mask)
-                 for block, a, z, mask in self.plan(cameras, since, until)]
+        if candidates is not None and candidates < 1:
+            raise ValueError(f"candidates must be at least 1, got {candidates}")
+        host = None
+        parts = []
+        for block, a, z, mask in self.plan(cameras, since, until):
+            sets = block.view("sets")
+            weights = block.view("margin") if margin and self.has_margin else None
+            if candidates is None or block.ann is None or z - a <= candidates:
+                parts.append((block.first + a, sets[a:z], None if weights is None else weights[a:z], mask))
+                continue
+            if host is None:
+                host = queries.float().cpu().numpy()
+            found = ann_index.candidates(block.ann, host, candidates, self.ann, self.nprobe)
+            found = found[(found >= a) & (found < z)]
+            if not len(found):
+                continue
+            rows = torch.from_numpy(found).to(self.device)
+            parts.append((rows + block.first, sets[rows], None if weights is None else weights[rows],
+                          None if mask is None else mask[rows - a]))
         return kernels.search_parts(queries.to(self.device), parts, k, alpha=self.base.alpha, weight=self.base.weight)
 
     def add(self, sets: torch.Tensor, paths: list[str], persons=None, cameras=None, times=None) -> list[int]:

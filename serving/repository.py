@@ -33,6 +33,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from export.ann_index import build_gallery_indexes
 from export.gallery import gallery_bytes, load_gallery
 from export.gallery_writer import install_gallery
 from export.manifest import load_manifest
@@ -109,6 +110,8 @@ def _write_local_shards(repo: Path, gallery: Path, manifest: dict, shards: int, 
         added = index_offset + total if added_offset is None else added_offset
         stores = []
         for i, (part, first) in enumerate(parts):
+            if options.get("two_stage"):  # a slice is new segments: indexed anew
+                build_gallery_indexes(part, options["two_stage"]["ann_proxy"], progress=lambda _: None)
             config = gallery_config(manifest, max_batch, index_offset + first, added + i * LOCAL_ADDED_RANGE, shard=i,
                                     **options)
             _write_gallery_version(repo, part, config, model=config.name)
@@ -120,7 +123,8 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
                      profile: str = "portable", engines: str | os.PathLike | None = None,
                      max_batch_size: int | None = None, index_offset: int = 0, added_offset: int | None = None,
                      kind: str = "KIND_CPU", threads: int = 1, batching: bool = True,
-                     token_bucket: int | None = None, local_shards: int = 1) -> Path:
+                     token_bucket: int | None = None, local_shards: int = 1, two_stage: int | None = None,
+                     ann_proxy: str = "global", nprobe: int | None = None) -> Path:
     """The repository for a checkpoint or an ONNX export directory (`source`) and a gallery
     file built by the same checkpoint. `engines`: a to_trt.py output folder (production); the
     encoders' max_batch_size is then the engines', and `max_batch_size` (default: theirs, else
@@ -134,12 +138,16 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
     `index_offset`, `added_offset`: the global indices of this gallery's items and additions
     (shards; serving/models/live.py). `local_shards`: split the gallery over this many
     gallery_search_<i> models of this one server, one per GPU (production), merged inside the
-    server by gallery_search (serving/models/gallery_merge.py)."""
+    server by gallery_search (serving/models/gallery_merge.py). `two_stage`: each query's
+    candidates from every segment's ANN index (tbps ann, `ann_proxy`; `nprobe` IVF lists),
+    scored exactly; segments without an index are scanned."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; available: {', '.join(PROFILES)}")
     if engines is not None and profile != "production":
         raise ValueError("engines are served by the production profile: add --profile production")
     from serving.shards import MAX_LOCAL_SHARDS  # serving.shards writes repositories with this module
+    if two_stage is not None and two_stage < 1:
+        raise ValueError(f"two-stage candidates must be at least 1, got {two_stage}")
     if isinstance(local_shards, bool) or not isinstance(local_shards, int) or not 1 <= local_shards <= MAX_LOCAL_SHARDS:
         raise ValueError(f"local shards must be a whole number from 1 to {MAX_LOCAL_SHARDS}, got {local_shards!r}")
     out = Path(out)
@@ -179,13 +187,16 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
                     config = python_config(name, spec["inputs"], spec["outputs"], encoder_batch[name], params, **delay)
                 _write_python_model(out, "serving.models.onnx_encoder", model_files, config)
         search_kind = "KIND_GPU" if profile == "production" else kind
+        staged = None if two_stage is None else {"candidates": str(two_stage), "ann_proxy": ann_proxy,
+                                                 "nprobe": str(nprobe or "")}
         if local_shards == 1:
-            search = gallery_config(manifest, batch, index_offset, added_offset, kind=search_kind, **delay)
+            search = gallery_config(manifest, batch, index_offset, added_offset, kind=search_kind, two_stage=staged,
+                                    **delay)
             _write_gallery_version(out, Path(gallery), search)
             stores = [live_parameters(manifest, index_offset, added_offset)]
         else:
             stores = _write_local_shards(out, Path(gallery), manifest, local_shards, batch, index_offset, added_offset,
-                                         kind=search_kind, **delay)
+                                         kind=search_kind, two_stage=staged, **delay)
             search = merge_config(manifest, batch, [s["gallery_model"] for s in stores], **delay)
             _write_python_model(out, "serving.models.gallery_merge", {}, search)
         image_batch = min(batch, encoder_batch[IMAGE_ENCODER])
@@ -312,6 +323,9 @@ def compact_repository(repo: str | os.PathLike) -> dict:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".compact-", dir=repo / model)))
             report = live.compact(tmp / GALLERY_FILE)
             live.close()
+            proxy = read_config(repo / model).parameters["ann_proxy"].string_value
+            if proxy:  # two-stage: the new version's segments get their indexes before it is staged
+                build_gallery_indexes(tmp / GALLERY_FILE, proxy, progress=lambda _: None)
             reports.append(dict(report, model=model, fingerprint=live.base.fingerprint, bytes_before=before))
         for r in reports:
             r["version"] = stage_gallery(repo, r["gallery"], r.pop("fingerprint"), r["model"])

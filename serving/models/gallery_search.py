@@ -32,8 +32,8 @@ import torch
 import kernels
 from export.gallery_meta import NO_CAMERA, filter_bounds, format_time
 from export.triton_config import GALLERY_MODEL, QUERY_SETS
-from serving.models.common import (AccessRefused, Guard, RequestError, error_response, input_array, refusal,
-                                   search_record, text)
+from serving.models.common import (AccessRefused, Guard, RequestError, error_response, input_array, parameters,
+                                   refusal, search_record, text)
 from serving.models.live import open_live
 
 MAX_TOPK = 2**31 - 1  # TOPK is INT32: the kernels are prepared for every k it can carry
@@ -67,7 +67,13 @@ class TritonPythonModel:
         self.device = claim_device(args["model_instance_kind"], int(args["model_instance_device_id"]))
         # the CPU path computes in fp32: convert the fp16 file once, not per query
         dtype = torch.float32 if self.device.type == "cpu" else torch.float16
-        self.live, self.index = open_live(args, writer=False, sets=self.device, dtype=dtype)
+        params = parameters(args)  # two-stage: each query's `candidates` nearest items of every indexed segment
+        self.candidates = int(params["candidates"]) if params.get("candidates") else None
+        self.live, self.index = open_live(args, writer=False, sets=self.device, dtype=dtype,
+                                          ann=params.get("ann_proxy") or None,
+                                          nprobe=int(params["nprobe"]) if params.get("nprobe") else None)
+        for note in self.live.ann_notes:  # a missing or unreadable index: that segment is scanned exactly
+            print(f"gallery_search: {note}", flush=True)
         base = self.live.base
         max_batch = json.loads(args["model_config"])["max_batch_size"]
         rows, dim = self.live.set_shape  # queries have the gallery's set shape (one encoder family)
@@ -160,7 +166,8 @@ class TritonPythonModel:
         for (margin, key), members in groups.items():  # one search per kind of query and filter
             queries = torch.cat([parsed[n][1] for n in members])
             scores, index = (t.cpu().numpy() for t in
-                             self.live.search(queries, max(parsed[n][2] for n in members), margin, *key))
+                             self.live.search(queries, max(parsed[n][2] for n in members), margin, *key,
+                                              candidates=self.candidates))
             start = 0
             for n in members:
                 rows, k = parsed[n][1].shape[0], parsed[n][2]
