@@ -178,7 +178,7 @@ class TritonServer:
                     str(sec.tls_key)]
             if sec.tls_client_ca:
                 cmd += ["--grpc-use-ssl-mutual", "true", "--grpc-root-cert", str(sec.tls_client_ca)]
-        if sec.admin_key:  # Triton takes the value as an argument only: see README, "Deployment"
+        if sec.admin_key:  # Triton takes the value as an argument only (docs/security.md says what that means)
             rule = f"{ADMIN_PROTOCOLS}:{ADMIN_HEADER}={sec.admin_key}"
             cmd += [f"--grpc-restricted-protocol={rule}", f"--http-restricted-api={rule}"]
         return cmd + list(self.extra_args)
@@ -219,12 +219,13 @@ class TritonServer:
         """Until the server and every model report ready (models warm up at load time), asked on
         the loopback HTTP endpoint (no client certificate needed when gRPC is mutual TLS)."""
         deadline = time.monotonic() + timeout
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an http_proxy
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerError(f"tritonserver exited with code {self.process.returncode} while starting; "
                                   f"its log:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v2/health/ready", timeout=5) as r:
+                with direct.open(f"http://127.0.0.1:{self.http_port}/v2/health/ready", timeout=5) as r:
                     if r.status == 200:
                         return
             except OSError:  # not listening yet, or not ready (400)

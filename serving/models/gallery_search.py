@@ -18,6 +18,11 @@ size, every k, filtered or not, with or without a margin, at any gallery size), 
 nothing compiles on the hot path. Requests with the same kind of query and filter share one
 search.
 
+Secured (serving/access.py): a request needs a viewer key when the server has keys, and the
+model named gallery_search writes each search (the query as given: TEXT, IMAGE's SHA-256 or
+LIKE; filter, k, the indices answered) to the audit trail before answering. Two-stage (`tbps
+repo --two-stage`): the segments' ANN indexes give each query's candidates, scored exactly.
+
 A local shard (gallery_search_<i>, fronted by serving/models/gallery_merge.py) holds one slice
 and is asked for QUERY_SETS alone by the merge's first step of a LIKE: the item's sets, no
 search (the merge then queries every shard with them).
