@@ -151,8 +151,8 @@ class LiveGallery:
         """An empty block of CHUNK_ROWS rows: the one allocation an addition makes."""
         columns = {name: torch.zeros(CHUNK_ROWS, dtype=dtype) for name, dtype in HOST.items()}
         if self.device is not None:
-            columns["sets"] = torch.empty((CHUNK_ROWS, *self.set_shape), dtype=torch.int8 if self.scaled else self.dtype,
-                                          device=self.device)
+            dtype = torch.int8 if self.scaled else self.dtype
+            columns["sets"] = torch.empty((CHUNK_ROWS, *self.set_shape), dtype=dtype, device=self.device)
         if self.scaled:
             columns["scale"] = torch.empty((CHUNK_ROWS, self.set_shape[0]), device=self.device)
         if self.has_margin:

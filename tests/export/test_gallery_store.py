@@ -263,8 +263,9 @@ def test_an_8bit_gallery_stores_int8_sets_and_row_scales_per_segment(tmp_path):
 
 def _scale_file(g, tmp_path):
     np.save(g / "000001.scale.npy", np.zeros((4, 3), np.float32))  # a scale per row of sets of 3 rows
-    _edit_manifest(g, lambda m: m["segments"][1]["scale"].update(bytes=(g / "000001.scale.npy").stat().st_size,
-                                                                 digest=gallery_writer.file_digest(g / "000001.scale.npy")))
+    f = g / "000001.scale.npy"
+    _edit_manifest(g, lambda m: m["segments"][1]["scale"].update(bytes=f.stat().st_size,
+                                                                 digest=gallery_writer.file_digest(f)))
 
 
 @pytest.mark.parametrize("damage, message", [
