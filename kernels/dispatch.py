@@ -102,8 +102,8 @@ def prepare(query_rows: int, gallery_rows: int, dim: int, dtype: torch.dtype, de
             max_batch: int, max_k: int, alpha: float = 16.0, weight: float = 1.0, mode: str = "chamfer") -> int:
     """Compile, ahead of serving, every kernel variant that `search` can launch for queries
     [1..max_batch, query_rows, dim] against a gallery [*, gallery_rows, dim] of `dtype` (torch.int8:
-    an 8-bit gallery with its scale) on `device`, k up to max_k, filtered or not, with or without a margin, at any gallery size:
-    after it, no query compiles. The searches made (0 on the CPU: nothing to compile)."""
+    an 8-bit gallery with its scale) on `device`, k up to max_k, filtered or not, with or without a
+    margin, at any gallery size: after it, no query compiles. The searches made (0 on the CPU: nothing to compile)."""
     device = torch.device(device)
     if device.type != "cuda":
         return 0

@@ -315,11 +315,11 @@ def _prepare(q: Tensor, g: Tensor, margin: Tensor | None, weight: float, scale: 
 
 def _scalars(q: Tensor, g: Tensor, alpha: float, weight: float, margin: Tensor | None,
              scale: Tensor | None) -> dict:
-    # without a margin (scale), a float32 stand-in: a pointer of another dtype would be another variant
+    # without a margin, a float32 stand-in: a pointer of another dtype would be another variant; without a
+    # scale, None: a constexpr, so the variants of fp16 galleries have the parameters they had before int8
     margin_ptr = torch.zeros(1, device=g.device) if margin is None else margin
-    scale_ptr = margin_ptr if scale is None else scale  # unread unless SCALED
-    return dict(q_ptr=q, g_ptr=g, margin_ptr=margin_ptr, has_margin=int(margin is not None), scale_ptr=scale_ptr,
-                stride_sn=0 if scale is None else scale.stride(0),
+    return dict(q_ptr=q, g_ptr=g, margin_ptr=margin_ptr, has_margin=int(margin is not None), scale_ptr=scale,
+                stride_sn=None if scale is None else scale.stride(0),
                 Q=q.shape[0], N=g.shape[0], D=g.shape[2], stride_qq=q.stride(0), stride_qk=q.stride(1),
                 stride_gn=g.stride(0), stride_gk=g.stride(1), alpha_log2=alpha * LOG2E, weight=float(weight))
 
@@ -396,7 +396,8 @@ def search(q: Tensor, g: Tensor, k: int, alpha: float, weight: float, margin: Te
     flag = torch.zeros(1, dtype=torch.int32, device=g.device)
     _launch(_topk_kernel, lambda bq, bn: (q_blocks, splits), "topk", dict(meta, KP=kp, HAS_FILTER=allowed is not None),
             allowed is not None,
-            dict(_scalars(q, g, alpha, weight, margin, scale), allowed_ptr=g if allowed is None else allowed.view(torch.uint8),
+            dict(_scalars(q, g, alpha, weight, margin, scale),
+                 allowed_ptr=g if allowed is None else allowed.view(torch.uint8),
                  cand_ptr=cand, flag_ptr=flag, SPLITS=splits))
     return topk.unpack(topk.top_keys(cand, k))
 
