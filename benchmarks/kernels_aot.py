@@ -1,8 +1,8 @@
 """Compile the search and gradient kernels ahead of time for sm_90 / sm_80, with no GPU, and
 read the machine code: the compile gate (CI: --set ci) and the full sweep (a benchmark).
 
-    .venv/bin/python benchmarks/kernels_aot.py [--set ci|full] [--arch 90 80] [--jobs 2]
-        [--out benchmarks/results/kernels_sm90.json]
+    .venv/bin/python benchmarks/kernels_aot.py [--set ci|table|int8|full] [--arch 90 80] [--jobs 2]
+        [--dtype fp16 int8] [--out benchmarks/results/kernels_sm90.json]
 
 For every launch shape that matters (dtype, K, D, Q, mode, margin, k) it takes the
 constexprs the launcher would pass (kernels.search_triton.launch_meta: one definition), the
@@ -11,7 +11,8 @@ JIT's own argument binder (so signature, specialisations and alignment are those
 launch) and runs triton.compile down to a cubin. Per config it records registers, spills
 and stack (ptxas -v, triton's own ptxas), shared memory (over the device's per-block limit
 cannot launch), the MMA kind (wgmma / mma.sync / FMA) and SASS warp-instructions per
-gallery item: the tile loop's body plus its inner D loops times their trip count, times
+gallery item (and the gallery bytes an item reads: its sets, an 8-bit set's scales, margin and
+filter byte where used): the tile loop's body plus its inner D loops times their trip count, times
 warps, over BN items, times the query blocks (`per_item_steady`), plus the top-k insertion
 loop weighted by its expected passes on random scores at N = 1M (`per_item_expected`).
 Estimates from compiled code, not timings. Exit status 1 (and every fault listed) when a compile fails, a kept
@@ -32,7 +33,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "int8": "int8"}  # int8: 8-bit sets + scale
 SMEM_LIMIT = {90: 227 * 1024, 80: 163 * 1024}  # dynamic shared memory per block
 SMS = {90: 132, 80: 108}  # H100 SXM, A100: the launcher sizes top-k splits by SM count
 N_ITEMS = 1_000_000
@@ -48,17 +49,22 @@ def shapes(name: str, arch: int) -> list[dict]:
     """`ci`: the headline shapes, every kernel, within a few minutes on 2 cores (sm_80: the
     search at Q = 1 and 64 and the gradient); `table`: one shape per key of the config table
     (kernels/search_configs.json: K = 5 and 1, D = 512, every query-column count, top-k filtered or
-    not and dense); `full`: the sweep, on every architecture."""
+    not and dense); `int8`: the 8-bit kernel beside fp16 at the headline shapes; `full`: the sweep,
+    on every architecture."""
     if name == "ci" and arch == 90:
         return [shape("topk", Q=1), shape("topk", Q=64), shape("topk", Q=64, filtered=True),
                 shape("topk", dtype="bf16", Q=64, margin=True, filtered=True),
                 shape("topk", K=1, Q=1, k=1), shape("dense", Q=64), shape("grad_q", Q=512),
-                shape("grad_g", Q=512)]
+                shape("grad_g", Q=512), shape("topk", dtype="int8", Q=1), shape("topk", dtype="int8", Q=64)]
     if name == "ci":
-        return [shape("topk", Q=1), shape("topk", Q=64), shape("grad_g", Q=512)]
+        return [shape("topk", Q=1), shape("topk", Q=64), shape("grad_g", Q=512), shape("topk", dtype="int8", Q=64)]
+    if name == "int8":
+        return [shape(kernel, dt, Q=Q, filtered=filtered, margin=margin) for dt in ("fp16", "int8")
+                for kernel, Q, filtered, margin in (("topk", 1, False, False), ("topk", 64, False, False),
+                                                    ("topk", 64, True, True), ("dense", 64, False, False))]
     if name == "table":
         out = []
-        for dt, K in (("fp16", 5), ("fp16", 1), ("bf16", 5)):
+        for dt, K in (("fp16", 5), ("fp16", 1), ("bf16", 5), ("int8", 5)):
             for Q in ((1, 2, 4, 8) if K == 5 else (8, 16, 32, 64)):  # 8, 16, 32 and 64 query columns
                 out += [shape("topk", dt, K, Q=Q), shape("topk", dt, K, Q=Q, filtered=True), shape("dense", dt, K, Q=Q)]
             if K == 5:  # the batch the serving figures quote: the key of Q = 8, eight query blocks
@@ -96,7 +102,7 @@ def launches(job: dict, arch: int) -> list[dict]:
     dt = getattr(torch, DTYPES[job["dtype"]])
     Q, K, D, n = job["Q"], job["K"], job["D"], N_ITEMS
     alpha = job["alpha"]
-    q, g = MockTensor(dt), MockTensor(dt)
+    q, g = MockTensor(torch.float16 if dt == torch.int8 else dt), MockTensor(dt)
     strides = dict(stride_qq=K * D, stride_qk=D, stride_gn=K * D, stride_gk=D)
     if job["kernel"] in ("grad_q", "grad_g"):
         grad_n = 65536
@@ -108,7 +114,10 @@ def launches(job: dict, arch: int) -> list[dict]:
                                                                            num_stages=meta["num_stages"]),
                      items=None, kept=True)]
     meta = search_triton.launch_meta(Q, K, K, D, dt, alpha, job["mode"])
+    # as the launcher passes them: an 8-bit gallery's scale [N, K] and its stride, else None (constexprs)
+    scaled = meta["SCALED"]
     kw = dict(q_ptr=q, g_ptr=g, margin_ptr=MockTensor(torch.float32), has_margin=int(job["margin"]),
+              scale_ptr=MockTensor(torch.float32) if scaled else None, stride_sn=K if scaled else None,
               flag_ptr=MockTensor(torch.int32), Q=Q, N=n, D=D, **strides,
               alpha_log2=alpha * search_triton.LOG2E, weight=1.0, **meta, GUARDED=False)
     if job["kernel"] == "topk":
@@ -232,6 +241,14 @@ def mma_kind(ttgir: str) -> str:
     return "mma.sync" if "nvidia_mma<{versionMajor = 2" in ttgir else "FMA"
 
 
+def bytes_per_item(job: dict) -> int:
+    """Bytes of HBM one gallery item costs a search (read once per query block; more query blocks
+    read it again, mostly from L2): its set, an 8-bit set's float32 row scales, margin, filter byte."""
+    size = {"fp16": 2, "bf16": 2, "fp32": 4, "int8": 1}[job["dtype"]]
+    return (job["K"] * job["D"] * size + 4 * job["K"] * (job["dtype"] == "int8") + 4 * job["margin"]
+            + job["filtered"])
+
+
 def compile_one(job: dict, index: int, arch: int) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
@@ -247,7 +264,8 @@ def compile_one(job: dict, index: int, arch: int) -> dict:
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, spec, opts = binder(**kw)
     options, signature, constexprs, attrs = fn._pack_args(backend, kw, bound, spec, opts)
-    res = dict(job=job, arch=arch, config=launch["config"], kept=launch["kept"], key=launch.get("key"))
+    res = dict(job=job, arch=arch, config=launch["config"], kept=launch["kept"], key=launch.get("key"),
+               bytes_per_item=bytes_per_item(job))
     t0 = time.time()
     try:
         ck = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
@@ -284,7 +302,7 @@ def faults(r: dict) -> list[str]:
     out = []
     if r["shared_bytes"] > SMEM_LIMIT[r["arch"]]:
         out.append(f"{tag}: {r['shared_bytes']} B of shared memory, over the {SMEM_LIMIT[r['arch']]} B limit")
-    if j["dtype"] in ("fp16", "bf16") and j["K"] == 5 and r["spill_store_bytes"]:
+    if j["dtype"] in ("fp16", "bf16", "int8") and j["K"] == 5 and r["spill_store_bytes"]:
         out.append(f"{tag}: spills {r['spill_store_bytes']} B")
     if (j["kernel"], j["dtype"], j["K"], j["Q"], j["filtered"], r["arch"]) == ("topk", "fp16", 5, 64, False, 90) \
             and r.get("per_item_expected", 0) > MAX_PER_ITEM_Q64:
@@ -319,7 +337,7 @@ def best_per_shape(results: list[dict]) -> list[dict]:
                          smem_kb=[round(min(r["shared_bytes"] for r in rs) / 1024),
                                   round(max(r["shared_bytes"] for r in rs) / 1024)],
                          mma=sorted({r["mma"] for r in rs}), per_item_expected=best.get("per_item_expected"),
-                         per_item_steady=best.get("per_item_steady")))
+                         per_item_steady=best.get("per_item_steady"), bytes_per_item=bytes_per_item(best["job"])))
     return rows
 
 
@@ -343,7 +361,9 @@ def main(argv=None) -> int:
     # here, not at the top: tests/kernels/test_compile_gate.py loads this file by path, benchmarks/ not on sys.path
     from common import RESULTS, write_json
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--set", default="full", choices=["ci", "table", "full"])
+    ap.add_argument("--set", default="full", choices=["ci", "table", "int8", "full"])
+    ap.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), help="only the set's shapes of these dtypes "
+                    "(with --table: only their keys are replaced, the table's others kept)")
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(SMEM_LIMIT))
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=600)
@@ -362,6 +382,8 @@ def main(argv=None) -> int:
     work = []
     for arch in a.arch:
         for job in shapes(a.set, arch):
+            if a.dtype and job["dtype"] not in a.dtype:
+                continue
             for i, launch in enumerate(launches(job, arch)):
                 if launch["kept"] or a.all_configs or a.table:
                     work.append((job, i, arch, a.timeout))
@@ -381,8 +403,14 @@ def main(argv=None) -> int:
         for r in results:
             if r.get("key"):
                 r["kept"] = [r["config"][k] for k in ("BN", "BD", "num_warps", "num_stages")] == table.get(r["key"])
-        a.table.write_text(json.dumps({"triton": triton.__version__, "generated_by": "benchmarks/kernels_aot.py "
-                                       + " ".join(argv if argv is not None else sys.argv[1:]),
+        command = "benchmarks/kernels_aot.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        if a.dtype and a.table.exists():  # a partial run: the other dtypes' keys stay as chosen before
+            old = json.loads(a.table.read_text())
+            dtypes = {DTYPES[d] for d in a.dtype}
+            table = dict(sorted({**{k: v for k, v in old["configs"].items() if k.split("/")[2] not in dtypes},
+                                 **table}.items()))
+            command = f"{old['generated_by']}; {command}"
+        a.table.write_text(json.dumps({"triton": triton.__version__, "generated_by": command,
                                        "configs": table}, indent=1) + "\n")
         print(f"{len(table)} keys -> {a.table}")
     found = [f for r in results for f in faults(r)]

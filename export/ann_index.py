@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+import kernels
+
 PROXIES = ("global", "rows")
 INDEX_SUFFIX = ".ann.{proxy}.faiss"
 
@@ -124,7 +126,10 @@ def build_gallery_indexes(gallery: str | os.PathLike, proxy: str = "global", fac
                          f"(tbps compact, or rebuild it with tbps gallery)")
     written = []
     for n, segment in enumerate(g.segments, 1):
-        written.append(write_index(build_index(segment.sets().numpy(), proxy, factory), segment.file, proxy))
+        sets, scale = segment.sets(), segment.scale()
+        if scale is not None:  # 8-bit: the vectors are the values the codes stand for
+            sets = kernels.dequantize_sets(sets, scale)
+        written.append(write_index(build_index(sets.numpy(), proxy, factory), segment.file, proxy))
         progress(f"ANN index {n}/{len(g.segments)}: items {segment.first}..{segment.first + segment.count - 1} "
                  f"-> {written[-1].name}")
     return written

@@ -5,6 +5,7 @@
       [--margin-bank train [--margin-beta 1.0]]  adaptive margin from DIR's training captions
       [--backend torch|onnx [--onnx EXPORT_DIR]] [--batch-size 64] [--chunk-size 4096]
       [--device cpu|cuda] [--workers 0] [--meta FILE.csv|.jsonl]  camera and time per image
+      [--set-dtype float16|int8]  int8: 8-bit sets with a per-row scale, half the bytes
     torchrun --nproc_per_node G export/build_gallery.py CKPT ...   one process per GPU, chunks shared out
 
 Images are encoded in chunks of `--chunk-size`; each finished chunk goes to the sidecar folder
@@ -40,9 +41,11 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from export.gallery_store import SCALED, SET_DTYPES
 from export.gallery_writer import GalleryWriter
 from export.gallery_meta import read_sidecar
 from export.manifest import load_manifest
+from kernels import dequantize_sets, quantize_sets
 from trainer.checkpoint import Checkpoint, load_checkpoint
 from trainer.cli import run_script
 from trainer.data.dataset import ImageDataset
@@ -121,14 +124,17 @@ def build_gallery(checkpoint: str | os.PathLike, out: str | os.PathLike, *, data
                   margin_beta: float = 1.0, backend: str = "torch", onnx_dir: str | os.PathLike | None = None,
                   batch_size: int = 64, chunk_size: int = 4096, device: str | None = None, workers: int = 0,
                   progress: bool = True, on_chunk: Callable[[int, int], None] | None = None,
-                  meta: str | os.PathLike | None = None) -> Path:
+                  meta: str | os.PathLike | None = None, set_dtype: str = "float16") -> Path:
     """Encode the images of `images` (a folder) or else of `data`'s `split` into the gallery
     `out`; resumable (see the module docstring). `on_chunk(i, n)` is called after chunk i of n is
     saved. With `margin_bank` (a split of `data`), adds the adaptive margin x `margin_beta`;
-    with `meta`, each image's camera and time from that sidecar. In a process group (torchrun),
-    rank r encodes chunks r, r + world, ... into the shared sidecar, then rank 0 merges them."""
+    with `meta`, each image's camera and time from that sidecar; `set_dtype` "int8": 8-bit sets.
+    In a process group (torchrun), rank r encodes chunks r, r + world, ... into the shared
+    sidecar, then rank 0 merges them."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+    if set_dtype not in SET_DTYPES:
+        raise ValueError(f"unknown set dtype {set_dtype!r}; available: {', '.join(SET_DTYPES)}")
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size} and {chunk_size}")
     if images is None and data is None:
@@ -181,7 +187,7 @@ def build_gallery(checkpoint: str | os.PathLike, out: str | os.PathLike, *, data
     _barrier(world)
     if rank == 0:
         _merge(out, parts, chunk_files, entries, paths, ckpt, meta_of_items, root, dataset, margin_bank,
-               margin_beta, device, batch_size, progress)
+               margin_beta, device, batch_size, progress, set_dtype)
     _barrier(world)  # every rank returns once the gallery is written
     return out
 
@@ -192,7 +198,8 @@ def _barrier(world: int) -> None:
 
 
 def _merge(out: Path, parts: Path, chunk_files: list[Path], entries, paths: list[str], ckpt: Checkpoint,
-           meta_of_items: dict, root: Path, dataset, margin_bank, margin_beta, device, batch_size, progress) -> None:
+           meta_of_items: dict, root: Path, dataset, margin_bank, margin_beta, device, batch_size, progress,
+           set_dtype: str) -> None:
     """The chunks, and the margin when asked, streamed into the gallery one chunk at a time
     (never the whole gallery in memory); the sidecar goes."""
     bank = None
@@ -207,15 +214,18 @@ def _merge(out: Path, parts: Path, chunk_files: list[Path], entries, paths: list
     camera, time = meta_of_items.get("camera"), meta_of_items.get("time")
     set_shape = tuple(load_file(chunk_files[0])["sets"].shape[1:])
     with GalleryWriter(out, set_shape, ckpt.fingerprint, root=str(root), cameras=meta_of_items.get("cameras", ()),
-                       margin=bank is not None, **ckpt.model.score_params) as writer:
+                       margin=bank is not None, dtype=set_dtype, **ckpt.model.score_params) as writer:
         start = 0
         for file in chunk_files:
-            sets = load_file(file)["sets"]
+            sets, scale = load_file(file)["sets"], None
+            if set_dtype == SCALED:
+                sets, scale = quantize_sets(sets.float())
             rows = slice(start, start + len(sets))
-            # scored against the gallery as stored (fp16), as a search will score it; per item, so per chunk
-            margin = None if bank is None else adaptive_margin(bank, sets.float(), ckpt.model.score, beta=margin_beta)
+            # scored against the gallery as stored (fp16 or 8-bit), as a search will score it; per item, so per chunk
+            stored = sets.float() if scale is None else dequantize_sets(sets, scale)
+            margin = None if bank is None else adaptive_margin(bank, stored, ckpt.model.score, beta=margin_beta)
             writer.add(sets, ids[rows], paths[rows], margin, None if camera is None else camera[rows],
-                       None if time is None else time[rows])
+                       None if time is None else time[rows], scale)
             start = rows.stop
     shutil.rmtree(parts)
 
@@ -235,6 +245,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="torch device (default: cuda if available)")
     parser.add_argument("--workers", type=int, default=0, help="image decoding processes")
     parser.add_argument("--meta", help="sidecar .csv or .jsonl of each image's path, camera and time (UTC)")
+    parser.add_argument("--set-dtype", choices=list(SET_DTYPES), default="float16",
+                        help="how sets are stored: float16, or int8 (a scale per row: half the bytes)")
 
 
 def run(a: argparse.Namespace) -> None:
@@ -247,7 +259,7 @@ def run(a: argparse.Namespace) -> None:
         out = build_gallery(a.checkpoint, a.out, data=a.data, split=a.split, images=a.images,
                             margin_bank=a.margin_bank, margin_beta=a.margin_beta, backend=a.backend, onnx_dir=a.onnx,
                             batch_size=a.batch_size, chunk_size=a.chunk_size, device=a.device, workers=a.workers,
-                            meta=a.meta)
+                            meta=a.meta, set_dtype=a.set_dtype)
     finally:
         if ranks:
             dist.destroy_process_group()

@@ -33,10 +33,11 @@ LEGACY_VERSION = 2  # the newest single-file version
 
 def save_gallery(path: str | os.PathLike, sets: torch.Tensor, ids, paths: list[str], fingerprint: str,
                  alpha: float, weight: float, margin: torch.Tensor | None = None, root: str = "",
-                 cameras: list[str] = (), camera=None, time=None, segment_size: int = SEGMENT_SIZE) -> Path:
+                 cameras: list[str] = (), camera=None, time=None, segment_size: int = SEGMENT_SIZE,
+                 set_dtype: str = "float16") -> Path:
     """Write a gallery directory atomically (a failure or a kill mid-write leaves any previous
-    gallery at `path` intact). `sets` is stored as float16, `ids` as int64, `margin` as
-    float32; `camera`/`time` (None: all unknown) as int32/int64."""
+    gallery at `path` intact). `sets` is stored as float16 (set_dtype "int8": 8-bit, a scale per
+    row), `ids` as int64, `margin` as float32; `camera`/`time` (None: all unknown) as int32/int64."""
     sets = torch.as_tensor(sets).detach()
     paths = [str(p) for p in paths]
     n = len(paths)
@@ -49,7 +50,7 @@ def save_gallery(path: str | os.PathLike, sets: torch.Tensor, ids, paths: list[s
             raise GalleryError(f"{path}: {name} must be [{n}] like the paths, got {len(values)}")
     ids = torch.as_tensor(ids if isinstance(ids, torch.Tensor) else list(ids))
     with GalleryWriter(path, tuple(sets.shape[1:]), fingerprint, alpha, weight, root, cameras, margin is not None,
-                       segment_size) as w:
+                       segment_size, set_dtype) as w:
         for a in range(0, n, segment_size):  # one segment at a time: no copy of the whole gallery
             b = min(a + segment_size, n)
             w.add(sets[a:b], ids[a:b], paths[a:b], None if margin is None else margin[a:b],

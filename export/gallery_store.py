@@ -6,6 +6,8 @@
     GALLERY/paths.sqlite          one table, items (idx INTEGER PRIMARY KEY, path TEXT): the paths
     GALLERY/<segment>.sets.npy    the sets [n, K+1, D] of items first .. first + n - 1
     GALLERY/<segment>.items.npy   their person id, time, camera and margin (ITEM_DTYPE [n])
+    GALLERY/<segment>.scale.npy   8-bit galleries (dtype int8) only: each set row's float32 scale
+                                  [n, K+1] (kernels/quantize.py: a row is its int8 codes x its scale)
 
 Nothing of size N is in a header or in the manifest: a gallery's size is limited by its disk
 (indices are int64). Opening reads the manifest and the item columns (24 bytes an item) and
@@ -33,7 +35,8 @@ FORMAT = "tbps-gallery"
 VERSION = 3
 MANIFEST, PATHS_DB = "gallery.json", "paths.sqlite"
 ITEM_DTYPE = np.dtype([("person", "<i8"), ("time", "<i8"), ("camera", "<i4"), ("margin", "<f4")])
-SET_DTYPES = {"float16": np.float16}  # an 8-bit dtype with a per-row scale file joins here
+SET_DTYPES = {"float16": np.float16, "int8": np.int8}  # int8: with a per-row scale file (SCALED)
+SCALED = "int8"
 DIGEST_SPAN = 1 << 16  # bytes of a file's head and of its tail in its digest
 
 
@@ -64,6 +67,7 @@ class Segment:
     time: tuple[int, int] | None
     file: Path | None = None              # <segment>.sets.npy; None: `data` holds the sets
     data: torch.Tensor | None = field(default=None, repr=False)
+    scale_file: Path | None = None        # <segment>.scale.npy of an 8-bit gallery; None: not 8-bit
 
     def sets(self) -> torch.Tensor:
         """[count, K+1, D], memory-mapped from the file (read as it is touched)."""
@@ -71,6 +75,10 @@ class Segment:
             return self.data
         # copy-on-write: a writable array for torch, and the file is never written
         return torch.from_numpy(np.load(self.file, mmap_mode="c"))
+
+    def scale(self) -> torch.Tensor | None:
+        """An 8-bit gallery's float32 row scales [count, K+1], memory-mapped (None: not 8-bit)."""
+        return None if self.scale_file is None else torch.from_numpy(np.load(self.scale_file, mmap_mode="c"))
 
     def may_match(self, cameras: set[int] | None, lo: int | None, hi: int | None) -> bool:
         """Whether any item here can pass a filter (filter_bounds'): False skips the segment."""
@@ -119,7 +127,8 @@ class Gallery:
     """A validated gallery: the item columns in memory, the sets by segment (`segments`,
     `Segment.sets`) or, for a gallery small enough to hold, as one tensor (`sets`: the one
     segment's memory map, else a concatenated copy; a storage-less `meta` tensor when opened
-    without sets)."""
+    without sets). An 8-bit gallery (dtype int8) has int8 sets and their row scales (`scale`,
+    `Segment.scale`); scale is None for float16."""
 
     def __init__(self, segments: list[Segment], set_shape: tuple[int, int], ids: torch.Tensor, paths: Sequence[str],
                  margin: torch.Tensor | None, fingerprint: str, alpha: float, weight: float, root: str = "",
@@ -138,11 +147,19 @@ class Gallery:
     @property
     def sets(self) -> torch.Tensor:
         if not self.with_sets:
-            return torch.empty((len(self), *self.set_shape), dtype=torch.float16, device="meta")
+            return torch.empty((len(self), *self.set_shape), dtype=getattr(torch, self.dtype), device="meta")
         if self._sets is None:
             parts = [s.sets() for s in self.segments]
             self._sets = parts[0] if len(parts) == 1 else torch.cat(parts)
         return self._sets
+
+    @property
+    def scale(self) -> torch.Tensor | None:
+        """The 8-bit sets' row scales [N, K+1] (float32; None: float16 sets, or opened without sets)."""
+        if self.dtype != SCALED or not self.with_sets:
+            return None
+        parts = [s.scale() for s in self.segments]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def allowed(self, cameras=None, since=None, until=None) -> torch.Tensor | None:
         """The bool mask [N] of the items a query's filter keeps (None: no filter)."""
@@ -182,7 +199,7 @@ def gallery_files(folder: Path) -> list[Path]:
     """Every file of the gallery directory `folder`, as its manifest lists them (the manifest first)."""
     m = read_manifest(folder)
     try:
-        specs = [m["paths"]] + [s[kind] for s in m["segments"] for kind in ("sets", "items")]
+        specs = [m["paths"]] + [s[kind] for s in m["segments"] for kind in ("sets", "items", "scale") if kind in s]
         return [folder / MANIFEST] + [_listed(folder, spec) for spec in specs]
     except (KeyError, TypeError) as e:
         raise GalleryError(f"{folder / MANIFEST}: bad manifest ({type(e).__name__}: {e})") from None
@@ -238,9 +255,15 @@ def _open(folder: Path, m: dict, fingerprint: str | None, with_sets: bool) -> Ga
                                f"{s['count']} items; items {first}.. were expected next")
         sets_file = _checked_file(folder, s["sets"], "a segment's sets")
         _array(sets_file, (s["count"], *set_shape), np.dtype(SET_DTYPES[dtype]))
+        scale_file = None
+        if dtype == SCALED:
+            if "scale" not in s:
+                raise GalleryError(f"{where}: segment {s['sets']['file']} of an int8 gallery lists no scale file")
+            scale_file = _checked_file(folder, s["scale"], "a segment's scales")
+            _array(scale_file, (s["count"], set_shape[0]), np.dtype(np.float32))
         columns.append(_array(_checked_file(folder, s["items"], "a segment's items"), (s["count"],), ITEM_DTYPE))
         time = None if s["time"] is None else (int(s["time"][0]), int(s["time"][1]))
-        segments.append(Segment(first, s["count"], list(s["cameras"]), time, sets_file))
+        segments.append(Segment(first, s["count"], list(s["cameras"]), time, sets_file, scale_file=scale_file))
         first += s["count"]
     if first != n or n < 1:
         raise GalleryError(f"{where}: its segments hold {first} items, the manifest says {n}"

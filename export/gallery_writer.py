@@ -6,6 +6,11 @@ gallery. Everything is written into a temporary directory beside the target, eac
 the directory fsynced, then swapped in with one rename (an exchange where the target exists),
 so a reader sees the old gallery or the new one, never part of one; a failure (a full disk,
 an exception, a kill) leaves the old gallery exactly as it was.
+
+An 8-bit gallery (dtype "int8") stores each segment's int8 sets and, beside them, their float32
+row scales (<segment>.scale.npy): float sets given to `add` are quantized here
+(kernels.quantize_sets), int8 sets come with their scale (a copy of an 8-bit gallery: no
+second rounding).
 """
 from __future__ import annotations
 
@@ -22,8 +27,9 @@ import numpy as np
 import torch
 
 from export.gallery_meta import NO_CAMERA, NO_TIME
-from export.gallery_store import (FORMAT, ITEM_DTYPE, MANIFEST, PATHS_DB, SET_DTYPES, VERSION, Gallery, GalleryError,
-                                  file_digest, gallery_files)
+from export.gallery_store import (FORMAT, ITEM_DTYPE, MANIFEST, PATHS_DB, SCALED, SET_DTYPES, VERSION, Gallery,
+                                  GalleryError, file_digest, gallery_files)
+from kernels.quantize import check_scale, quantize_sets
 
 SEGMENT_SIZE = 1 << 20  # items per segment
 HEADER = 256  # bytes of every .npy header the writer reserves, so rows stream in before the count is known
@@ -106,7 +112,8 @@ def _swap_in(tmp: Path, target: Path) -> None:
 
 class GalleryWriter:
     """`with GalleryWriter(path, ...) as w: w.add(...); ...` writes the gallery directory `path`
-    on leaving the block (commit), or nothing if the block raised. `set_shape`: (K+1, D)."""
+    on leaving the block (commit), or nothing if the block raised. `set_shape`: (K+1, D);
+    `dtype`: "float16", or "int8" (8-bit sets with a per-row scale)."""
 
     def __init__(self, path: str | os.PathLike, set_shape: tuple[int, int], fingerprint: str, alpha: float,
                  weight: float, root: str = "", cameras: list[str] = (), margin: bool = False,
@@ -129,7 +136,7 @@ class GalleryWriter:
         self.db.execute("PRAGMA journal_mode=OFF")  # a temporary file: made durable by the fsync before the rename
         self.db.execute("PRAGMA synchronous=OFF")
         self.db.execute("CREATE TABLE items (idx INTEGER PRIMARY KEY, path TEXT NOT NULL)")
-        self.sets = self.items = None
+        self.sets = self.items = self.scale = None
         self.zone: tuple[set, int, int] | None = None
 
     def __enter__(self) -> GalleryWriter:
@@ -141,15 +148,25 @@ class GalleryWriter:
         else:
             self.abort()
 
-    def add(self, sets, ids, paths: list[str], margin=None, camera=None, time=None) -> None:
+    def add(self, sets, ids, paths: list[str], margin=None, camera=None, time=None, scale=None) -> None:
         """Append items: sets [B, K+1, D], person ids [B], paths; margin [B] (a gallery with a
-        margin), camera indices [B] and times [B] (ms; None: unknown)."""
+        margin), camera indices [B] and times [B] (ms; None: unknown); `scale` [B, K+1]: the sets
+        are int8 codes with these row scales (an 8-bit gallery only)."""
         sets = torch.as_tensor(sets).detach().cpu()
         b, n = len(paths), self.manifest["items"]
         where = f"{self.path} (items {n}..{n + b - 1})"
         if tuple(sets.shape) != (b, *self.set_shape):
             raise GalleryError(f"{where}: sets must be [{b}, {', '.join(map(str, self.set_shape))}], got "
                                f"{list(sets.shape)}")
+        if self.manifest["dtype"] != SCALED and scale is not None:
+            raise GalleryError(f"{where}: a scale goes with int8 sets; this gallery stores {self.manifest['dtype']}")
+        if self.manifest["dtype"] == SCALED:
+            if scale is None:
+                sets, scale = quantize_sets(sets.float())
+            try:
+                check_scale(sets, scale := torch.as_tensor(scale).detach().cpu())
+            except ValueError as e:
+                raise GalleryError(f"{where}: {e}") from None
         if not all(isinstance(p, str) for p in paths):
             raise GalleryError(f"{where}: paths must be strings")
         rows = np.empty(b, ITEM_DTYPE)
@@ -169,13 +186,15 @@ class GalleryWriter:
             raise GalleryError(f"{where}: camera indices must be -1 or below {cameras}")
         with self.db:  # one transaction per batch (autocommit would make each row one)
             self.db.executemany("INSERT INTO items VALUES (?, ?)", zip(range(n, n + b), paths))
-        sets = sets.to(torch.float16).numpy()
+        sets = sets.numpy() if scale is not None else sets.to(torch.float16).numpy()
+        scale = None if scale is None else scale.numpy()
         done = 0
         while done < b:
             if self.sets is None:
                 self._open_segment()
             take = min(b - done, self.segment_size - self.sets.rows)
-            self._write(sets[done:done + take], rows[done:done + take])
+            self._write(sets[done:done + take], rows[done:done + take],
+                        None if scale is None else scale[done:done + take])
             done += take
             if self.sets.rows == self.segment_size:
                 self._close_segment()
@@ -185,11 +204,15 @@ class GalleryWriter:
         name = f"{len(self.manifest['segments']):06d}"
         self.sets = _Column(self.tmp / f"{name}.sets.npy", self.set_dtype, self.set_shape)
         self.items = _Column(self.tmp / f"{name}.items.npy", ITEM_DTYPE, ())
+        if self.manifest["dtype"] == SCALED:
+            self.scale = _Column(self.tmp / f"{name}.scale.npy", np.dtype(np.float32), self.set_shape[:1])
         self.zone = (set(), None, None)
 
-    def _write(self, sets: np.ndarray, rows: np.ndarray) -> None:
+    def _write(self, sets: np.ndarray, rows: np.ndarray, scale: np.ndarray | None) -> None:
         self.sets.append(sets)
         self.items.append(rows)
+        if scale is not None:
+            self.scale.append(scale)
         cams, lo, hi = self.zone
         cams.update(np.unique(rows["camera"]).tolist())
         known = rows["time"][rows["time"] != NO_TIME]
@@ -201,10 +224,12 @@ class GalleryWriter:
     def _close_segment(self) -> None:
         cams, lo, hi = self.zone
         first = sum(s["count"] for s in self.manifest["segments"])
-        self.manifest["segments"].append({"first": first, "count": self.sets.rows, "cameras": sorted(cams),
-                                          "time": None if lo is None else [lo, hi], "sets": self.sets.close(),
-                                          "items": self.items.close()})
-        self.sets = self.items = None
+        segment = {"first": first, "count": self.sets.rows, "cameras": sorted(cams),
+                   "time": None if lo is None else [lo, hi], "sets": self.sets.close(), "items": self.items.close()}
+        if self.scale is not None:
+            segment["scale"] = self.scale.close()
+        self.manifest["segments"].append(segment)
+        self.sets = self.items = self.scale = None
 
     def commit(self) -> Path:
         """Finish the last segment and the manifest, make it all durable, swap it in."""
@@ -227,7 +252,7 @@ class GalleryWriter:
         return self.path
 
     def abort(self) -> None:
-        for column in (self.sets, self.items):
+        for column in (self.sets, self.items, self.scale):
             if column is not None:
                 column.file.close()
         self.db.close()
@@ -242,21 +267,22 @@ def copy_items(g: Gallery, writer: GalleryWriter, start: int = 0, stop: int | No
         lo, hi = max(start, seg.first), min(stop, seg.first + seg.count)
         if lo >= hi:
             continue
-        sets = seg.sets()
+        sets, scale = seg.sets(), seg.scale()
         if sets.is_meta:
             raise ValueError(f"{g.location}: loaded without its sets (with_sets=False): nothing to copy")
         for a in range(lo, hi, COPY_ROWS):
             b = min(a + COPY_ROWS, hi)
             writer.add(sets[a - seg.first:b - seg.first], g.ids[a:b], g.paths[a:b],
-                       None if g.margin is None else g.margin[a:b], g.camera[a:b], g.time[a:b])
+                       None if g.margin is None else g.margin[a:b], g.camera[a:b], g.time[a:b],
+                       None if scale is None else scale[a - seg.first:b - seg.first])
 
 
 def rewrite_gallery(g: Gallery, out: str | os.PathLike, start: int = 0, stop: int | None = None,
                     segment_size: int = SEGMENT_SIZE) -> Path:
     """Items start .. stop - 1 of `g` (any version) as a new gallery directory `out` (every
-    camera name kept, so camera indices stay valid)."""
+    camera name kept, so camera indices stay valid; 8-bit sets stay 8-bit, copied as they are)."""
     with GalleryWriter(out, g.set_shape, g.fingerprint, g.alpha, g.weight, g.root, g.cameras, g.margin is not None,
-                       segment_size) as w:
+                       segment_size, g.dtype) as w:
         copy_items(g, w, start, stop)
     return Path(out)
 

@@ -6,7 +6,8 @@ sets ([Nb*Kg, D] x [D, Qb*Kq]) that also scales and shifts (alpha * (cos - 1), s
 rows are unit-norm), one in-place exp shared by both smooth-Chamfer directions, two sums
 and logs. Large alphas, rows that are not unit-norm (detected: a non-finite result) and
 MaxSim take the general logsumexp path. Top-k keeps a running candidate list per query,
-merged block by block (kernels/topk.py).
+merged block by block (kernels/topk.py). An 8-bit gallery (int8 sets with a per-row scale) is
+dequantized one block at a time, never as a whole.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 
 from kernels import topk
+from kernels.quantize import dequantize_sets
 
 BLOCK_BYTES = 16 << 20  # the [Nb, Kg, Qb, Kq] float32 cosine block: fits a large L2/L3 share
 QUERY_BLOCK = 256
@@ -58,13 +60,19 @@ def _blocks(q: Tensor, g: Tensor):
             yield q0, n0, qb, nb
 
 
-def scores(q: Tensor, g: Tensor, alpha: float, weight: float, margin: Tensor | None, mode: str) -> Tensor:
+def _rows(g: Tensor, scale: Tensor | None, rows, dtype: torch.dtype) -> Tensor:
+    """Gallery rows `rows` (a slice or indices) as `dtype`, dequantized where the gallery is 8-bit."""
+    return g[rows].to(dtype) if scale is None else dequantize_sets(g[rows], scale[rows]).to(dtype)
+
+
+def scores(q: Tensor, g: Tensor, alpha: float, weight: float, margin: Tensor | None, mode: str,
+           scale: Tensor | None = None) -> Tensor:
     """Dense scores [Q, N] (evaluation ranks every gallery item), computed block by block;
     float32, or float64 for float64 inputs (gradient checks)."""
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     out = torch.empty(q.shape[0], g.shape[0], dtype=dtype)
     for q0, n0, qb, nb in _blocks(q, g):
-        out[q0:q0 + qb, n0:n0 + nb] = block_scores(q[q0:q0 + qb].to(dtype), g[n0:n0 + nb].to(dtype),
+        out[q0:q0 + qb, n0:n0 + nb] = block_scores(q[q0:q0 + qb].to(dtype), _rows(g, scale, slice(n0, n0 + nb), dtype),
                                                    alpha, weight, mode)
     if margin is not None:
         out -= margin.to(dtype)
@@ -72,7 +80,7 @@ def scores(q: Tensor, g: Tensor, alpha: float, weight: float, margin: Tensor | N
 
 
 def search(q: Tensor, g: Tensor, k: int, alpha: float, weight: float, margin: Tensor | None,
-           mode: str, allowed: Tensor | None = None) -> tuple[Tensor, Tensor]:
+           mode: str, allowed: Tensor | None = None, scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Top-k (scores [Q, k'], indices [Q, k']), k' = min(k, items allowed), streaming over
     gallery blocks. A block the filter keeps little of scores only its allowed rows
     (gathered), so a narrow filter costs in proportion to what it keeps; one it keeps most
@@ -93,7 +101,7 @@ def search(q: Tensor, g: Tensor, k: int, alpha: float, weight: float, margin: Te
                 columns = rows = keep.nonzero().squeeze(1) + n0
             elif kept < keep.numel():
                 dropped = ~keep
-        s = block_scores(q[q0:q0 + qb].float(), g[rows].float(), alpha, weight, mode)
+        s = block_scores(q[q0:q0 + qb].float(), _rows(g, scale, rows, torch.float32), alpha, weight, mode)
         if margin is not None:
             s -= margin[rows].float()
         if dropped is not None:

@@ -4,43 +4,37 @@ What one program computes (kernels/set_similarity.py defines the scores): for a 
 queries and a tile of BN gallery items, the element cosines of every (query row i, gallery
 row j) pair, then, in registers,
 
-    glob      = cos[i=0, j=0]
-    a2b       = mean_i log sum_j exp(alpha cos_ij) / alpha      (smooth Chamfer, both ways)
-    b2a       = mean_j log sum_i exp(alpha cos_ij) / alpha
-    score     = glob + weight (a2b + b2a) / 2 - margin           (MaxSim: mean_i max_j cos)
+    score = cos[0, 0] + weight (a2b + b2a) / 2 - margin, a2b = mean_i log sum_j exp(alpha cos_ij) / alpha,
+    b2a likewise over i (smooth Chamfer both ways; MaxSim: mean_i max_j cos_ij)
 
-Tiling. The query block is the dot's N side: its BQ x Kq rows padded to C = BQ * KQP
-columns (KQP = Kq rounded up to a power of two; C >= 8, the narrowest 16-bit MMA). The
-gallery is the M side, one set row at a time: `for j in static_range(Kg)` loads row j of
-BN items ([BN, BD] per D step) and accumulates cos_j [BN, C] in fp32. So the real Kg rows
-are looped over (5 stays 5, not 8), and every reduction over gallery rows (a2b's sum,
-MaxSim's max) is an elementwise update of a [BN, C] register tile; the reduction over
-query rows (b2a) is a sum over KQP adjacent columns of the MMA layout (a reshape, no data
-movement). No [Q, N, Kq, Kg] tensor exists anywhere.
+Tiling. The query block is the dot's N side: its BQ x Kq rows padded to C = BQ * KQP columns
+(KQP = Kq rounded up to a power of two; C >= 8, the narrowest 16-bit MMA). The gallery is the M
+side, one set row at a time: `for j in static_range(Kg)` loads row j of BN items and accumulates
+cos_j [BN, C] in fp32, so the real Kg rows are looped over (5 stays 5), every reduction over
+gallery rows is an elementwise update of a [BN, C] register tile, and the one over query rows
+(b2a) a sum over KQP adjacent MMA columns. No [Q, N, Kq, Kg] tensor exists anywhere.
 
-Numerics. In the log2 domain (exp2/log2 are single MUFU instructions). For unit-norm rows
-and alpha <= 40 the shift is a constant, alpha log2(e): cos <= 1 keeps exp2 <= 1 and cos >= -1
-keeps it a normal float32, so one exp2 per cosine serves both directions (FIXED_SHIFT). Rows
-that are not unit-norm can overflow or underflow it; the program then raises a flag in
-device memory and a second, guarded launch recomputes everything with the general online
-logsumexp (its programs return at once when the flag is clear), so the result is exact
-either way without a device-to-host sync. Larger alphas always take the general path.
+Numerics. In the log2 domain (exp2/log2 are single MUFU instructions). For unit-norm rows and
+alpha <= 40 the shift is a constant, alpha log2(e) (FIXED_SHIFT): cos <= 1 keeps exp2 <= 1 and
+cos >= -1 keeps it normal, so one exp2 per cosine serves both directions. Rows that are not unit
+norm can leave that range; the program then raises a flag in device memory and a second, guarded
+launch (whose programs return at once when it is clear) recomputes with the general online
+logsumexp: exact either way, with no device-to-host sync. Larger alphas take the general path.
 
-Top-k. A program walks tiles split, split + SPLITS, ... keeping its best KP (score, index)
-keys (kernels/topk.py packing: exact, ties to the lower index) in registers. A tile changes
-them only when one of its keys beats the lowest key held (FAISS's k-selection idea); then
-keys are inserted one at a time, replacing the lowest, with no sort. The steady state costs
-one max per query per tile. The host merges the SPLITS lists with one torch top-k. A filter
-(one byte per item: camera, time window, erasures) makes the tile's keys of the items it
-drops EMPTY, so they are never returned and cost no insertion.
+Top-k. A program walks tiles split, split + SPLITS, ... keeping its best KP (score, index) keys
+(kernels/topk.py packing: exact, ties to the lower index) in registers; a tile changes them only
+when one of its keys beats the lowest held (FAISS's k-selection), one insertion at a time, no
+sort. The host merges the SPLITS lists with one torch top-k. A filter (a byte per item: camera,
+time, erasures) makes the keys of the items it drops EMPTY: never returned, never inserted.
 
-Sizes. 64-bit offsets everywhere an offset can pass 2**31 elements (indices are cast before
-they are multiplied by a stride); the top-k grid is (query blocks, splits), the dense grid
-one axis over (gallery tile, query block) pairs, so no grid dimension nears a CUDA limit
-for any gallery that the key packing allows (2**32 items).
+Sizes. 64-bit offsets wherever one can pass 2**31 elements; the top-k grid is (query blocks,
+splits), the dense grid one axis over (tile, query block) pairs: no grid dimension nears a CUDA
+limit for any gallery the key packing allows (2**32 items). fp32 galleries use IEEE products (no
+TF32); fp16/bf16 multiply in their dtype with fp32 accumulation.
 
-fp32 galleries use IEEE fp32 products (no TF32) so scores match the reference to fp32
-rounding; fp16/bf16 galleries multiply in their dtype with fp32 accumulation.
+8-bit galleries (SCALED, kernels/quantize.py) load int8 tiles (half the bytes), convert them to fp16
+in registers (exact) and scale the [BN, C] cosines by each row's float32 scale after the D loop:
+integer x fp16 products are exact in fp32, where scaling the tile first would round every q * s.
 """
 from __future__ import annotations
 
@@ -53,6 +47,7 @@ from torch import Tensor
 from triton.language.extra import libdevice
 
 from kernels import topk
+from kernels.quantize import quantize_sets
 from kernels.search_configs import CONFIGS, SMEM_LIMIT, config_for
 
 LOG2E = 1.4426950408889634
@@ -79,12 +74,12 @@ def _log2(x, HW_LOG2: tl.constexpr):
 
 
 @triton.jit
-def _tile_scores(q_ptr, g_ptr, margin_ptr, q0, n0, Q, N, D,
-                 stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight, has_margin,
+def _tile_scores(q_ptr, g_ptr, margin_ptr, scale_ptr, q0, n0, Q, N, D,
+                 stride_qq, stride_qk, stride_gn, stride_gk, stride_sn, alpha_log2, weight, has_margin,
                  KQ: tl.constexpr, KG: tl.constexpr, KQP: tl.constexpr, BQ: tl.constexpr,
                  BN: tl.constexpr, BD: tl.constexpr, MAXSIM: tl.constexpr,
                  FIXED_SHIFT: tl.constexpr, IEEE: tl.constexpr, HW_LOG2: tl.constexpr,
-                 D_ALIGNED: tl.constexpr):
+                 D_ALIGNED: tl.constexpr, SCALED: tl.constexpr):
     """Scores [BN, BQ] of queries q0 .. q0+BQ against gallery items n0 .. n0+BN (-inf where
     either does not exist)."""
     C: tl.constexpr = BQ * KQP
@@ -109,11 +104,15 @@ def _tile_scores(q_ptr, g_ptr, margin_ptr, q0, n0, Q, N, D,
             d_ok = (d < D) | D_ALIGNED  # constant true when every block divides D: no mask to build
             g = tl.load(g_ptr + (g_items + j * stride_gk)[:, None] + d[None, :],
                         mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+            if SCALED:
+                g = g.to(tl.float16)  # exact: int8 codes are integers of at most 127
             q = tl.load(q_ptr + q_rows[None, :] + d[:, None], mask=q_ok[None, :] & d_ok[:, None], other=0.0)
             if IEEE:
                 cos = tl.dot(g, q, cos, input_precision="ieee")
             else:
                 cos = tl.dot(g, q, cos)
+        if SCALED:  # row j's scale, once per cosine (see the module docstring: after the dot, not before)
+            cos *= tl.load(scale_ptr + offs_n.to(tl.int64) * stride_sn + j, mask=n_ok, other=0.0)[:, None]
         if j == 0:
             glob = tl.sum(tl.reshape(tl.where(col_i[None, :] == 0, cos, 0.0), (BN, BQ, KQP)), axis=2)
         if MAXSIM:
@@ -163,11 +162,12 @@ def _not_finite(score, ok):
 
 
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
-def _dense_kernel(q_ptr, g_ptr, margin_ptr, out_ptr, flag_ptr, Q, N, D,
-                  stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight, has_margin,
+def _dense_kernel(q_ptr, g_ptr, margin_ptr, scale_ptr, out_ptr, flag_ptr, Q, N, D,
+                  stride_qq, stride_qk, stride_gn, stride_gk, stride_sn, alpha_log2, weight, has_margin,
                   KQ: tl.constexpr, KG: tl.constexpr, KQP: tl.constexpr, BQ: tl.constexpr,
                   MAXSIM: tl.constexpr, FIXED_SHIFT: tl.constexpr,
-                  IEEE: tl.constexpr, HW_LOG2: tl.constexpr, D_ALIGNED: tl.constexpr, GUARDED: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+                  IEEE: tl.constexpr, HW_LOG2: tl.constexpr, D_ALIGNED: tl.constexpr, SCALED: tl.constexpr,
+                  GUARDED: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     """out[q, n] for one (gallery tile, query block) pair; consecutive programs share a
     gallery tile, so it is read from HBM once and from L2 by the other query blocks."""
     q_blocks = tl.cdiv(Q, BQ)
@@ -178,9 +178,9 @@ def _dense_kernel(q_ptr, g_ptr, margin_ptr, out_ptr, flag_ptr, Q, N, D,
     if GUARDED:  # the general-path rerun: only where the fixed-shift launch raised the flag
         go = tl.load(flag_ptr) != 0
     if go:
-        score, ok = _tile_scores(q_ptr, g_ptr, margin_ptr, q0, n0, Q, N, D,
-                                 stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight, has_margin,
-                                 KQ, KG, KQP, BQ, BN, BD, MAXSIM, FIXED_SHIFT, IEEE, HW_LOG2, D_ALIGNED)
+        score, ok = _tile_scores(q_ptr, g_ptr, margin_ptr, scale_ptr, q0, n0, Q, N, D,
+                                 stride_qq, stride_qk, stride_gn, stride_gk, stride_sn, alpha_log2, weight, has_margin,
+                                 KQ, KG, KQP, BQ, BN, BD, MAXSIM, FIXED_SHIFT, IEEE, HW_LOG2, D_ALIGNED, SCALED)
         offs_n = n0 + tl.arange(0, BN)
         offs_q = q0 + tl.arange(0, BQ)
         tl.store(out_ptr + offs_q[None, :].to(tl.int64) * N + offs_n[:, None], score, mask=ok)
@@ -201,11 +201,12 @@ def _keys(score, offs_n, ok):
 
 
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
-def _topk_kernel(q_ptr, g_ptr, margin_ptr, allowed_ptr, cand_ptr, flag_ptr, Q, N, D,
-                 stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight, has_margin, SPLITS,
+def _topk_kernel(q_ptr, g_ptr, margin_ptr, scale_ptr, allowed_ptr, cand_ptr, flag_ptr, Q, N, D,
+                 stride_qq, stride_qk, stride_gn, stride_gk, stride_sn, alpha_log2, weight, has_margin, SPLITS,
                  KQ: tl.constexpr, KG: tl.constexpr, KQP: tl.constexpr, BQ: tl.constexpr,
                  MAXSIM: tl.constexpr, FIXED_SHIFT: tl.constexpr,
-                 IEEE: tl.constexpr, HW_LOG2: tl.constexpr, D_ALIGNED: tl.constexpr, GUARDED: tl.constexpr, KP: tl.constexpr,
+                 IEEE: tl.constexpr, HW_LOG2: tl.constexpr, D_ALIGNED: tl.constexpr, SCALED: tl.constexpr,
+                 GUARDED: tl.constexpr, KP: tl.constexpr,
                  HAS_FILTER: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     """Program (query block, split) writes its top-KP keys, unsorted, to
     cand[q, split*KP : (split+1)*KP].
@@ -230,9 +231,10 @@ def _topk_kernel(q_ptr, g_ptr, margin_ptr, allowed_ptr, cand_ptr, flag_ptr, Q, N
     if go:
         for tile in range(split, tl.cdiv(N, BN), SPLITS):
             n0 = tile * BN
-            score, ok = _tile_scores(q_ptr, g_ptr, margin_ptr, q0, n0, Q, N, D,
-                                     stride_qq, stride_qk, stride_gn, stride_gk, alpha_log2, weight, has_margin,
-                                     KQ, KG, KQP, BQ, BN, BD, MAXSIM, FIXED_SHIFT, IEEE, HW_LOG2, D_ALIGNED)
+            score, ok = _tile_scores(q_ptr, g_ptr, margin_ptr, scale_ptr, q0, n0, Q, N, D,
+                                     stride_qq, stride_qk, stride_gn, stride_gk, stride_sn, alpha_log2, weight,
+                                     has_margin, KQ, KG, KQP, BQ, BN, BD, MAXSIM, FIXED_SHIFT, IEEE, HW_LOG2,
+                                     D_ALIGNED, SCALED)
             offs_n = n0 + tl.arange(0, BN)
             if HAS_FILTER:
                 ok = ok & (tl.load(allowed_ptr + offs_n, mask=offs_n < N, other=0) != 0)[:, None]
@@ -257,7 +259,8 @@ def _topk_kernel(q_ptr, g_ptr, margin_ptr, allowed_ptr, cand_ptr, flag_ptr, Q, N
 def launch_meta(nq: int, kq: int, kg: int, d: int, dtype: torch.dtype, alpha: float, mode: str,
                 compiled: bool = True) -> dict:
     """The constexprs of a launch (everything but the config's BN, BD and the general-path
-    GUARDED rerun): one definition for the launchers and the ahead-of-time compile gate."""
+    GUARDED rerun): one definition for the launchers and the ahead-of-time compile gate.
+    dtype torch.int8: an 8-bit gallery (SCALED), multiplied as fp16."""
     kqp = triton.next_power_of_2(kq)
     # C = BQ * KQP columns: >= 8 (narrowest 16-bit MMA), 16 for fp32's FMA dot; up to 64 with
     # many queries, so one gallery tile is reused by more of them
@@ -265,7 +268,7 @@ def launch_meta(nq: int, kq: int, kg: int, d: int, dtype: torch.dtype, alpha: fl
     cols = MAX_COLS if nq * kqp >= MAX_COLS else max(narrowest, triton.next_power_of_2(nq * kqp))
     return dict(KQ=kq, KG=kg, KQP=kqp, BQ=max(1, cols // kqp), MAXSIM=mode == "maxsim",
                 FIXED_SHIFT=mode == "chamfer" and alpha <= FIXED_SHIFT_MAX_ALPHA, IEEE=dtype == torch.float32,
-                HW_LOG2=compiled, D_ALIGNED=d % max(c[1] for c in CONFIGS) == 0)
+                HW_LOG2=compiled, D_ALIGNED=d % max(c[1] for c in CONFIGS) == 0, SCALED=dtype == torch.int8)
 
 
 def kp_for(k: int) -> int:
@@ -281,24 +284,28 @@ def splits_for(q_blocks: int, n: int, sms: int, cols: int) -> int:
     return max(1, min(resident * sms // q_blocks, triton.cdiv(n, 32), MAX_GRID_YZ))
 
 
-def _prepare(q: Tensor, g: Tensor, margin: Tensor | None, weight: float):
+def _prepare(q: Tensor, g: Tensor, margin: Tensor | None, weight: float, scale: Tensor | None):
     """Views as the kernels read them. Rows need a unit stride along D only: a strided gallery
     (a slice, a memory-mapped file) is read in place, not copied. weight = 0 scores the
     global rows alone."""
     if weight == 0:
         q, g = q[:, :1], g[:, :1]
+        scale = None if scale is None else scale[:, :1]
     if g.stride(-1) != 1:
         g = g.contiguous()
-    q = q.to(g.dtype)  # tl.dot multiplies in one dtype
+    q = q.to(torch.float16 if scale is not None else g.dtype)  # tl.dot multiplies in one dtype
     if q.stride(-1) != 1:
         q = q.contiguous()
-    return q, g, None if margin is None else margin.float().contiguous()
+    return q, g, None if margin is None else margin.float().contiguous(), scale
 
 
-def _scalars(q: Tensor, g: Tensor, alpha: float, weight: float, margin: Tensor | None) -> dict:
-    # without a margin, a float32 stand-in: a pointer of another dtype would be another variant
+def _scalars(q: Tensor, g: Tensor, alpha: float, weight: float, margin: Tensor | None,
+             scale: Tensor | None) -> dict:
+    # without a margin, a float32 stand-in: a pointer of another dtype would be another variant; without a
+    # scale, None: a constexpr, so the variants of fp16 galleries have the parameters they had before int8
     margin_ptr = torch.zeros(1, device=g.device) if margin is None else margin
-    return dict(q_ptr=q, g_ptr=g, margin_ptr=margin_ptr, has_margin=int(margin is not None),
+    return dict(q_ptr=q, g_ptr=g, margin_ptr=margin_ptr, has_margin=int(margin is not None), scale_ptr=scale,
+                stride_sn=None if scale is None else scale.stride(0),
                 Q=q.shape[0], N=g.shape[0], D=g.shape[2], stride_qq=q.stride(0), stride_qk=q.stride(1),
                 stride_gn=g.stride(0), stride_gk=g.stride(1), alpha_log2=alpha * LOG2E, weight=float(weight))
 
@@ -339,30 +346,31 @@ def dense_grid(nq: int, n: int, bq: int, bn: int) -> tuple[int]:
     return (programs,)
 
 
-def scores(q: Tensor, g: Tensor, alpha: float, weight: float, margin: Tensor | None, mode: str) -> Tensor:
-    """Dense scores [Q, N] float32 on the tensors' device."""
-    q, g, margin = _prepare(q, g, margin, weight)
+def scores(q: Tensor, g: Tensor, alpha: float, weight: float, margin: Tensor | None, mode: str,
+           scale: Tensor | None = None) -> Tensor:
+    """Dense scores [Q, N] float32 on the tensors' device (`scale`: an 8-bit gallery's)."""
+    q, g, margin, scale = _prepare(q, g, margin, weight, scale)
     out = torch.empty(q.shape[0], g.shape[0], dtype=torch.float32, device=g.device)
     if out.numel() == 0:
         return out
     meta = launch_meta(q.shape[0], q.shape[1], g.shape[1], g.shape[2], g.dtype, alpha, mode, compiled=g.is_cuda)
     flag = torch.zeros(1, dtype=torch.int32, device=g.device)
     _launch(_dense_kernel, lambda bq, bn: dense_grid(q.shape[0], g.shape[0], bq, bn), "dense", meta, False,
-            dict(_scalars(q, g, alpha, weight, margin), out_ptr=out, flag_ptr=flag))
+            dict(_scalars(q, g, alpha, weight, margin, scale), out_ptr=out, flag_ptr=flag))
     return out
 
 
 def search(q: Tensor, g: Tensor, k: int, alpha: float, weight: float, margin: Tensor | None,
-           mode: str, allowed: Tensor | None = None) -> tuple[Tensor, Tensor]:
+           mode: str, allowed: Tensor | None = None, scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Top-k (scores [Q, k'], indices [Q, k']), k' = min(k, items allowed). A filter costs one
-    host sync (its count sets k')."""
+    host sync (its count sets k'). `scale`: an 8-bit gallery's."""
     nq, n = q.shape[0], g.shape[0]
     k = min(k, n if allowed is None else int(allowed.sum()))
     if nq == 0 or k == 0:
         return torch.empty(nq, k, device=g.device), torch.empty(nq, k, dtype=torch.int64, device=g.device)
     if k > MAX_TOPK_PER_TILE:
-        return _search_chunked(q, g, k, alpha, weight, margin, mode, allowed)
-    q, g, margin = _prepare(q, g, margin, weight)
+        return _search_chunked(q, g, k, alpha, weight, margin, mode, allowed, scale)
+    q, g, margin, scale = _prepare(q, g, margin, weight, scale)
     kp = kp_for(k)
     meta = launch_meta(nq, q.shape[1], g.shape[1], g.shape[2], g.dtype, alpha, mode, compiled=g.is_cuda)
     q_blocks = triton.cdiv(nq, meta["BQ"])
@@ -374,19 +382,21 @@ def search(q: Tensor, g: Tensor, k: int, alpha: float, weight: float, margin: Te
     flag = torch.zeros(1, dtype=torch.int32, device=g.device)
     _launch(_topk_kernel, lambda bq, bn: (q_blocks, splits), "topk", dict(meta, KP=kp, HAS_FILTER=allowed is not None),
             allowed is not None,
-            dict(_scalars(q, g, alpha, weight, margin), allowed_ptr=g if allowed is None else allowed.view(torch.uint8),
+            dict(_scalars(q, g, alpha, weight, margin, scale),
+                 allowed_ptr=g if allowed is None else allowed.view(torch.uint8),
                  cand_ptr=cand, flag_ptr=flag, SPLITS=splits))
     return topk.unpack(topk.top_keys(cand, k))
 
 
-def _search_chunked(q, g, k, alpha, weight, margin, mode, allowed):
+def _search_chunked(q, g, k, alpha, weight, margin, mode, allowed, scale):
     """Large k: dense scores for gallery chunks (Q x chunk in memory), merged by key; items a
     filter drops score -inf, and k <= items allowed keeps them out of the result."""
     chunk = max(k, (256 << 20) // max(4 * q.shape[0], 1))  # ~256 MB of scores per chunk
     chunk = -(-chunk // 16) * 16  # chunk starts stay 16-byte aligned: an unaligned slice is another variant
     best = None
     for n0 in range(0, g.shape[0], chunk):
-        s = scores(q, g[n0:n0 + chunk], alpha, weight, None if margin is None else margin[n0:n0 + chunk], mode)
+        s = scores(q, g[n0:n0 + chunk], alpha, weight, None if margin is None else margin[n0:n0 + chunk], mode,
+                   None if scale is None else scale[n0:n0 + chunk])
         if allowed is not None:
             s.masked_fill_(~allowed[n0:n0 + chunk], float("-inf"))
         best = topk.merge(best, topk.block_top(s, n0, k), k)
@@ -417,7 +427,8 @@ def prepare(kq: int, kg: int, d: int, dtype: torch.dtype, device: torch.device, 
     gen = torch.Generator().manual_seed(0)
     unit = lambda n, k: torch.nn.functional.normalize(torch.randn(n, k, d, generator=gen), dim=-1)  # noqa: E731
     n = MAX_TOPK_PER_TILE + 1
-    g = unit(n, kg).to(device, dtype)
+    g = unit(n, kg)  # an 8-bit gallery: its sets and their scale
+    g, scale = (t.to(device) for t in quantize_sets(g)) if dtype == torch.int8 else (g.to(device, dtype), None)
     margin = torch.zeros(n, device=device)
     batches = {}
     for nq in range(1, max_batch + 1):  # the smallest batch of each query-block size
@@ -433,6 +444,6 @@ def prepare(kq: int, kg: int, d: int, dtype: torch.dtype, device: torch.device, 
         q = unit(nq, kq).to(device)
         for k in ks:
             for allowed in (None, torch.ones(n, dtype=torch.bool, device=device)):
-                search(q, g, k, alpha, weight, margin, mode, allowed)
+                search(q, g, k, alpha, weight, margin, mode, allowed, scale)
                 done += 1
     return done

@@ -17,6 +17,12 @@ zones. Paths are read from the live store when hits are returned, not held in me
 Added images have no adaptive margin (it needs the training captions): where the base has
 one, theirs is 0.
 
+An 8-bit base gallery (int8 sets with a scale per row) keeps its int8 sets and their scales in
+every block, on any device (the CPU path dequantizes a block at a time, so no float copy of the
+gallery exists), and additions are quantized as they are taken in (kernels.quantize_sets of the
+fp16 sets the live store keeps: every process gets the same codes), so one layout and one
+search variant serve base and additions alike.
+
 Two-stage (`ann`: an ANN proxy of export/ann_index.py, `search(candidates=n)`): a base block
 whose segment has an ANN index gives the union of each query's n nearest items (within the
 zones the filter reads), and only those are scored exactly, by the same fused search; the alive
@@ -37,6 +43,7 @@ from safetensors.torch import load_file
 import kernels
 from export import ann_index
 from export.gallery import Gallery, load_gallery
+from export.gallery_store import SCALED
 from export.gallery_meta import NO_CAMERA, NO_TIME, filter_bounds, item_mask, may_match
 from export.gallery_writer import GalleryWriter
 from serving.live_store import LiveStore
@@ -55,8 +62,8 @@ def start_live(folder: str | os.PathLike, gallery: Gallery, adder: bool = False)
 
 
 class _Block:
-    """Items first .. first + n - 1 in columns of one capacity: `sets` and `margin` on the
-    search's device (where loaded), person id, camera, time and alive flag on the host; per
+    """Items first .. first + n - 1 in columns of one capacity: `sets` (and an 8-bit gallery's
+    `scale`) and `margin` on the search's device (where loaded), person id, camera, time and alive flag on the host; per
     zone, (camera indices, known-time span) of its items."""
 
     def __init__(self, first: int, columns: dict[str, torch.Tensor], n: int):
@@ -122,8 +129,9 @@ class LiveGallery:
                  ann: str | None = None, nprobe: int | None = None):
         """Open (or start) the live gallery in `folder` over the gallery `base`; one started
         for another gallery is refused. `writer`: the one process that adds. `sets`: the
-        device the embedding sets are kept on, in `dtype` (None: not loaded). `ann`: the ANN
-        proxy whose per-segment indexes two-stage searches use (`nprobe` IVF lists each)."""
+        device the embedding sets are kept on, in `dtype` (None: not loaded; an 8-bit base keeps
+        its int8 sets and scales whatever `dtype`). `ann`: the ANN proxy whose per-segment indexes
+        two-stage searches use (`nprobe` IVF lists each)."""
         self.folder, self.base_path = Path(folder), Path(base)
         self.base: Gallery = load_gallery(self.base_path, fingerprint, with_sets=sets is not None)
         b = self.base
@@ -132,6 +140,7 @@ class LiveGallery:
         self.set_shape, self.cameras = tuple(b.set_shape), list(b.cameras)
         self.device, self.dtype = None if sets is None else torch.device(sets), dtype
         self.has_margin = b.margin is not None and sets is not None
+        self.scaled = b.dtype == SCALED and sets is not None  # 8-bit: int8 sets and a "scale" column
         self.blocks = [self._segment_block(s.first, s.first + s.count, s) for s in b.segments]
         self.ann, self.nprobe, self.ann_notes = ann, nprobe, []
         for block, segment in zip(self.blocks if ann else [], b.segments):
@@ -150,7 +159,9 @@ class LiveGallery:
         b = self.base
         columns = {"ids": b.ids[a:z], "camera": b.camera[a:z], "time": b.time[a:z],
                    "alive": torch.ones(z - a, dtype=torch.bool)}
-        if self.device is not None:  # a memory map of fp16 on the CPU stays one (read as searched)
+        if self.scaled:  # on the CPU: memory maps that stay ones (read as searched)
+            columns["sets"], columns["scale"] = segment.sets().to(self.device), segment.scale().to(self.device)
+        elif self.device is not None:  # a memory map of fp16 on the CPU stays one (read as searched)
             columns["sets"] = segment.sets().to(self.device, self.dtype)
         if self.has_margin:
             columns["margin"] = b.margin[a:z].to(self.device)
@@ -160,7 +171,10 @@ class LiveGallery:
         """An empty block of CHUNK_ROWS rows: the one allocation an addition makes."""
         columns = {name: torch.zeros(CHUNK_ROWS, dtype=dtype) for name, dtype in HOST.items()}
         if self.device is not None:
-            columns["sets"] = torch.empty((CHUNK_ROWS, *self.set_shape), dtype=self.dtype, device=self.device)
+            dtype = torch.int8 if self.scaled else self.dtype
+            columns["sets"] = torch.empty((CHUNK_ROWS, *self.set_shape), dtype=dtype, device=self.device)
+        if self.scaled:
+            columns["scale"] = torch.empty((CHUNK_ROWS, self.set_shape[0]), device=self.device)
         if self.has_margin:
             columns["margin"] = torch.zeros(CHUNK_ROWS, device=self.device)
         return _Block(first, columns, 0)
@@ -204,7 +218,9 @@ class LiveGallery:
         """All or nothing: the new rows and any new block are allocated before the first write."""
         rows = {"ids": torch.tensor(persons, dtype=torch.int64), "camera": torch.tensor(cameras, dtype=torch.int32),
                 "time": torch.tensor(times, dtype=torch.int64), "alive": torch.ones(len(persons), dtype=torch.bool)}
-        if self.device is not None:
+        if self.scaled:
+            rows["sets"], rows["scale"] = (t.to(self.device) for t in kernels.quantize_sets(sets.float()))
+        elif self.device is not None:
             rows["sets"] = sets.to(self.device, self.dtype)
         if self.has_margin:
             rows["margin"] = torch.zeros(len(persons), device=self.device)
@@ -226,7 +242,7 @@ class LiveGallery:
         return torch.searchsorted(torch.tensor([b.first for b in self.blocks]), index, right=True) - 1
 
     def take(self, name: str, index: torch.Tensor) -> torch.Tensor:
-        """Column `name` (sets, margin, ids, camera, time, alive) of items `index` (int64, any
+        """Column `name` (sets, scale, margin, ids, camera, time, alive) of items `index` (int64, any
         shape), on that column's device."""
         flat = index.reshape(-1).cpu()
         if len(self.blocks) == 1:  # the common case, a small gallery: one lookup
@@ -244,6 +260,11 @@ class LiveGallery:
         if out is None:  # no index: an empty column slice of the right dtype and shape
             out = self.blocks[0].view(name)[:0]
         return out.reshape(*index.shape, *out.shape[1:])
+
+    def sets_of(self, index: torch.Tensor) -> torch.Tensor:
+        """The float32 sets of items `index` (int64 [B]) as searches score them (dequantized where 8-bit)."""
+        sets = self.take("sets", index)
+        return kernels.dequantize_sets(sets, self.take("scale", index)) if self.scaled else sets.float()
 
     def column(self, name: str) -> torch.Tensor:
         """Column `name` of every item, concatenated (a copy: for checks and small galleries)."""
@@ -284,10 +305,11 @@ class LiveGallery:
         host = None
         parts = []
         for block, a, z, mask in self.plan(cameras, since, until):
-            sets = block.view("sets")
+            sets, scale = block.view("sets"), block.view("scale") if self.scaled else None
             weights = block.view("margin") if margin and self.has_margin else None
             if candidates is None or block.ann is None or z - a <= candidates:
-                parts.append((block.first + a, sets[a:z], None if weights is None else weights[a:z], mask))
+                parts.append(kernels.Part(block.first + a, sets[a:z], None if weights is None else weights[a:z], mask,
+                                          None if scale is None else scale[a:z]))
                 continue
             if host is None:
                 host = queries.float().cpu().numpy()
@@ -296,8 +318,8 @@ class LiveGallery:
             if not len(found):
                 continue
             rows = torch.from_numpy(found).to(self.device)
-            parts.append((rows + block.first, sets[rows], None if weights is None else weights[rows],
-                          None if mask is None else mask[rows - a]))
+            parts.append(kernels.Part(rows + block.first, sets[rows], None if weights is None else weights[rows],
+                                      None if mask is None else mask[rows - a], None if scale is None else scale[rows]))
         return kernels.search_parts(queries.to(self.device), parts, k, alpha=self.base.alpha, weight=self.base.weight)
 
     def add(self, sets: torch.Tensor, paths: list[str], persons=None, cameras=None, times=None) -> list[int]:
@@ -326,14 +348,17 @@ class LiveGallery:
         self.refresh()
         b = self.base
         with self.lock, GalleryWriter(out, self.set_shape, b.fingerprint, b.alpha, b.weight, b.root, self.cameras,
-                                      self.has_margin) as w:
+                                      self.has_margin, dtype=b.dtype) as w:
             for block in self.blocks:
                 keep = block.view("alive").nonzero().squeeze(1)
                 if keep.numel():
-                    w.add(block.view("sets")[keep.to(self.device)].to("cpu", torch.float16), block.view("ids")[keep],
+                    on = keep.to(self.device)
+                    sets = block.view("sets")[on].cpu()  # 8-bit codes copied as they are, with their scales
+                    w.add(sets if self.scaled else sets.half(), block.view("ids")[keep],
                           self.paths((keep + block.first).tolist()),
-                          block.view("margin")[keep.to(self.device)].cpu() if self.has_margin else None,
-                          block.view("camera")[keep], block.view("time")[keep])
+                          block.view("margin")[on].cpu() if self.has_margin else None,
+                          block.view("camera")[keep], block.view("time")[keep],
+                          block.view("scale")[on].cpu() if self.scaled else None)
         kept = self.live_items()
         return {"gallery": str(out), "kept": kept, "dropped": len(self) - kept, "added": len(self) - len(b)}
 

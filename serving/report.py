@@ -166,7 +166,7 @@ def report_from_checkpoint(checkpoint: str | os.PathLike, gallery_path: str | os
     import torch
 
     from export.gallery import load_gallery
-    from kernels import search, set_scores
+    from kernels import dequantize_sets, search, set_scores
     from serving.client import Hit
     from trainer.checkpoint import load_checkpoint
     from trainer.data.formats import load_dataset
@@ -183,7 +183,9 @@ def report_from_checkpoint(checkpoint: str | os.PathLike, gallery_path: str | os
     texts, pids = [t for t, _ in pairs], [p for _, p in pairs]
 
     text_sets = encode_captions(ckpt.model, ckpt.tokenizer, texts, device, batch_size, progress).to(device)
-    gallery_sets = gallery.sets.to(device).float()
+    # an 8-bit gallery is scored as its dequantized sets (what kernels.search with its scale scores)
+    stored = gallery.sets.float() if gallery.scale is None else dequantize_sets(gallery.sets, gallery.scale)
+    gallery_sets = stored.to(device)
     margin = None if gallery.margin is None else gallery.margin.to(device)
 
     def score(query_sets, sets, margin=None):  # blocked_metrics passes the margin positionally

@@ -82,7 +82,8 @@ class TritonPythonModel:
         base = self.live.base
         max_batch = json.loads(args["model_config"])["max_batch_size"]
         rows, dim = self.live.set_shape  # queries have the gallery's set shape (one encoder family)
-        kernels.prepare(rows, rows, dim, dtype, self.device, max_batch, MAX_TOPK, alpha=base.alpha, weight=base.weight)
+        kernels.prepare(rows, rows, dim, torch.int8 if self.live.scaled else dtype, self.device, max_batch, MAX_TOPK,
+                        alpha=base.alpha, weight=base.weight)
         self.guard = Guard()
         self.front = args["model_name"] == GALLERY_MODEL  # a local shard's searches are its merge's to audit
         if self.front:
@@ -115,7 +116,7 @@ class TritonPythonModel:
         erased = locals_[~self.live.take("alive", locals_)]
         if erased.numel():
             raise RequestError(f"LIKE {int(self.index.to_global(erased[:1].numpy())[0])}: that item was erased")
-        return kind, self.live.take("sets", locals_).float()
+        return kind, self.live.sets_of(locals_)
 
     def _filter(self, request, rows: int) -> tuple:
         """(cameras, since, until), None where absent: the request's filter, a key to group by."""

@@ -6,6 +6,7 @@ from PIL import Image
 
 from export.build_gallery import build_gallery, main
 from export.gallery import load_gallery
+from kernels.quantize import dequantize_sets, quantize_sets
 from trainer.checkpoint import load_checkpoint
 from trainer.data.formats import load_dataset
 from trainer.data.transforms import build_transform, load_image
@@ -82,6 +83,22 @@ def test_adaptive_margin(tiny_run, synthetic_data, tmp_path):
     want = adaptive_margin(bank, g.sets.float(), ckpt.model.score, beta=0.5)
     assert g.margin.shape == (len(g),) and torch.allclose(g.margin, want, atol=1e-6)
     assert g.margin.min() > 0
+
+
+def test_an_8bit_gallery_via_cli_quantizes_the_fp16_sets_and_scores_its_margin_on_them(tiny_run, synthetic_data,
+                                                                                        torch_gallery, tmp_path):
+    out = tmp_path / "g8"
+    main([str(tiny_run), "--data", str(synthetic_data), "--out", str(out), "--set-dtype", "int8",
+          "--margin-bank", "train", "--batch-size", "4"])
+    g8, g16 = load_gallery(out), load_gallery(torch_gallery)
+    want, scale = quantize_sets(g16.sets.float())  # the fp16 encoding, quantized: the one rounding of fp16 first
+    assert g8.dtype == "int8" and torch.equal(g8.sets, want) and torch.equal(g8.scale, scale)
+    ckpt = load_checkpoint(tiny_run)
+    bank = encode_captions(ckpt.model, ckpt.tokenizer, [c for e in load_dataset(synthetic_data).train
+                                                          for c in e.captions])
+    assert torch.allclose(g8.margin, adaptive_margin(bank, dequantize_sets(want, scale), ckpt.model.score), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown set dtype 'int4'"):
+        build_gallery(tiny_run, tmp_path / "g4", data=synthetic_data, set_dtype="int4")
 
 
 def test_folder_of_images_via_cli(tiny_run, tmp_path, capsys):

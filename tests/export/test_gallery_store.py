@@ -13,6 +13,7 @@ import export.gallery_writer as gallery_writer
 from export.gallery import GalleryError, gallery_bytes, load_gallery, save_gallery
 from export.gallery_meta import NO_TIME
 from export.gallery_writer import GalleryWriter, install_gallery, rewrite_gallery
+from kernels.quantize import quantize_sets
 
 N = 10
 CAMERAS = ["c0", "c1", "c2"]
@@ -239,3 +240,56 @@ def test_install_links_the_listed_files_and_converts_a_version_2_file(tmp_path):
     converted = install_gallery(load_gallery(v2), served)  # replaces the installed one whole
     _same(load_gallery(converted), load_gallery(v2))
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["gallery"]  # no temporary left
+
+
+def test_an_8bit_gallery_stores_int8_sets_and_row_scales_per_segment(tmp_path):
+    """set_dtype int8: each segment's int8 sets with their float32 row scales beside them, both
+    memory-mapped, the sets those kernels.quantize_sets gives; copies (rewrite, install) keep the
+    codes as they are; version-3 fp16 galleries read as before (no scale)."""
+    g8 = load_gallery(_save(tmp_path / "g8", set_dtype="int8"), "fp")
+    want, want_scale = quantize_sets(_sets())
+    assert g8.dtype == "int8" and g8.sets.dtype == torch.int8 and torch.equal(g8.sets, want)
+    assert torch.equal(g8.scale, want_scale) and [s.scale().shape for s in g8.segments] == [(4, 2), (4, 2), (2, 2)]
+    assert sorted(f.name for f in (tmp_path / "g8").glob("*.scale.npy")) == [f"00000{i}.scale.npy" for i in range(3)]
+    assert load_gallery(tmp_path / "g8", with_sets=False).sets.dtype == torch.int8
+    copy = load_gallery(rewrite_gallery(g8, tmp_path / "copy", segment_size=3))
+    _same(copy, g8)
+    assert copy.dtype == "int8" and torch.equal(copy.scale, g8.scale) and len(copy.segments) == 4
+    _same(load_gallery(install_gallery(g8, tmp_path / "installed")), g8)
+    assert (tmp_path / "g8" / "000000.sets.npy").stat().st_size == gallery_writer.HEADER + 4 * 2 * 4  # a byte each
+    g16 = load_gallery(_save(tmp_path / "g16"))
+    assert g16.scale is None and g16.sets.dtype == torch.float16 and all(s.scale() is None for s in g16.segments)
+
+
+def _scale_file(g, tmp_path):
+    np.save(g / "000001.scale.npy", np.zeros((4, 3), np.float32))  # a scale per row of sets of 3 rows
+    f = g / "000001.scale.npy"
+    _edit_manifest(g, lambda m: m["segments"][1]["scale"].update(bytes=f.stat().st_size,
+                                                                 digest=gallery_writer.file_digest(f)))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_scale_file, r"000001.scale.npy: float32 \[4, 3\] where the manifest says float32 \[4, 2\]"),
+    (lambda g, t: (g / "000002.scale.npy").unlink(), r"000002.scale.npy: a segment's scales is missing"),
+    (lambda g, t: _edit_manifest(g, lambda m: m["segments"][0].pop("scale")),
+     r"gallery.json: segment 000000.sets.npy of an int8 gallery lists no scale file"),
+    (lambda g, t: (g / "000000.scale.npy").write_bytes((g / "000000.scale.npy").read_bytes()[:-4]),
+     r"000000.scale.npy: [\d,]+ bytes where the manifest says"),
+])
+def test_a_bad_8bit_gallery_is_refused_in_one_line_naming_the_file(tmp_path, damage, message):
+    g = _save(tmp_path / "g", set_dtype="int8")
+    damage(g, tmp_path)
+    with pytest.raises(GalleryError, match=message) as e:
+        load_gallery(g)
+    assert "\n" not in str(e.value) and str(tmp_path / "g") in str(e.value)
+
+
+def test_the_writer_refuses_a_scale_that_does_not_fit_its_sets(tmp_path):
+    q, scale = quantize_sets(_sets(2))
+    with pytest.raises(GalleryError, match=r"g \(items 0..1\): scale must be float32 \[2, 2\]"):
+        with GalleryWriter(tmp_path / "g", (2, 4), "fp", 16.0, 1.0, dtype="int8") as w:
+            w.add(q, range(2), ["a", "b"], scale=scale[:, :1])
+    with pytest.raises(GalleryError, match=r"a scale goes with int8 sets; this gallery stores float16"):
+        with GalleryWriter(tmp_path / "g", (2, 4), "fp", 16.0, 1.0) as w:
+            w.add(q, range(2), ["a", "b"], scale=scale)
+    assert not list(tmp_path.iterdir())

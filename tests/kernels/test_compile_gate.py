@@ -3,6 +3,7 @@ on this CPU machine (no GPU, no driver), the config each launch takes (kernels/s
 for the headline shapes (benchmarks/kernels_aot.py --set ci; the full sweep is the benchmark), under
 the Triton the Dockerfile deploys."""
 import importlib.util
+import itertools
 import json
 import subprocess
 import sys
@@ -50,6 +51,7 @@ def test_the_gate_refuses_what_cannot_launch_or_spills():
     assert "over the" in module.faults(dict(ok, arch=80, shared_bytes=200 * 1024))[0]  # fine on sm_90, not sm_80
     assert "spills" in module.faults(dict(ok, spill_store_bytes=8))[0]
     assert module.faults(dict(ok, spill_store_bytes=8, job=dict(job, dtype="fp32"))) == []  # fp32: reported only
+    assert "spills" in module.faults(dict(ok, spill_store_bytes=8, job=dict(job, dtype="int8")))[0]  # 8-bit: gated
     assert "compile failed" in module.faults(dict(ok, status="FAILED", error="ptxas died"))[0]
     assert module.faults(dict(ok, kept=False, shared_bytes=300 * 1024)) == []  # not the launcher's: never launched
     assert "warp-instructions per item" in module.faults(dict(ok, per_item_expected=4100))[0]  # Q = 64 over 4,000
@@ -89,8 +91,8 @@ def test_the_gate_compiles_with_the_triton_that_is_deployed():
 def test_the_config_table_holds_launchable_configs_for_every_served_key():
     """kernels/search_configs.json (kernels_aot.py --set table --table ...): one config per key, each one
     the launcher can run (in CONFIGS, within the architecture's shared memory and accumulator budget),
-    for every launch of the served model (fp16, K = 5, D = 512: each batch's query columns, top-k
-    filtered or not and the dense path) on sm_90 and sm_80; nothing is autotuned at run time."""
+    for every launch of the served model (fp16 or 8-bit sets, K = 5, D = 512: each batch's query columns,
+    top-k filtered or not and the dense path) on sm_90 and sm_80; nothing is autotuned at run time."""
     import torch
     from kernels import search_configs, search_triton
     module = aot()
@@ -101,11 +103,11 @@ def test_the_config_table_holds_launchable_configs_for_every_served_key():
         elsize = 4 if dtype == "float32" else 2
         assert tuple(config) in search_configs.CONFIGS, key
         assert search_configs.fits(tuple(config), int(cols[1:]), elsize, module.SMEM_LIMIT[int(arch[3:])]), key
-    for arch in (90, 80):
+    for arch, dtype in itertools.product((90, 80), (torch.float16, torch.int8)):
         for nq in (1, 2, 4, 8, 64):
-            meta = search_triton.launch_meta(nq, 5, 5, 512, torch.float16, 16.0, "chamfer")
+            meta = search_triton.launch_meta(nq, 5, 5, 512, dtype, 16.0, "chamfer")
             for kind, filtered in (("topk", False), ("topk", True), ("dense", False)):
-                key = search_configs.config_key(arch, kind, torch.float16, meta, 512, filtered)
+                key = search_configs.config_key(arch, kind, dtype, meta, 512, filtered)
                 assert key in table, key
-                assert search_configs.config_for(arch, kind, torch.float16, meta, 512, filtered,
+                assert search_configs.config_for(arch, kind, dtype, meta, 512, filtered,
                                                 module.SMEM_LIMIT[arch]) == tuple(table[key])

@@ -34,31 +34,33 @@ def _unit(n, k, dtype=torch.float16, seed=0):
     return torch.nn.functional.normalize(torch.randn(n, k, D, generator=gen), dim=-1).to(dtype)
 
 
-def _serve(n, batches, ks):
+def _serve(n, batches, ks, dtype=torch.float16):
     """Queries a gallery_search instance serves after READY on a gallery of n items (contiguous,
     as the live store holds it; never read, the launches are only recorded): text (a margin)
-    and image/LIKE sets (none), filtered or not."""
-    g, margin, allowed = torch.empty(n, KG, D, dtype=torch.float16), torch.zeros(n), torch.ones(n, dtype=torch.bool)
+    and image/LIKE sets (none), filtered or not; int8: an 8-bit gallery, with its row scales."""
+    g, margin, allowed = torch.empty(n, KG, D, dtype=dtype), torch.zeros(n), torch.ones(n, dtype=torch.bool)
+    scale = torch.empty(n, KG) if dtype == torch.int8 else None
     for nq in batches:
         q = _unit(nq, KQ, seed=nq)
         for k in ks:
             for m in (margin, None):
                 for a in (None, allowed):
-                    search_triton.search(q, g, k, 16.0, 1.0, m, "chamfer", a)
+                    search_triton.search(q, g, k, 16.0, 1.0, m, "chamfer", a, scale)
 
 
-def test_prepare_compiles_every_variant_served_and_nothing_compiles_after(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.int8])
+def test_prepare_compiles_every_variant_served_and_nothing_compiles_after(monkeypatch, dtype):
     counter = _counter(monkeypatch)
-    made = search_triton.prepare(KQ, KG, D, torch.float16, torch.device("cpu"), MAX_BATCH, MAX_K,
+    made = search_triton.prepare(KQ, KG, D, dtype, torch.device("cpu"), MAX_BATCH, MAX_K,
                                  16.0, 1.0, "chamfer")
     at_start = set(counter.keys)
     # 4 query-block sizes x (2 top-k buckets x filtered or not x 2 passes + the dense path's 2 passes)
     assert made == 4 * 3 * 2 and len(at_start) == 4 * (2 * 2 * 2 + 2)
-    _serve(1000, range(1, MAX_BATCH + 1), (1, 2, 10, 16, 17, 64, 65, MAX_K))  # every batch size and k
-    _serve(1001, (1, 5, 64), (10, 64, MAX_K))  # one ingest later: N no longer a multiple of 16
+    _serve(1000, range(1, MAX_BATCH + 1), (1, 2, 10, 16, 17, 64, 65, MAX_K), dtype)  # every batch size and k
+    _serve(1001, (1, 5, 64), (10, 64, MAX_K), dtype)  # one ingest later: N no longer a multiple of 16
     for n in (1_000_001, 4_999_999):  # a gallery grown by ingest
-        _serve(n, (1, 64), (10, 64))
-    _serve(1_048_577, (64,), (MAX_K,))  # k > 64 in two gallery chunks: the second starts at 2**20
+        _serve(n, (1, 64), (10, 64), dtype)
+    _serve(1_048_577, (64,), (MAX_K,), dtype)  # k > 64 in two gallery chunks: the second starts at 2**20
     assert counter.keys == at_start, f"compiled after READY: {sorted(counter.keys - at_start)[:2]}"
 
 

@@ -332,3 +332,36 @@ def test_a_filter_reads_only_the_zones_that_can_match(tmp_path, monkeypatch):
             assert all(torch.equal(a, b) for a, b in zip(live.search(queries, k, **filters),
                                                          reference(live, queries, k, **filters))), (filters, k)
     assert live.search(queries, 3, cameras=["c0"], since=60_000)[1].shape == (5, 0)
+
+
+def test_an_8bit_gallery_holds_int8_sets_quantizes_additions_and_compacts_to_8bit(tmp_path):
+    """Blocks of an 8-bit base hold its int8 codes and row scales (no float copy); additions are
+    quantized the same way (a reopen gets the same codes); searches score the dequantized sets, and
+    compaction writes an 8-bit gallery that ranks exactly as the live one."""
+    base8 = save_gallery(tmp_path / "base8", unit(20), torch.arange(20) // 4, [f"base/{i}.jpg" for i in range(20)],
+                         "fp", 16.0, 1.0, cameras=["c1"], camera=torch.zeros(20), segment_size=8, set_dtype="int8")
+    live = LiveGallery(tmp_path / "live", base8)
+    assert live.column("sets").dtype == torch.int8 and live.column("scale").shape == (20, 3)
+    new = unit(5, seed=7)
+    assert live.add(new, [f"new/{i}.jpg" for i in range(5)]) == [20, 21, 22, 23, 24]
+    codes, scale = kernels.quantize_sets(new.half().float())  # what the live store keeps (fp16), quantized
+    assert torch.equal(live.column("sets")[20:], codes) and torch.equal(live.column("scale")[20:], scale)
+    whole = kernels.dequantize_sets(live.column("sets"), live.column("scale"))
+    assert torch.equal(live.sets_of(torch.tensor([3, 22])), whole[[3, 22]])
+    queries = unit(6, seed=8)
+    s_live, i_live = top(live, queries, 9)
+    s_ref, i_ref = kernels.search(queries.half().float(), whole, 9)  # the dequantized gallery, fp16 queries
+    assert torch.equal(i_live, i_ref) and torch.allclose(s_live, s_ref, atol=1e-5)
+    assert top(live, whole[21:22], 1)[1].tolist() == [[21]]
+    live.erase(paths=["base/2.jpg", "new/1.jpg"])
+    live.close()
+    live = LiveGallery(tmp_path / "live", base8)
+    assert torch.equal(live.column("sets")[20:], codes)
+    live.compact(tmp_path / "compact")
+    g = load_gallery(tmp_path / "compact")
+    keep = live.column("alive").nonzero().squeeze(1)
+    assert g.dtype == "int8" and torch.equal(g.sets, live.column("sets")[keep])
+    assert torch.equal(g.scale, live.column("scale")[keep])
+    s_new, i_new = kernels.search(queries, g.sets, 9, scale=g.scale)
+    s_live, i_live = top(live, queries, 9)
+    assert torch.equal(keep[i_new], i_live) and torch.allclose(s_new, s_live, atol=1e-6)

@@ -179,3 +179,30 @@ def test_the_page_renders_in_headless_chromium(cli_page, tmp_path):
     # a 4 px outline around each true match's 96 px high thumbnail (the legend swatch alone is ~300 px)
     matches = cli_page.read_text().count('<figure class="match"')
     assert matches and outlined > matches * 2 * 4 * 96
+
+
+def test_an_8bit_gallery_is_reported_as_its_dequantized_sets(esa_run, gallery, synthetic_data, tmp_path):
+    """Scoring an 8-bit gallery's int8 codes as if they were values ranks nonsense; the report
+    scores its dequantized sets, as kernels.search with the scale does."""
+    from export.gallery import load_gallery
+    from export.gallery_writer import GalleryWriter, copy_items
+    from kernels import dequantize_sets, set_similarity_reference
+    from trainer.checkpoint import load_checkpoint
+    from trainer.data.formats import load_dataset
+    from trainer.evaluate import encode_captions, rank_metrics
+
+    g16 = load_gallery(gallery)
+    with GalleryWriter(tmp_path / "g8", g16.set_shape, g16.fingerprint, g16.alpha, g16.weight, g16.root, g16.cameras,
+                       True, dtype="int8") as w:
+        copy_items(g16, w)  # quantized by the writer
+    g8 = load_gallery(tmp_path / "g8")
+    page = report_from_checkpoint(esa_run, tmp_path / "g8", synthetic_data, tmp_path / "r.html", queries=2,
+                                  device="cpu").read_text()
+    ckpt = load_checkpoint(esa_run)
+    entries = load_dataset(synthetic_data).test
+    queries = encode_captions(ckpt.model, ckpt.tokenizer, [c for e in entries for c in e.captions])
+    scores = set_similarity_reference(queries, dequantize_sets(g8.sets, g8.scale), alpha=g8.alpha, weight=g8.weight,
+                                      margin=g8.margin)
+    expected = rank_metrics(scores, [e.pid for e in entries for _ in e.captions], g8.ids)
+    for key, value in re.findall(r'<td data-metric="(\w+)">([^<]+)</td>', page):
+        assert float(value) == pytest.approx(expected[key], abs=0.051), key
