@@ -30,20 +30,27 @@ def _key_value(text: str) -> tuple[str, object]:
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, so the recipe has a single definition."""
+    """One flag per TrainConfig field, so the recipe has a single definition. Flags left out take
+    the value of --recipe, else TrainConfig's default (the help shows the latter)."""
     from trainer.fit import TrainConfig
+    from trainer.recipes import RECIPES
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name in ("data", "out"):
             p.add_argument(flag, required=True)
+        elif f.name == "recipe":
+            p.add_argument(flag, default=argparse.SUPPRESS, metavar="NAME",
+                           help=f"the defaults of a named recipe: {', '.join(RECIPES)}; join with + "
+                                f"(tiny+irra); default: tbps")
         elif f.name == "method_args":
             p.add_argument("--method-arg", dest="method_args", action="append", type=_key_value,
-                           default=[], metavar="KEY=VALUE", help="a hyper-parameter of the method")
+                           default=argparse.SUPPRESS, metavar="KEY=VALUE", help="a hyper-parameter of the method")
         elif f.type == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=f"default: {f.default}")
         else:
             kind = {"int": int, "float": float}.get(f.type, str)
-            p.add_argument(flag, type=kind, default=f.default, help=f"default: {f.default}")
+            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"default: {f.default}")
 
 
 def cmd_synth(a) -> None:
@@ -54,9 +61,11 @@ def cmd_synth(a) -> None:
 
 def cmd_train(a) -> None:
     from trainer.fit import TrainConfig, train
-    args = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)}
-    args["method_args"] = dict(a.method_args)
-    best = train(TrainConfig(**args))
+    from trainer.recipes import recipe
+    given = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(a, f.name)}
+    if "method_args" in given:
+        given["method_args"] = dict(given["method_args"])
+    best = train(TrainConfig(**recipe(given.pop("recipe", "tbps"), **given)))
     if os.environ.get("RANK", "0") == "0":  # one line, not one per torchrun process
         print(f"best checkpoint: {best}")
 
