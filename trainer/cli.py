@@ -1,4 +1,4 @@
-"""The trainer stage's commands (synth, train, eval) and the runner every stage's command line shares.
+"""The trainer stage's commands (synth, train, eval, import) and the runner every stage's command line shares.
 
 The `tbps` entry point (serving/cli.py) adds them beside the later stages' commands. Each
 command imports its modules lazily, so `--help` is fast."""
@@ -90,8 +90,14 @@ def cmd_eval(a) -> None:
         print(f"  {direction}: " + "  ".join(f"{k} {v:6.2f}" for k, v in m.items()))
 
 
+def cmd_import(a) -> None:
+    from trainer.import_irra import import_irra
+    out, dropped = import_irra(a.checkpoint, a.out, a.bpe, a.image_size)
+    print(f"wrote {out} (baseline method, IRRA's preprocessing; dropped: {', '.join(dropped) or 'nothing'})")
+
+
 def add_commands(sub) -> None:
-    """The trainer stage's commands: synth, train, eval."""
+    """The trainer stage's commands: synth, train, eval, import."""
     from trainer.recipes import DEMO_IDS
     p = sub.add_parser("synth", help="write a synthetic pedestrian dataset (CUHK-PEDES format)")
     p.add_argument("--out", required=True)
@@ -117,6 +123,15 @@ def add_commands(sub) -> None:
                    help="subtract BETA x the gallery adaptive margin b_g, estimated from the "
                         "training captions (text-to-image only; 0: off)")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("import", help="convert a checkpoint trained elsewhere (IRRA's best.pth) into a tbps checkpoint")
+    p.add_argument("source", choices=["irra"], help="the codebase that wrote it")
+    p.add_argument("checkpoint", help="IRRA's best.pth ({'model': state dict, ...})")
+    p.add_argument("--out", required=True, help="the checkpoint directory to write")
+    p.add_argument("--bpe", required=True, help="CLIP's merges file, bpe_simple_vocab_16e6.txt.gz (IRRA's vocabulary)")
+    p.add_argument("--image-size", type=_size, default=(384, 128), metavar="HxW",
+                   help="the size it was trained at (IRRA's --img_size; default 384x128)")
+    p.set_defaults(fn=cmd_import)
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:

@@ -30,7 +30,7 @@ def _get(url: str, wait_s: float = 30.0) -> bytes:
 
 def test_tbps_lists_every_stage_command():
     usage = tbps("--help").stdout
-    assert "{synth,train,eval,export,gallery,trt,repo,serve,search,ingest,delete,compact,ui,report,demo}" in usage, usage
+    assert "{synth,train,eval,import,export,gallery,trt,repo,serve,search,ingest,delete,compact,ui,report,demo}" in usage, usage
     assert "strongly typed" in tbps("trt", "--help").stdout  # the wrapped script's own description
 
 
