@@ -36,8 +36,11 @@ def _mlm_heads(d: int, vocab: int) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def irra(tmp_path_factory):
+    return write_irra(tmp_path_factory.mktemp("irra"))
+
+
+def write_irra(work):
     """(IRRA's best.pth, the merges file, IRRA's model in fp32: its CLIP with the fp16 weights)."""
-    work = tmp_path_factory.mktemp("irra")
     (work / "merges.txt").write_text(MERGES)
     config = load_config("tiny")
     config.vision.image_size, config.text.vocab_size = SIZE, 516
