@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from trainer.checkpoint import (TOKENIZER_NAME, epoch_dirs, load_train_state, load_weights,
                                 read_config, save_checkpoint)
@@ -34,6 +33,7 @@ from trainer.data.transforms import ERASE_FILLS, build_transform
 from trainer.evaluate import evaluate
 from trainer.heads import DEFAULT_METHOD, get_method
 from trainer.model import load_config
+from trainer.progress import EpochProgress
 from trainer.retriever import Retriever
 
 
@@ -288,17 +288,16 @@ def _train(cfg: TrainConfig, rank: int, world: int, is_main: bool, device: torch
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         sampler.set_epoch(epoch)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (is_main and cfg.progress),
-                   dynamic_ncols=True)
+        progress = EpochProgress(loader, steps_per_epoch, epoch + 1, cfg.epochs, cfg.log_every, is_main and cfg.progress)
         t0 = time.time()
-        for i, batch in enumerate(bar):
+        for i, batch in enumerate(progress):
             step = epoch * steps_per_epoch + i
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_cuda_amp):
                 other = {"other_ids": batch["other_ids"].to(device)} if "other_ids" in batch else {}
                 losses = net(batch["pixels"].to(device), batch["ids"].to(device),
                              batch["label"].to(device), gather, **other)
             loss = sum(losses.values())
-            if not torch.isfinite(loss):
+            if not torch.isfinite(loss):  # a device sync every step: a NaN stops the run before it reaches the weights
                 raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} step {i}: "
                                          f"{ {k: v.item() for k, v in losses.items()} }")
             optimizer.zero_grad(set_to_none=True)
@@ -308,13 +307,17 @@ def _train(cfg: TrainConfig, rank: int, world: int, is_main: bool, device: torch
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            lr = scheduler.get_last_lr()[0]  # the rate this step took (group 0), before the scheduler moves it
             scheduler.step()
-            if is_main:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+            if is_main and (step % cfg.log_every == 0 or progress.due(i)):
+                value = loss.item()  # a device sync, only on the steps that report
+                if progress.due(i):
+                    progress.report(i, value, lr)
                 if step % cfg.log_every == 0:
-                    log.write(event="step", epoch=epoch + 1, step=step, loss=loss.item(),
-                              lr=scheduler.get_last_lr()[0], **{k: v.item() for k, v in losses.items()})
+                    log.write(event="step", epoch=epoch + 1, step=step, loss=value, lr=lr,
+                              **{k: v.item() for k, v in losses.items()})
         val_metrics = evaluate(model, tokenizer, data.val, device, cfg.eval_batch_size) if is_main else None
+        progress.end(val_metrics)
         rng = [_rng_state()] * world  # every process's stream goes in rank 0's checkpoint
         if world > 1:
             dist.all_gather_object(rng, _rng_state())

@@ -145,8 +145,12 @@ def test_random_erasing_irra_grey_up_to_40_percent():
 
 def test_train_irra_records_recipe_and_preprocessing(synthetic_data, tmp_path, capsys):
     out = tmp_path / "run"
-    train(TrainConfig(data=str(synthetic_data), out=str(out), **recipe("test+irra", epochs=1)))
-    assert "recipe test+irra" in capsys.readouterr().out
+    train(TrainConfig(data=str(synthetic_data), out=str(out), **recipe("test+irra", epochs=1, progress=True)))
+    printed = capsys.readouterr()
+    assert "recipe test+irra" in printed.out
+    # stderr is not a terminal here: lines, not a bar's redraws (trainer/progress.py)
+    assert "\r" not in printed.err and "epoch 1/1 done in" in printed.err
+    assert 2 <= len(printed.err.splitlines()) <= 12, printed.err
     config = read_config(out)
     assert config["meta"]["train"]["recipe"] == "test+irra"
     assert config["image"]["resize"] == "bilinear"
