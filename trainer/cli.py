@@ -59,13 +59,19 @@ def cmd_synth(a) -> None:
     print(f"wrote {out / 'reid_raw.json'}")
 
 
-def cmd_train(a) -> None:
-    from trainer.fit import TrainConfig, train
+def train_config(a):
+    """The TrainConfig of `train`'s arguments: the flags given, over --recipe's values."""
+    from trainer.fit import TrainConfig
     from trainer.recipes import recipe
     given = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(a, f.name)}
     if "method_args" in given:
         given["method_args"] = dict(given["method_args"])
-    best = train(TrainConfig(**recipe(given.pop("recipe", "tbps"), **given)))
+    return TrainConfig(**recipe(given.pop("recipe", "tbps"), **given))
+
+
+def cmd_train(a) -> None:
+    from trainer.fit import train
+    best = train(train_config(a))
     if os.environ.get("RANK", "0") == "0":  # one line, not one per torchrun process
         print(f"best checkpoint: {best}")
 

@@ -161,3 +161,20 @@ def test_train_irra_records_recipe_and_preprocessing(synthetic_data, tmp_path, c
     # no clipping: IRRA's processor.py steps without clip_grad_norm_; tbps clips at 5
     assert json.loads((out / "log.jsonl").read_text().splitlines()[0])["config"]["grad_clip"] == 0.0
     assert _config("tbps").grad_clip == 5.0 and TEST_RECIPE["recipe"] == "test"
+
+
+def test_command_line_recipe_under_explicit_flags():
+    import argparse
+
+    from trainer.cli import add_commands, train_config
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    base = ["train", "--data", "d", "--out", "o"]
+    assert train_config(parser.parse_args(base)) == TrainConfig(data="d", out="o")
+    irra = train_config(parser.parse_args(base + ["--recipe", "irra", "--grad-clip", "1", "--method-arg", "id_weight=0.5"]))
+    assert irra == TrainConfig(data="d", out="o", **recipe("irra", grad_clip=1.0, method_args={"id_weight": 0.5}))
+    assert irra.recipe == "irra" and irra.sampler == "random" and irra.grad_clip == 1.0
+    with pytest.raises(ValueError, match="unknown recipe 'irr'"):
+        train_config(parser.parse_args(base + ["--recipe", "irr"]))
+    with pytest.raises(ValueError, match="sampler must be one of identity, random, got 'pk'"):
+        train_config(parser.parse_args(base + ["--sampler", "pk"]))
