@@ -26,7 +26,7 @@ from trainer.checkpoint import (TOKENIZER_NAME, epoch_dirs, load_train_state, lo
                                 read_config, save_checkpoint)
 from trainer.data.dataset import CaptionDataset
 from trainer.data.formats import load_dataset, pid_map
-from trainer.data.pixels import Preprocess
+from trainer.data.pixels import RESIZE_FILTERS, Preprocess
 from trainer.data.sampler import IdentityBatchSampler, RandomBatchSampler
 from trainer.data.tokenizer import Tokenizer, train_bpe
 from trainer.data.transforms import ERASE_FILLS, build_transform
@@ -83,8 +83,9 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        for name, value, known in (("sampler", self.sampler, SAMPLERS), ("param_rule", self.param_rule, PARAM_RULES),
-                                   ("erase_fill", self.erase_fill, ERASE_FILLS)):
+        choices = {"sampler": SAMPLERS, "param_rule": PARAM_RULES, "erase_fill": ERASE_FILLS, "resize": tuple(RESIZE_FILTERS)}
+        for name, known in choices.items():
+            value = getattr(self, name)
             if value not in known:
                 raise ValueError(f"{name} must be one of {', '.join(known)}, got {value!r}")
         if self.adam_eps <= 0:
@@ -153,7 +154,7 @@ def _param_groups(model: Retriever, cfg: TrainConfig) -> list[dict]:
     """One group a parameter. New (not pretrained) parameters take lr x new_lr_factor. tbps: no
     decay on any 1-D parameter (biases, norm weights, CLS embedding), biases lr x bias_lr_factor on
     top. irra (IRRA's solver/build.py, in its order): names containing "bias" take base lr x
-    bias_lr_factor and no decay, then the classifier's take base lr x new_lr_factor (its bias: x5)."""
+    bias_lr_factor and no decay, then names containing "classifier" take base lr x new_lr_factor (its bias: x5)."""
     new = model.new_parameter_names()
     groups = []
     for name, p in model.named_parameters():
@@ -164,7 +165,7 @@ def _param_groups(model: Retriever, cfg: TrainConfig) -> list[dict]:
         if cfg.param_rule == "irra":
             if "bias" in name:
                 lr, decay = cfg.lr * cfg.bias_lr_factor, 0.0
-            if name.startswith("classifier."):
+            if "classifier" in name:
                 lr = cfg.lr * cfg.new_lr_factor
         elif p.ndim <= 1:
             lr, decay = lr * cfg.bias_lr_factor if name.endswith("bias") else lr, 0.0
