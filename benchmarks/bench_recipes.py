@@ -38,8 +38,8 @@ def main() -> None:
     work = Path(args.out)
     data = synthetic_data(work / "data", args.ids)
     runs = {}
-    for name in RECIPES:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed by seed, so that a run cut short still compares pairs
+        for name in RECIPES:
             run = work / f"{name.replace('+', '_')}_s{seed}"
             best = train(TrainConfig(data=str(work / "data"), out=str(run), **recipe(
                 name, method=args.method, epochs=args.epochs, seed=seed, progress=False)))
