@@ -20,7 +20,7 @@ from trainer.checkpoint import load_checkpoint
 from trainer.data.synthetic.colour_baseline import colour_histogram_scores
 from trainer.evaluate import encode_split, rank_metrics, split_metrics
 from trainer.fit import TrainConfig, train
-from trainer.recipes import DEMO_IDS, RECIPES
+from trainer.recipes import DEMO_IDS, recipe
 
 
 def chance(query_pids, gallery_pids, trials: int = 20) -> dict:
@@ -42,7 +42,7 @@ def main() -> None:
     test = synthetic_data(work / "data", args.ids).test
 
     t0 = time.time()
-    best = train(TrainConfig(data=str(work / "data"), out=str(work / "run"), **RECIPES["tiny"]))
+    best = train(TrainConfig(data=str(work / "data"), out=str(work / "run"), **recipe("tiny")))
     train_seconds = time.time() - t0
 
     ckpt = load_checkpoint(best)
@@ -54,7 +54,7 @@ def main() -> None:
 
     result = {
         "benchmark": "train_tiny_cpu", **machine_record("machine", "cpu", "threads", "torch"),
-        "recipe": RECIPES["tiny"],
+        "recipe": recipe("tiny"),
         "dataset": {"ids": args.ids, "test_ids": len(set(image_pids)), "test_images": len(image_pids),
                     "test_captions": len(text_pids)},
         "train_seconds": round(train_seconds, 1), "best_epoch": ckpt.config["meta"]["epoch"],

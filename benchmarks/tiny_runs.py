@@ -16,7 +16,7 @@ from trainer.data.formats import load_dataset
 from trainer.data.synthetic import write_synthetic
 from trainer.evaluate import adaptive_margin, blocked_metrics, encode_captions, encode_split
 from trainer.fit import TrainConfig, train
-from trainer.recipes import DEMO_IDS, RECIPES
+from trainer.recipes import DEMO_IDS, recipe
 
 BETAS = (0.0, 0.5, 1.0)  # weights of the gallery adaptive margin b_g
 METRICS = ("R1", "R5", "R10", "mAP")  # those printed and plotted (the JSON has every metric)
@@ -27,7 +27,6 @@ def tiny_model(work: Path, image_size: tuple[int, int] = (64, 32), embed_dim: in
     tiny ESA model (`embed_dim`: the tiny config's width of the embedding sets, or another)."""
     from export.to_onnx import export_onnx
     from trainer.model import CONFIG_DIR
-    from trainer.recipes import recipe
     config = "tiny"
     if embed_dim is not None:
         work.mkdir(parents=True, exist_ok=True)
@@ -68,7 +67,7 @@ def synthetic_data(data_dir: Path, ids: int = DEMO_IDS):
 def train_tiny(data_dir: Path, out: Path, method: str, seed: int, epochs: int, method_args: dict) -> Path:
     """The best checkpoint of `tiny` trained with `method` (a finished run under `out` is reused)."""
     return train(TrainConfig(data=str(data_dir), out=str(out), method_args=method_args,
-                             **dict(RECIPES["tiny"], method=method, epochs=epochs, seed=seed, progress=False)))
+                             **recipe("tiny", method=method, epochs=epochs, seed=seed, progress=False)))
 
 
 def training_seconds(run: Path) -> float:

@@ -163,7 +163,7 @@ def build_gallery(checkpoint: str | os.PathLike, out: str | os.PathLike, *, data
     _barrier(world)
     if rank != 0:
         encode = _image_encoder(ckpt, backend, onnx_dir, parts, device)
-    images_ds = ImageDataset(entries, build_transform(ckpt.image_size, train=False))
+    images_ds = ImageDataset(entries, build_transform(ckpt.model.preprocess, train=False))
     starts = range(0, len(entries), chunk_size)
     chunk_files = [parts / f"chunk_{i:06d}.safetensors" for i in range(len(starts))]
     mine = range(rank, len(starts), world)

@@ -1,6 +1,6 @@
 """`tbps`: the engine's command line, composed at the end of the line.
 
-The trainer's commands (synth, train, eval: trainer/cli.py), the export stage's (export,
+The trainer's commands (synth, train, eval, import: trainer/cli.py), the export stage's (export,
 gallery, trt: export/cli.py), then this stage's: repo, serve, search, ui, report and demo, and
 the live gallery's ingest, delete and compact (serving/live_commands.py).
 """

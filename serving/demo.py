@@ -28,9 +28,9 @@ from trainer.data.formats import load_dataset
 from trainer.data.synthetic import write_synthetic
 from trainer.evaluate import rank_metrics
 from trainer.fit import TrainConfig, train
-from trainer.recipes import DEMO_IDS, RECIPES
+from trainer.recipes import DEMO_IDS, recipe
 
-TINY_RECIPE = RECIPES["tiny"]
+TINY_RECIPE = recipe("tiny")
 REPORT_QUERIES = 20  # captions shown on the results page (the metrics use all of them)
 
 

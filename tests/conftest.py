@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer.recipes import RECIPES
+from trainer.recipes import recipe
 
-TEST_RECIPE = RECIPES["test"]
+TEST_RECIPE = recipe("test")
 REPO = Path(__file__).resolve().parents[1]
 
 

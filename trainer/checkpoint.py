@@ -2,7 +2,8 @@
 
 A checkpoint is a directory:
   model.safetensors   weights only (loading never unpickles code)
-  config.json         architecture, method, tokenizer, image size, set size, fingerprint
+  config.json         architecture, method, tokenizer, preprocessing (image size, resize filter,
+                      normalisation), set size, fingerprint
   tokenizer.txt.gz    the BPE merges the model was trained with (CLIP's own, or a small trained one)
   train_state.pt      optional: optimizer / scheduler / RNG state for exact resume
                       (plain tensors and numbers, read with torch.load(weights_only=True))
@@ -22,7 +23,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from trainer.data.tokenizer import Tokenizer
-from trainer.data.transforms import CLIP_MEAN, CLIP_STD
 from trainer.records import read_json_record
 from trainer.retriever import Retriever, build_retriever
 
@@ -80,7 +80,7 @@ def save_checkpoint(path: str | os.PathLike, model: Retriever, tokenizer: Tokeni
         "model": clip.to_dict(),
         "num_classes": model.classifier.out_features,
         "embed_dim": clip.embed_dim, "set_size": model.set_size,
-        "image": {"size": list(clip.vision.image_size), "mean": list(CLIP_MEAN), "std": list(CLIP_STD)},
+        "image": model.preprocess.record(),
         "tokenizer": {"file": TOKENIZER_NAME, "context_length": tokenizer.context_length,
                       "vocab_size": tokenizer.vocab_size, "sot_id": tokenizer.sot_id,
                       "eot_id": tokenizer.eot_id, "pad_id": tokenizer.pad_id},

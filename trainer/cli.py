@@ -1,4 +1,4 @@
-"""The trainer stage's commands (synth, train, eval) and the runner every stage's command line shares.
+"""The trainer stage's commands (synth, train, eval, import) and the runner every stage's command line shares.
 
 The `tbps` entry point (serving/cli.py) adds them beside the later stages' commands. Each
 command imports its modules lazily, so `--help` is fast."""
@@ -30,20 +30,27 @@ def _key_value(text: str) -> tuple[str, object]:
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, so the recipe has a single definition."""
+    """One flag per TrainConfig field, so the recipe has a single definition. Flags left out take
+    the value of --recipe, else TrainConfig's default (the help shows the latter)."""
     from trainer.fit import TrainConfig
+    from trainer.recipes import RECIPES
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name in ("data", "out"):
             p.add_argument(flag, required=True)
+        elif f.name == "recipe":
+            p.add_argument(flag, default=argparse.SUPPRESS, metavar="NAME",
+                           help=f"the defaults of a named recipe: {', '.join(RECIPES)}; join with + "
+                                f"(tiny+irra); default: tbps")
         elif f.name == "method_args":
             p.add_argument("--method-arg", dest="method_args", action="append", type=_key_value,
-                           default=[], metavar="KEY=VALUE", help="a hyper-parameter of the method")
+                           default=argparse.SUPPRESS, metavar="KEY=VALUE", help="a hyper-parameter of the method")
         elif f.type == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=f"default: {f.default}")
         else:
             kind = {"int": int, "float": float}.get(f.type, str)
-            p.add_argument(flag, type=kind, default=f.default, help=f"default: {f.default}")
+            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"default: {f.default}")
 
 
 def cmd_synth(a) -> None:
@@ -52,11 +59,19 @@ def cmd_synth(a) -> None:
     print(f"wrote {out / 'reid_raw.json'}")
 
 
+def train_config(a):
+    """The TrainConfig of `train`'s arguments: the flags given, over --recipe's values."""
+    from trainer.fit import TrainConfig
+    from trainer.recipes import recipe
+    given = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(a, f.name)}
+    if "method_args" in given:
+        given["method_args"] = dict(given["method_args"])
+    return TrainConfig(**recipe(given.pop("recipe", "tbps"), **given))
+
+
 def cmd_train(a) -> None:
-    from trainer.fit import TrainConfig, train
-    args = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)}
-    args["method_args"] = dict(a.method_args)
-    best = train(TrainConfig(**args))
+    from trainer.fit import train
+    best = train(train_config(a))
     if os.environ.get("RANK", "0") == "0":  # one line, not one per torchrun process
         print(f"best checkpoint: {best}")
 
@@ -81,8 +96,14 @@ def cmd_eval(a) -> None:
         print(f"  {direction}: " + "  ".join(f"{k} {v:6.2f}" for k, v in m.items()))
 
 
+def cmd_import(a) -> None:
+    from trainer.import_irra import import_irra
+    out, dropped = import_irra(a.checkpoint, a.out, a.bpe, a.image_size)
+    print(f"wrote {out} (baseline method, IRRA's preprocessing; dropped: {', '.join(dropped) or 'nothing'})")
+
+
 def add_commands(sub) -> None:
-    """The trainer stage's commands: synth, train, eval."""
+    """The trainer stage's commands: synth, train, eval, import."""
     from trainer.recipes import DEMO_IDS
     p = sub.add_parser("synth", help="write a synthetic pedestrian dataset (CUHK-PEDES format)")
     p.add_argument("--out", required=True)
@@ -108,6 +129,15 @@ def add_commands(sub) -> None:
                    help="subtract BETA x the gallery adaptive margin b_g, estimated from the "
                         "training captions (text-to-image only; 0: off)")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("import", help="convert a checkpoint trained elsewhere (IRRA's best.pth) into a tbps checkpoint")
+    p.add_argument("source", choices=["irra"], help="the codebase that wrote it")
+    p.add_argument("checkpoint", help="IRRA's best.pth ({'model': state dict, ...})")
+    p.add_argument("--out", required=True, help="the checkpoint directory to write")
+    p.add_argument("--bpe", required=True, help="CLIP's merges file, bpe_simple_vocab_16e6.txt.gz (IRRA's vocabulary)")
+    p.add_argument("--image-size", type=_size, default=(384, 128), metavar="HxW",
+                   help="the size it was trained at (IRRA's --img_size; default 384x128)")
+    p.set_defaults(fn=cmd_import)
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:

@@ -124,8 +124,7 @@ def encode_split(model, tokenizer, entries: Sequence, device: torch.device | str
     from trainer.data.transforms import build_transform
 
     device = torch.device(device)
-    image_size = tuple(model.clip.config.vision.image_size)
-    images = ImageDataset(entries, build_transform(image_size, train=False))
+    images = ImageDataset(entries, build_transform(model.preprocess, train=False))
     loader = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=workers)
     image_sets = torch.cat([model.encode_image(b["pixels"].to(device)).float().cpu()
                             for b in tqdm(loader, desc="encode images", disable=not progress)])

@@ -21,26 +21,35 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from trainer.checkpoint import (TOKENIZER_NAME, epoch_dirs, load_train_state, load_weights,
                                 read_config, save_checkpoint)
 from trainer.data.dataset import CaptionDataset
 from trainer.data.formats import load_dataset, pid_map
-from trainer.data.sampler import IdentityBatchSampler
+from trainer.data.pixels import RESIZE_FILTERS, Preprocess
+from trainer.data.sampler import IdentityBatchSampler, RandomBatchSampler
 from trainer.data.tokenizer import Tokenizer, train_bpe
-from trainer.data.transforms import build_transform
+from trainer.data.transforms import ERASE_FILLS, build_transform
 from trainer.evaluate import evaluate
 from trainer.heads import DEFAULT_METHOD, get_method
 from trainer.model import load_config
+from trainer.progress import EpochProgress
 from trainer.retriever import Retriever
+
+
+SAMPLERS = ("identity", "random")
+PARAM_RULES = ("tbps", "irra")
 
 
 @dataclass
 class TrainConfig:
-    """Defaults are the IRRA recipe for fine-tuning CLIP ViT-B/16."""
+    """Defaults are tbps's recipe for fine-tuning CLIP ViT-B/16: IRRA's hyper-parameters with tbps's
+    own choices where the fields below say so; `recipe("irra")` is IRRA's exactly (trainer/recipes.py,
+    docs/recipes.md). Precision is the one deliberate difference from IRRA in every recipe: IRRA
+    trains fp16 weights without loss scaling; here weights stay fp32 under bf16 autocast on GPU."""
     data: str
     out: str
+    recipe: str = "tbps"             # the named recipe these values came from; printed and recorded
     config: str = "vit-b16-384x128"
     method: str = DEFAULT_METHOD
     method_args: dict = field(default_factory=dict)
@@ -49,14 +58,21 @@ class TrainConfig:
     bpe_vocab: int = 2048
     epochs: int = 60
     batch_size: int = 64             # per process
-    num_instances: int = 4           # captions per identity in a batch
+    sampler: str = "identity"        # identity: P people x num_instances captions; random: shuffled (IRRA)
+    num_instances: int = 4           # captions per identity in a batch (identity sampler)
     lr: float = 1e-5
     new_lr_factor: float = 5.0       # heads that are not part of CLIP
     bias_lr_factor: float = 2.0
     weight_decay: float = 4e-5
+    param_rule: str = "tbps"         # which parameters skip decay and take bias_lr_factor (_param_groups)
+    adam_eps: float = 1e-8           # IRRA 1e-3: damps every step whose gradient RMS is below it
     warmup_epochs: float = 5.0
     warmup_factor: float = 0.1
+    lr_per_epoch: bool = False       # warm-up and cosine stepped once an epoch (IRRA), not every step
     grad_clip: float = 5.0           # max global gradient norm; 0 disables
+    resize: str = "bicubic"          # resize filter (trainer/data/pixels.py); recorded in the checkpoint
+    erase_max: float = 0.33          # random erasing's largest area fraction (IRRA 0.4)
+    erase_fill: str = "zero"         # zero: the mean colour; mean: IRRA's mean numbers in normalised space
     amp: bool = True                 # mixed precision, GPU only
     seed: int = 0
     workers: int = 2
@@ -65,6 +81,15 @@ class TrainConfig:
     keep: int = 2                    # epoch checkpoints kept (best/ is kept apart)
     val_fraction: float = 0.05       # held-out training ids where a dataset has no val split
     progress: bool = True
+
+    def __post_init__(self):
+        choices = {"sampler": SAMPLERS, "param_rule": PARAM_RULES, "erase_fill": ERASE_FILLS, "resize": tuple(RESIZE_FILTERS)}
+        for name, known in choices.items():
+            value = getattr(self, name)
+            if value not in known:
+                raise ValueError(f"{name} must be one of {', '.join(known)}, got {value!r}")
+        if self.adam_eps <= 0:
+            raise ValueError(f"adam_eps must be positive, got {self.adam_eps!r}")
 
 
 class _Gather(torch.autograd.Function):
@@ -109,10 +134,16 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
-    warmup = cfg.warmup_epochs * steps_per_epoch
-    total = cfg.epochs * steps_per_epoch
+    """The learning-rate factor of a step: linear warm-up, then cosine to 0. With lr_per_epoch
+    the factor moves once an epoch (IRRA's scheduler, stepped after each epoch): every step of
+    epoch e takes the factor of step e on a scale of one step an epoch."""
+    per = 1 if cfg.lr_per_epoch else steps_per_epoch
+    warmup = cfg.warmup_epochs * per
+    total = cfg.epochs * per
 
     def factor(step: int) -> float:
+        if cfg.lr_per_epoch:
+            step //= steps_per_epoch
         if step < warmup:  # linear from warmup_factor to 1
             return cfg.warmup_factor + (1 - cfg.warmup_factor) * step / warmup
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
@@ -120,6 +151,10 @@ def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
 
 
 def _param_groups(model: Retriever, cfg: TrainConfig) -> list[dict]:
+    """One group a parameter. New (not pretrained) parameters take lr x new_lr_factor. tbps: no
+    decay on any 1-D parameter (biases, norm weights, CLS embedding), biases lr x bias_lr_factor on
+    top. irra (IRRA's solver/build.py, in its order): names containing "bias" take base lr x
+    bias_lr_factor and no decay, then names containing "classifier" take base lr x new_lr_factor (its bias: x5)."""
     new = model.new_parameter_names()
     groups = []
     for name, p in model.named_parameters():
@@ -127,7 +162,12 @@ def _param_groups(model: Retriever, cfg: TrainConfig) -> list[dict]:
             continue
         lr = cfg.lr * (cfg.new_lr_factor if name in new else 1.0)
         decay = cfg.weight_decay
-        if p.ndim <= 1:  # biases, norm weights, CLS embedding: no decay; IRRA's bias factor
+        if cfg.param_rule == "irra":
+            if "bias" in name:
+                lr, decay = cfg.lr * cfg.bias_lr_factor, 0.0
+            if "classifier" in name:
+                lr = cfg.lr * cfg.new_lr_factor
+        elif p.ndim <= 1:
             lr, decay = lr * cfg.bias_lr_factor if name.endswith("bias") else lr, 0.0
         groups.append({"params": [p], "lr": lr, "weight_decay": decay, "name": name})
     return groups
@@ -196,23 +236,25 @@ def _train(cfg: TrainConfig, rank: int, world: int, is_main: bool, device: torch
         raise ValueError(f"the CLIP weights {cfg.init} have a vocabulary of {clip_config.text.vocab_size} "
                          f"tokens but the tokenizer has {tokenizer.vocab_size}: pass --bpe with "
                          f"CLIP's bpe_simple_vocab_16e6.txt.gz")
-    model = Retriever(clip_config, cfg.method, len(labels), tokenizer.eot_id, cfg.method_args)
+    preprocess = Preprocess(clip_config.vision.image_size, cfg.resize)
+    model = Retriever(clip_config, cfg.method, len(labels), tokenizer.eot_id, cfg.method_args, preprocess)
     if load_init is not None:
         load_init(model)
     model.to(device)
 
-    image_size = tuple(clip_config.vision.image_size)
-    pad = max(1, round(10 * image_size[0] / 384))  # IRRA pads 10 px at 384 high
-    dataset = CaptionDataset(data.train, tokenizer, build_transform(image_size, train=True, pad=pad), labels,
-                             **method.dataset_options)
-    sampler = IdentityBatchSampler(dataset.labels, cfg.batch_size, cfg.num_instances, cfg.seed,
-                                   rank, world)
+    pad = max(1, round(10 * preprocess.size[0] / 384))  # IRRA pads 10 px at 384 high
+    transform = build_transform(preprocess, train=True, pad=pad, erase_max=cfg.erase_max, erase_fill=cfg.erase_fill)
+    dataset = CaptionDataset(data.train, tokenizer, transform, labels, **method.dataset_options)
+    if cfg.sampler == "random":
+        sampler = RandomBatchSampler(len(dataset), cfg.batch_size, cfg.seed, rank, world)
+    else:
+        sampler = IdentityBatchSampler(dataset.labels, cfg.batch_size, cfg.num_instances, cfg.seed, rank, world)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
                                          persistent_workers=False)
     steps_per_epoch = len(sampler)
     if steps_per_epoch == 0:
         raise ValueError(f"{len(dataset)} training captions make no batch of {cfg.batch_size} per process")
-    optimizer = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch))
     use_cuda_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_cuda_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -232,6 +274,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, is_main: bool, device: torch
         start_epoch, best = state["epoch"] + 1, state["best"]
     log = _Log(out / "log.jsonl", is_main, keep_before_epoch=start_epoch)
     if is_main:
+        print(f"recipe {cfg.recipe} ({'resumed' if resume_dir else 'new run'}): {cfg.method}, {cfg.sampler} "
+              f"sampler, {cfg.resize} resize, Adam eps {cfg.adam_eps:g}, lr {cfg.lr:g} "
+              f"{'per epoch' if cfg.lr_per_epoch else 'per step'}, grad clip {cfg.grad_clip:g}")
         log.write(event="start", resumed_from=str(resume_dir) if resume_dir else None,
                   world_size=world, device=str(device), steps_per_epoch=steps_per_epoch,
                   config=dataclasses.asdict(cfg))
@@ -244,17 +289,16 @@ def _train(cfg: TrainConfig, rank: int, world: int, is_main: bool, device: torch
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         sampler.set_epoch(epoch)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (is_main and cfg.progress),
-                   dynamic_ncols=True)
+        progress = EpochProgress(loader, steps_per_epoch, epoch + 1, cfg.epochs, cfg.log_every, is_main and cfg.progress)
         t0 = time.time()
-        for i, batch in enumerate(bar):
+        for i, batch in enumerate(progress):
             step = epoch * steps_per_epoch + i
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_cuda_amp):
                 other = {"other_ids": batch["other_ids"].to(device)} if "other_ids" in batch else {}
                 losses = net(batch["pixels"].to(device), batch["ids"].to(device),
                              batch["label"].to(device), gather, **other)
             loss = sum(losses.values())
-            if not torch.isfinite(loss):
+            if not torch.isfinite(loss):  # a device sync every step: a NaN stops the run before it reaches the weights
                 raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} step {i}: "
                                          f"{ {k: v.item() for k, v in losses.items()} }")
             optimizer.zero_grad(set_to_none=True)
@@ -264,13 +308,17 @@ def _train(cfg: TrainConfig, rank: int, world: int, is_main: bool, device: torch
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            lr = scheduler.get_last_lr()[0]  # the rate this step took (group 0), before the scheduler moves it
             scheduler.step()
-            if is_main:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+            if is_main and (step % cfg.log_every == 0 or progress.due(i)):
+                value = loss.item()  # a device sync, only on the steps that report
+                if progress.due(i):
+                    progress.report(i, value, lr)
                 if step % cfg.log_every == 0:
-                    log.write(event="step", epoch=epoch + 1, step=step, loss=loss.item(),
-                              lr=scheduler.get_last_lr()[0], **{k: v.item() for k, v in losses.items()})
+                    log.write(event="step", epoch=epoch + 1, step=step, loss=value, lr=lr,
+                              **{k: v.item() for k, v in losses.items()})
         val_metrics = evaluate(model, tokenizer, data.val, device, cfg.eval_batch_size) if is_main else None
+        progress.end(val_metrics)
         rng = [_rng_state()] * world  # every process's stream goes in rank 0's checkpoint
         if world > 1:
             dist.all_gather_object(rng, _rng_state())

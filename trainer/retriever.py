@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from kernels import set_scores
 from kernels.scores_autograd import set_scores_with_grad
 from kernels.set_similarity import set_similarity_reference
+from trainer.data.pixels import Preprocess
 from trainer.heads import get_method
 from trainer.heads.base import Gather
 from trainer.model import ClipConfig
@@ -22,8 +23,13 @@ from trainer.model import ClipConfig
 
 class Retriever(nn.Module):
     def __init__(self, clip_config: ClipConfig, method: str, num_classes: int, eot_id: int,
-                 args: dict | None = None):
+                 args: dict | None = None, preprocess: Preprocess | None = None):
         super().__init__()
+        # how images become this model's pixels: saved in the checkpoint, read by every stage
+        self.preprocess = preprocess or Preprocess(clip_config.vision.image_size)
+        if self.preprocess.size != tuple(clip_config.vision.image_size):
+            raise ValueError(f"preprocessing size {self.preprocess.size} is not the image tower's "
+                             f"{tuple(clip_config.vision.image_size)}")
         self.method = method
         # a plain attribute, not a child module: the method's modules are the Retriever's own
         self.impl = get_method(method, args)
@@ -75,4 +81,4 @@ def build_retriever(config: dict) -> Retriever:
     """A Retriever from a checkpoint's config.json (see trainer/checkpoint.py)."""
     return Retriever(ClipConfig.from_dict(config["model"]), config["method"],
                      config["num_classes"], config["tokenizer"]["eot_id"],
-                     config.get("method_args"))
+                     config.get("method_args"), Preprocess.from_record(config["image"]))

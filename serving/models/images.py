@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from serving.models.common import RequestError
-from trainer.data.pixels import eval_pixels
+from trainer.data.pixels import Preprocess
 
 MAX_IMAGE_BYTES = 16 << 20  # a pedestrian crop is tens of kB; a full camera frame a few MB
 MIN_SIDE = 8                # below this there is no person to describe
@@ -22,7 +22,7 @@ class ImageDecoder:
 
     def __init__(self, image: str | dict):
         image = json.loads(image) if isinstance(image, str) else image
-        self.size = tuple(image["size"])
+        self.preprocess = Preprocess.from_record(image)  # the checkpoint's, through the export manifest
 
     def __call__(self, raw, what: str) -> np.ndarray:
         raw = bytes(raw)
@@ -43,4 +43,4 @@ class ImageDecoder:
             raise
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise RequestError(f"{what} does not decode as an image ({e})") from None
-        return eval_pixels(rgb, self.size)
+        return self.preprocess(rgb)

@@ -30,7 +30,7 @@ def _get(url: str, wait_s: float = 30.0) -> bytes:
 
 def test_tbps_lists_every_stage_command():
     usage = tbps("--help").stdout
-    commands = "synth,train,eval,export,gallery,trt,ann,repo,serve,search,ingest,delete,compact,keys,accounts,audit,ui,report,demo"
+    commands = "synth,train,eval,import,export,gallery,trt,ann,repo,serve,search,ingest,delete,compact,keys,accounts,audit,ui,report,demo"
     assert "{" + commands + "}" in usage, usage
     assert "strongly typed" in tbps("trt", "--help").stdout  # the wrapped script's own description
 

@@ -26,7 +26,7 @@ from serving.repository import compact_repository, gallery_versions, write_repos
 from tests.conftest import run_command
 from tests.serving.conftest import MAX_BATCH
 from trainer.data.formats import load_dataset
-from trainer.data.pixels import eval_pixels
+from trainer.data.pixels import Preprocess
 from trainer.data.tokenizer import Tokenizer
 from trainer.data.transforms import load_image
 
@@ -63,7 +63,7 @@ class Live:
         self.repo = write_repository(esa_export, base, folder / "repo", max_batch_size=MAX_BATCH)
         self.encoders = OnnxEncoders(esa_export)
         self.tokenizer = Tokenizer(esa_export / self.encoders.manifest["tokenizer"]["file"])
-        self.size = tuple(self.encoders.manifest["image"]["size"])
+        self.preprocess = Preprocess.from_record(self.encoders.manifest["image"])
         g = load_gallery(base)
         self.sets, self.margin = g.sets.float(), g.margin
         self.paths, self.camera, self.time = list(g.paths), g.camera.tolist(), g.time.tolist()
@@ -81,7 +81,7 @@ class Live:
         return SearchClient(self.server.grpc_url)
 
     def image_sets(self, files) -> torch.Tensor:
-        pixels = np.stack([eval_pixels(load_image(f), self.size) for f in files])
+        pixels = np.stack([self.preprocess(load_image(f)) for f in files])
         return torch.from_numpy(self.encoders.encode_image(pixels)).half().float()  # stored as float16
 
     def added(self, files, paths, cameras, times):

@@ -91,6 +91,7 @@ def recorded() -> dict:
 def test_old_checkpoint_loads_with_the_same_keys_and_figures(method, recorded, tmp_path):
     old = recorded[method]
     ckpt = load_checkpoint(_write_checkpoint(tmp_path / method, old["config"], old["layout"]))
+    assert "resize" not in old["config"]["image"] and ckpt.model.preprocess.resize == "bicubic"  # as trained
     layout = {k: [list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in ckpt.model.state_dict().items()}
     assert list(layout.items()) == list(old["layout"].items())  # the order too: optimizer state is by position
     got, want = _figures(ckpt), old["figures"]

@@ -50,4 +50,4 @@ def test_bad_input_gives_one_clear_line(args, message, tmp_path, tiny_run, synth
 
 def test_the_trainer_has_only_its_own_commands():
     usage = tbps("--help").stdout
-    assert "{synth,train,eval}" in usage, usage
+    assert "{synth,train,eval,import}" in usage, usage

@@ -1,4 +1,5 @@
-"""Identity-balanced batches (P identities x K instances), deterministic and DDP-aware.
+"""Batch samplers, deterministic and DDP-aware: identity-balanced batches (P identities x K
+instances, tbps's default) and plain random batches (IRRA's default `--sampler random`).
 
 Per epoch, with K = ``num_instances`` and P = ``batch_size // K``:
 
@@ -31,7 +32,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-__all__ = ["IdentityBatchSampler"]
+__all__ = ["IdentityBatchSampler", "RandomBatchSampler"]
 
 
 def _int(name: str, v, lo: int) -> int:
@@ -151,3 +152,35 @@ class IdentityBatchSampler(torch.utils.data.Sampler):
             batches = batches + [batches[i % len(batches)] for i in range(n * w - len(batches))]
         for b in batches[self.rank:n * w:w]:
             yield [int(i) for i in b]
+
+
+class RandomBatchSampler(torch.utils.data.Sampler):
+    """Batches of a random permutation of all samples, as a shuffling DataLoader makes them (IRRA's
+    random sampler): a person's captions land in a batch only by chance. The permutation comes from
+    (seed, epoch) alone. One process keeps the last, smaller batch (the DataLoader's default); with
+    ``world_size`` W > 1 only full batches are used, cut to a multiple of W, rank r taking batches
+    r, r + W, ...: every process then gathers equal batches for the batch-contrastive losses."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.num_samples = _int("num_samples", num_samples, 0)
+        self.batch_size = _int("batch_size", batch_size, 1)
+        self.seed = _int("seed", seed, 0)
+        self.world_size = _int("world_size", world_size, 1)
+        self.rank = _int("rank", rank, 0)
+        if self.rank >= self.world_size:
+            raise ValueError(f"rank ({rank}) must be < world_size ({world_size})")
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = _int("epoch", epoch, 0)
+
+    def __len__(self) -> int:
+        if self.world_size == 1:
+            return -(-self.num_samples // self.batch_size)
+        return self.num_samples // self.batch_size // self.world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
+        w, b = self.world_size, self.batch_size
+        for k in range(self.rank, len(self) * w, w):
+            yield order[k * b:(k + 1) * b].tolist()
