@@ -24,4 +24,4 @@ def test_run_all_quick_writes_every_result(tmp_path):
         assert (results / f"{stem}.png").stat().st_size > 10_000, stem
     serving = json.loads((results / "serving_cpu_quick.json").read_text())["rows"]
     assert all(r["failures"] == 0 and r["queries"] > 0 for r in serving)
-    assert {r["setup"] for r in serving} == {"batching on", "batching off", "2 shards"}
+    assert {r["setup"] for r in serving} == {"batching on", "batching off", "2 shards", "2 local shards", "secured"}

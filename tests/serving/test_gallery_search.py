@@ -26,7 +26,7 @@ def instance_args(repository, kind: str, device_id: int = 0) -> dict:
     as_json = json_format.MessageToDict(text_format.Parse(config, mc.ModelConfig()), preserving_proto_field_name=True)
     return {"model_config": json.dumps(as_json), "model_instance_kind": kind,
             "model_instance_device_id": str(device_id), "model_repository": str(repository / "gallery_search"),
-            "model_version": "1"}
+            "model_name": "gallery_search", "model_version": "1"}
 
 
 def test_a_gpu_instance_without_cuda_refuses_to_start(gallery_search, repository):
