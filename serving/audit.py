@@ -65,6 +65,13 @@ def _tail(path: Path) -> tuple[bytes | None, bytes]:
     return body[body.rfind(b"\n") + 1:], fragment
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # pruned or rotated away: the head is read again
+        return -1
+
+
 class AuditLog:
     """One writer (a model instance, a command) of the chain in `folder`."""
 
@@ -73,6 +80,7 @@ class AuditLog:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.max_bytes = max_bytes
         self._lock = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        self._last = None  # (file, its size, next seq, last hash) after this writer's own append
 
     @contextlib.contextmanager
     def locked(self):
@@ -99,7 +107,7 @@ class AuditLog:
             prev, seq = _line_hash(last), json.loads(last)["seq"] + 1
         path = files[-1] if files else self.folder / "audit-0.jsonl"
         if not fragment:
-            if path.exists() and path.stat().st_size >= self.max_bytes:
+            if path.exists() and self._rotate(path):
                 path = self.folder / f"audit-{seq}.jsonl"
             return path, seq, prev, []
         with contextlib.suppress(ValueError, KeyError, TypeError):  # whole but for its newline: a record
@@ -115,7 +123,12 @@ class AuditLog:
         if not records:
             return
         with self.locked():
-            path, seq, prev, lines = self._head()
+            cached = self._last
+            if cached and not self._rotate(cached[0]) and _size(cached[0]) == cached[1]:
+                path, _, seq, prev = cached  # no one appended since: the head is ours (no re-read)
+                lines = []
+            else:
+                path, seq, prev, lines = self._head()
             for r in records:
                 line = json.dumps({"seq": seq, "time": now_utc(), **r, "prev": prev}, separators=(",", ":"),
                                   ensure_ascii=False).encode()
@@ -125,8 +138,15 @@ class AuditLog:
             try:
                 os.write(fd, b"\n".join(lines) + b"\n")
                 os.fdatasync(fd)
+                self._last = (path, os.fstat(fd).st_size, seq, prev)
+            except BaseException:
+                self._last = None
+                raise
             finally:
                 os.close(fd)
+
+    def _rotate(self, path: Path) -> bool:
+        return _size(path) >= self.max_bytes
 
     def close(self) -> None:
         os.close(self._lock)
