@@ -63,6 +63,13 @@ def run_batched(requests, inputs: list[str], fn) -> list:
     return responses
 
 
+def request_parameters(request) -> dict:
+    """A request's parameters (the tbps-* headers Triton forwards among them), names lowercased:
+    HTTP keeps a header's case, gRPC does not."""
+    raw = request.parameters()
+    return {str(k).lower(): v for k, v in (json.loads(raw) if raw else {}).items()}
+
+
 class AccessRefused(RequestError):
     """A request without the credential its operation needs (audited as a refusal)."""
 
@@ -81,10 +88,8 @@ class Guard:
         self.log = AuditLog(folder) if folder else None
 
     def admit(self, request, role: str, what: str) -> dict:
-        raw = request.parameters()
         try:
-            params = {str(k).lower(): v for k, v in (json.loads(raw) if raw else {}).items()}  # HTTP keeps case
-            return self.gate.admit(params, role, what)
+            return self.gate.admit(request_parameters(request), role, what)
         except AccessDenied as e:
             raise AccessRefused(str(e)) from None
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from export.triton_config import QUERY_SETS, RESULTS
 from serving.models.common import (AccessRefused, Guard, error_response, input_array, parameters, refusal,
-                                   search_record)
+                                   request_parameters, search_record)
 from serving.topk_merge import top_positions
 
 OUTPUTS = [r["name"] for r in RESULTS]
@@ -47,7 +47,7 @@ class TritonPythonModel:
     async def _ask(self, shard: str, tensors: list, outputs: list[str], params: dict):
         pb = self.pb
         response = await pb.InferenceRequest(model_name=shard, inputs=tensors, requested_output_names=outputs,
-                                             parameters=params,  # the caller's key: the shard checks it too
+                                             parameters=params,
                                              preferred_memory=pb.PreferredMemory(pb.TRITONSERVER_MEMORY_CPU, 0)
                                              ).async_exec()
         if response.has_error():
@@ -72,8 +72,7 @@ class TritonPythonModel:
         """(the response, its audit record)."""
         pb = self.pb
         who = self.guard.admit(request, "viewer", "search")
-        raw = request.parameters()
-        params = json.loads(raw) if raw else {}
+        params = request_parameters(request)  # passed on: each shard checks the caller's key too
         given = {n: t for n in self.inputs if (t := pb.get_input_tensor_by_name(request, n)) is not None}
         for name in ("TEXT", "IMAGE"):  # the query as given, for the audit record here: the shards need the sets
             given.pop(name, None)
