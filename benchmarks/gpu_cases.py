@@ -16,12 +16,13 @@ import torch.nn.functional as F
 import kernels
 from gpu_runtime import (ALPHA, KSET, RUN, TOPK, Budget, Record, call_seconds, error_text, exact_sets, log, size,
                          sync, torch_dtype, unit_sets)
+from kernels.quantize import dequantize_sets, quantize_sets
 from kernels.set_similarity import set_similarity_reference
 
 # kernels' public API is used everywhere else; these two module names are the ones to change if kernels/ renames them.
 SCORES_AUTOGRAD_MODULE = "kernels.scores_autograd"  # set_scores_with_grad: the differentiable scores
 TRITON_SEARCH_MODULE = "kernels.search_triton"  # search/scores(q, g, [k,] alpha, weight, margin, mode): --smoke only
-ATOL = {"fp16": 2e-4, "bf16": 2e-4, "fp32": 2e-5}  # scores, products of the same rounded inputs in float64
+ATOL = {"fp16": 2e-4, "bf16": 2e-4, "fp32": 2e-5, "int8": 2e-4}  # int8: against its dequantized sets  # scores, products of the same rounded inputs in float64
 GRAD_RTOL = {"fp16": 1e-2, "bf16": 1e-2, "fp32": 1e-4}  # gradients relative to their largest entry
 SCALE_ATOL = 1e-3  # N = 1.1M: the reference is blocked float32 there
 
@@ -39,11 +40,11 @@ def search_backend() -> tuple:
         return (kernels.search, kernels.set_scores,
                 f"kernels' CPU path: {TRITON_SEARCH_MODULE} is not importable ({e}); update TRITON_SEARCH_MODULE")
 
-    def search(q, g, k, alpha=ALPHA, weight=1.0, margin=None, mode="chamfer", allowed=None):
-        return mod.search(q.to(g.dtype), g, k, alpha, weight, margin, mode, allowed)
+    def search(q, g, k, alpha=ALPHA, weight=1.0, margin=None, mode="chamfer", allowed=None, scale=None):
+        return mod.search(q.to(query_dtype(g)), g, k, alpha, weight, margin, mode, allowed, scale)
 
-    def scores(q, g, alpha=ALPHA, weight=1.0, margin=None, mode="chamfer"):
-        return mod.scores(q.to(g.dtype), g, alpha, weight, margin, mode)
+    def scores(q, g, alpha=ALPHA, weight=1.0, margin=None, mode="chamfer", scale=None):
+        return mod.scores(q.to(query_dtype(g)), g, alpha, weight, margin, mode, scale)
     return search, scores, f"{TRITON_SEARCH_MODULE} through the Triton interpreter"
 
 
@@ -135,6 +136,8 @@ def correctness_cases() -> list[dict]:
         dict(weight=0.0),                                        # global cosine alone
         dict(filtered=True, Q=q65, N=n_big, margin=True, ks=(1, 10, 100)),  # camera/time filters, erasures
         dict(kind="grown", N=size(4097, 33), margin=True, ks=(10, 100)),  # an ingest past a multiple of 16
+        dict(dtype="int8", Q=q65, N=n_big, margin=True, ks=(1, 10, 100)),    # 8-bit sets (kernels/quantize.py)
+        dict(dtype="int8", Q=1, N=n_big, filtered=True, ks=(1, 10)),
     ]
     if RUN.device == "cuda" and torch.cuda.device_count() > 1:  # tensors on cuda:1, the current device cuda:0
         variants.append(dict(device=1, Q=q64, N=n_big, filtered=True))
@@ -199,23 +202,35 @@ def case_inputs(c: dict):
         g[0] = q[0, 0].expand_as(g[0])
         g[1] = -g[0]
     margin = 0.2 * torch.rand(g.shape[0], generator=gen) if c["margin"] else None
-    return q.to(dtype), g.to(dtype), margin
+    if dtype == torch.int8:  # an 8-bit gallery: its codes and their row scales
+        g, scale = quantize_sets(g)
+        return q.half(), g, margin, scale
+    return q.to(dtype), g.to(dtype), margin, None
+
+
+def query_dtype(g: torch.Tensor) -> torch.dtype:
+    """What kernels.search casts queries to: the gallery's dtype, float16 for an 8-bit gallery."""
+    return torch.float16 if g.dtype == torch.int8 else g.dtype
 
 
 def check_case(c: dict, backend) -> dict:
     search, scores, _ = backend
-    q, g, margin = case_inputs(c)
-    params = dict(alpha=c["alpha"], weight=c["weight"], mode=c["mode"])
+    q, g, margin, scale = case_inputs(c)
     device = f"cuda:{c['device']}" if "device" in c else RUN.device
     qd, gd, md = q.to(device), g.to(device), None if margin is None else margin.to(device)
+    sd = None if scale is None else scale.to(device)
+    params = dict(alpha=c["alpha"], weight=c["weight"], mode=c["mode"], **({} if sd is None else {"scale": sd}))
     out = {"N": g.shape[0], "search": {}}
     if c["kind"] == "grown":  # served one ingest ago (N - 1 items, a view of the same buffer): compiles then, none now
         for k in c["ks"]:
             search(qd, gd[:-1], k, margin=md[:-1], **params)
         before = compiled_variants()
-    # queries are cast to the gallery's dtype by kernels.search: the reference sees the same rounded values
-    ref = set_similarity_reference(qd.to(gd.dtype).double(), gd.double(),
-                                   margin=None if md is None else md.double(), **params)
+    # queries are cast as kernels.search casts them, an 8-bit gallery is its dequantized sets: the reference
+    # sees the same values
+    values = gd.double() if sd is None else dequantize_sets(gd, sd).double()
+    ref = set_similarity_reference(qd.to(query_dtype(gd)).double(), values,
+                                   margin=None if md is None else md.double(),
+                                   **{k: v for k, v in params.items() if k != "scale"})
     atol = ATOL[c["dtype"]] * max(1.0, float(ref.abs().max()) if ref.numel() else 1.0)
     allowed, available, ranked = None, None, ref
     if c.get("filtered"):  # about half the items, as a camera or time window keeps

@@ -10,8 +10,8 @@ saves its own partial results as it goes, so a run cut short keeps what it measu
   correctness  kernels.search / set_scores against set_similarity_reference in float64 at awkward sizes
                (Q, N off every block, Kq != Kg, D = 40), fp16/bf16/fp32, chamfer/maxsim, margin, alpha
                16/64, k in {1, 10, 64, 100}, empty gallery, k > N, tied duplicates, non-unit rows, a filter,
-               a gallery grown by one item (nothing compiled for it), tensors on cuda:1 where there are two
-               GPUs; and the gradient of set_scores_with_grad against autograd of the reference. Its plan
+               a gallery grown by one item (nothing compiled for it), 8-bit sets with their row scales,
+               tensors on cuda:1 where there are two GPUs; and the gradient of set_scores_with_grad against autograd of the reference. Its plan
                (cases, kernel variants to compile, budget) is printed first; every launch takes its config
                from kernels/search_configs.json (recorded), nothing is autotuned
   scale        N = 1.1M x 5 x 512 fp16: a planted neighbour per query either side of the 2^31-element

@@ -106,4 +106,4 @@ def exact_sets(n, k, d, gen):
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "int8": torch.int8}[name]
