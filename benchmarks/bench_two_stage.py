@@ -1,20 +1,26 @@
 """Two-stage search (a FAISS index per segment, candidates scored exactly) against the exact scan:
-recall@10 of the exact top-10 as a function of candidates, latency, index build time and size.
+recall@10 of the exact top-10 as a function of the proxy, the IVF lists visited and the candidates;
+latency; index build time and size.
 
     .venv/bin/python benchmarks/bench_two_stage.py [--sizes 100000 1000000] [--queries 32] [--quick]
+    .venv/bin/python benchmarks/bench_two_stage.py --sizes 10000000 --dim 16 --kinds trained --proxies set \
+        --results benchmarks/results/two_stage_cpu_10m    # 10M items in this machine's memory
 
 Galleries: `trained` (the sets of a one-epoch tiny ESA model, 128-d, of synthetic people's images,
 multiplied to N items by adding noise to a random base item and renormalising: many near-duplicate
-views of each person, as a camera archive has) and `random` (unit random sets). Queries: the
-model's text sets of captions of the same people. Both searched as the CPU server searches them
-(serving.live_gallery.LiveGallery in fp32, one batch of --queries texts); latency is per query,
-from the batch. The index is the `global` proxy (row 0 of each set) under IVF with sqrt(N) lists.
-Writes benchmarks/results/two_stage_cpu[_quick].json and .png.
+views of each person, as a camera archive has; `--dim d`: the model's sets and captions through one
+random projection to d values a row, renormalised, where N x 5 x 128 would not fit) and `random`
+(unit random sets). Queries: the model's text sets of captions of the same people. Both searched as
+the CPU server searches them (serving.live_gallery.LiveGallery: the exact scan over the sets in
+fp32 in memory, two-stage over the segments' fp16 memory maps; one batch of --queries texts);
+latency is per query, from the batch. Indexes: IVF with sqrt(N) lists over each proxy of
+export/ann_index.py. Writes benchmarks/results/two_stage_cpu[_quick].json and .png.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +33,7 @@ from common import machine_record, pyplot, result_stem, save_plot, write_result
 from tiny_runs import tiny_model
 
 CANDIDATES = (30, 100, 300, 1000, 3000)
-PROBED = (1 / 32, 1 / 8, 1 / 2)  # shares of the IVF lists a query visits (1/2: ann_index's default)
+PROBED = (1 / 8, 1 / 4, 1 / 2)  # shares of the IVF lists a query visits (1/2: ann_index's default)
 
 
 def base_sets(work: Path, ids: int):
@@ -54,41 +60,58 @@ def multiplied(images: torch.Tensor, n: int, noise: float, seed: int = 0) -> tor
     return out
 
 
-def run(kind: str, sets: torch.Tensor, queries: torch.Tensor, score: dict, work: Path) -> dict:
+def projected(sets: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """Sets through one fixed random projection to `dim` values a row, renormalised (None: as they are)."""
+    if dim is None:
+        return sets
+    basis = torch.linalg.qr(torch.randn(sets.shape[-1], dim, generator=torch.Generator().manual_seed(7)))[0]
+    return F.normalize(sets.float() @ basis, dim=-1)
+
+
+def recall_at_10(exact: torch.Tensor, got: torch.Tensor) -> float:
+    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(exact, got)]))
+
+
+def run(kind: str, sets: torch.Tensor, queries: torch.Tensor, score: dict, proxies: list[str], work: Path) -> dict:
     from export.ann_index import build_gallery_indexes, index_path
-    from export.gallery import save_gallery
+    from export.gallery import load_gallery, save_gallery
     from serving.live_gallery import LiveGallery
     n = len(sets)
     folder = work / f"{kind}-{n}"
     gallery = save_gallery(folder / "gallery", sets, torch.zeros(n, dtype=torch.long),
                            [f"cam{i % 16:02d}/{i:09d}.jpg" for i in range(n)], "bench", **score)
+    del sets
+    full = LiveGallery(folder / "live-exact", gallery, dtype=torch.float32)  # the CPU server's exact scan
+    full.search(queries[:1], 10)  # warm
     start = time.perf_counter()
-    nlist = int(math.sqrt(n))
-    build_gallery_indexes(gallery, "global", f"IVF{nlist},Flat", progress=lambda _: None)
-    build_s = time.perf_counter() - start
-    from export.gallery import load_gallery
-    index_bytes = sum(index_path(s.file, "global").stat().st_size for s in load_gallery(gallery, with_sets=False).segments)
-    live = LiveGallery(folder / "live", gallery, dtype=torch.float32, ann="global")
-    live.search(queries[:1], 10)  # warm
-    start = time.perf_counter()
-    exact = live.search(queries, 10)[1]
+    exact = full.search(queries, 10)[1]
     exact_ms = (time.perf_counter() - start) * 1e3 / len(queries)
-    rows = []
-    for share in PROBED:
-        live.nprobe = max(1, round(share * nlist))
-        for c in (c for c in CANDIDATES if c < n):
-            start = time.perf_counter()
-            got = live.search(queries, 10, candidates=c)[1]
-            ms = (time.perf_counter() - start) * 1e3 / len(queries)
-            recall = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(exact, got)]))
-            rows.append({"candidates": c, "nprobe": live.nprobe, "recall_at_10": recall,
-                         "ms_per_query": ms, "speedup": exact_ms / ms})
-            print(f"{kind:8s} N={n:>9,}  nprobe {live.nprobe:>4}/{nlist}  candidates {c:5d}  "
-                  f"recall@10 {recall:.3f}  {ms:8.2f} ms/query ({exact_ms / ms:5.1f}x the exact scan's "
-                  f"{exact_ms:.1f})", flush=True)
-    live.close()
-    return {"gallery": kind, "items": n, "nlist": nlist, "index_build_s": build_s, "index_bytes_per_item": index_bytes / n,
-            "exact_ms_per_query": exact_ms, "rows": rows}
+    full.close()
+    nlist, out = int(math.sqrt(n)), {}
+    for proxy in proxies:
+        start = time.perf_counter()
+        build_gallery_indexes(gallery, proxy, f"IVF{nlist},Flat", progress=lambda _: None)
+        build_s = time.perf_counter() - start
+        index_bytes = sum(index_path(s.file, proxy).stat().st_size
+                          for s in load_gallery(gallery, with_sets=False).segments)
+        live = LiveGallery(folder / f"live-{proxy}", gallery, dtype=torch.float32, ann=proxy)  # sets: memory maps
+        rows = []
+        for share in PROBED:
+            live.nprobe = max(1, round(share * nlist))
+            for c in (c for c in CANDIDATES if c < n):
+                start = time.perf_counter()
+                got = live.search(queries, 10, candidates=c)[1]
+                ms = (time.perf_counter() - start) * 1e3 / len(queries)
+                rows.append({"candidates": c, "nprobe": live.nprobe, "recall_at_10": recall_at_10(exact, got),
+                             "ms_per_query": ms, "speedup": exact_ms / ms})
+                print(f"{kind:8s} N={n:>10,}  {proxy:6s}  nprobe {live.nprobe:>4}/{nlist}  candidates {c:5d}  "
+                      f"recall@10 {rows[-1]['recall_at_10']:.3f}  {ms:8.2f} ms/query ({exact_ms / ms:5.1f}x the "
+                      f"exact scan's {exact_ms:.1f})", flush=True)
+        live.close()
+        out[proxy] = {"index_build_s": build_s, "index_bytes_per_item": index_bytes / n, "rows": rows}
+    shutil.rmtree(folder)
+    return {"gallery": kind, "items": n, "nlist": nlist,
+            "exact_ms_per_query": exact_ms, "proxies": out}
 
 
 def main() -> None:
@@ -96,45 +119,55 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=32)
     parser.add_argument("--noise", type=float, default=0.5, help="per-row noise of a multiplied view (its norm)")
+    parser.add_argument("--dim", type=int, default=None, help="project the model's sets to this many values a row")
+    parser.add_argument("--kinds", nargs="+", choices=["trained", "random"], default=["trained", "random"])
+    parser.add_argument("--proxies", nargs="+", choices=["set", "global", "rows"], default=["set", "global"])
     parser.add_argument("--quick", action="store_true", help="10k items, 8 queries")
-    parser.add_argument("--results", type=Path, default=None)
+    parser.add_argument("--results", type=Path, default=None,
+                        help="the results' stem (default benchmarks/results/two_stage_cpu)")
     a = parser.parse_args()
     sizes, count = ([10_000], 8) if a.quick else (a.sizes, a.queries)
     runs = []
     with tempfile.TemporaryDirectory(prefix="tbps-two-stage-") as tmp:
         work = Path(tmp)
         images, texts, ckpt = base_sets(work, ids=200)
-        queries = texts[torch.randperm(len(texts), generator=torch.Generator().manual_seed(0))[:count]]
+        images, texts = projected(images, a.dim), projected(texts, a.dim)
+        queries = texts[torch.randperm(len(texts), generator=torch.Generator().manual_seed(0))[:count]].float()
         score = ckpt.model.score_params
         for n in sizes:
-            runs.append(run("trained", multiplied(images, n, a.noise), queries, score, work))
-            shape = images.shape[1:]
-            runs.append(run("random", F.normalize(torch.randn(n, *shape, generator=torch.Generator().manual_seed(1)),
-                                                  dim=-1).half(), queries, score, work))
-    stem = result_stem("two_stage_cpu", a.quick, a.results)
+            for kind in a.kinds:
+                sets = (multiplied(images, n, a.noise) if kind == "trained" else
+                        F.normalize(torch.randn(n, *images.shape[1:], generator=torch.Generator().manual_seed(1)),
+                                    dim=-1).half())
+                runs.append(run(kind, sets, queries, score, a.proxies, work))
+                del sets
+    stem = a.results or result_stem("two_stage_cpu", a.quick)
     write_result(stem, {"benchmark": "two_stage_cpu", **machine_record("machine", "processor", "cores", "date"),
-                        "model": "tiny esa, one epoch", "set_shape": list(images.shape[1:]), "queries": count,
-                        "noise": a.noise, "proxy": "global", "factory": "IVF<sqrt N>,Flat", "runs": runs})
+                        "model": "tiny esa, one epoch", "set_shape": list(images.shape[1:]),
+                        "projected": a.dim is not None, "queries": count, "noise": a.noise,
+                        "factory": "IVF<sqrt N>,Flat", "runs": runs})
     plot(runs, stem)
 
 
 def plot(runs: list[dict], stem: Path) -> None:
     fig, (rec, lat) = pyplot().subplots(1, 2, figsize=(11, 4))
     for r in runs:
-        for nprobe in dict.fromkeys(row["nprobe"] for row in r["rows"]):
-            mine = [row for row in r["rows"] if row["nprobe"] == nprobe]
-            label = f"{r['gallery']} N={r['items']:,} nprobe {nprobe}/{r['nlist']}"
+        for proxy, p in r["proxies"].items():
+            widest = max(row["nprobe"] for row in p["rows"])  # the default share of the lists
+            mine = [row for row in p["rows"] if row["nprobe"] == widest]
+            label = f"{r['gallery']} N={r['items']:,} {proxy} nprobe {widest}/{r['nlist']}"
             c = [row["candidates"] for row in mine]
             rec.plot(c, [row["recall_at_10"] for row in mine], marker="o", label=label)
             lat.plot(c, [row["ms_per_query"] for row in mine], marker="o", label=label)
         lat.axhline(r["exact_ms_per_query"], ls="--", color="grey")
+    rec.axhline(0.99, ls=":", color="grey")
     for ax, ylabel in ((rec, "recall@10 of the exact top-10"), (lat, "ms per query (batch); dashed: exact")):
         ax.set_xscale("log")
         ax.set_xlabel("candidates per query")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=5)
     lat.set_yscale("log")
-    fig.suptitle("two-stage search on CPU: FAISS IVF over row 0, candidates scored by kernels.search", fontsize=9)
+    fig.suptitle("two-stage search on CPU: FAISS IVF over each proxy, candidates scored by kernels.search", fontsize=9)
     save_plot(fig, stem)
 
 

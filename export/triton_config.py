@@ -30,11 +30,14 @@ IMAGE_ENCODER, IMAGE_DECODER, IMAGE_ENSEMBLE = "image_encoder", "image_decoder",
 INGEST_MODEL, ERASE_MODEL = "gallery_ingest", "gallery_erase"
 ENCODER_PLATFORMS = ("tensorrt_plan", "onnxruntime_onnx")
 DATA_TYPES = {"float32": mc.TYPE_FP32, "float16": mc.TYPE_FP16, "int32": mc.TYPE_INT32, "int64": mc.TYPE_INT64,
-              "string": mc.TYPE_STRING}  # Triton's BYTES tensors: the serving models' text in, paths out
+              "bool": mc.TYPE_BOOL, "string": mc.TYPE_STRING}  # Triton's BYTES tensors: the serving models' text in, paths out
 KINDS = {"KIND_GPU": mc.ModelInstanceGroup.KIND_GPU, "KIND_CPU": mc.ModelInstanceGroup.KIND_CPU}
 RESULTS = [{"name": name, "dtype": dtype, "shape": [-1, -1]}  # [batch, k] each; CAMERA_NAMES, TIMES: "" unknown
            for name, dtype in (("SCORES", "float32"), ("IDS", "int64"), ("PATHS", "string"), ("INDICES", "int64"),
                                ("CAMERA_NAMES", "string"), ("TIMES", "string"))]
+# per query: True when its hits are the exact search's, False when an ANN index chose the candidates
+EXACT = {"name": "EXACT", "dtype": "bool", "shape": [-1, 1]}
+SEARCH_OUTPUTS = [*RESULTS, EXACT]  # what gallery_search and the ensembles answer
 TEXT = {"name": "TEXT", "dtype": "string", "shape": [-1, 1]}
 TOPK = {"name": "TOPK", "dtype": "int32", "shape": [-1, 1]}
 IMAGE = {"name": "IMAGE", "dtype": "string", "shape": [-1, 1]}  # an encoded image file (JPEG, PNG, ...)
@@ -166,10 +169,10 @@ def gallery_config(manifest: dict, max_batch_size: int, index_offset: int = 0, a
     gallery_search_<shard>, on GPU <shard> where its kind is KIND_GPU, and also answers
     QUERY_SETS (a LIKE item's sets) for the merge that fronts it (merge_config). `two_stage`:
     {"candidates", "ann_proxy", "nprobe"}, two-stage search over the segments' ANN indexes."""
-    name, outputs = GALLERY_MODEL, RESULTS
+    name, outputs = GALLERY_MODEL, SEARCH_OUTPUTS
     if shard is not None:
         image_sets = manifest["models"][IMAGE_ENCODER]["outputs"][0]
-        name, outputs = shard_model(shard), [*RESULTS, dict(image_sets, name=QUERY_SETS, dtype="float32")]
+        name, outputs = shard_model(shard), [*SEARCH_OUTPUTS, dict(image_sets, name=QUERY_SETS, dtype="float32")]
     config = python_config(name, _gallery_inputs(manifest), outputs, max_batch_size,
                            {**live_parameters(manifest, index_offset, added_offset, name), **(two_stage or {})},
                            ragged=("CAMERAS",), **options)
@@ -184,7 +187,7 @@ def merge_config(manifest: dict, max_batch_size: int, shards: list[str], **optio
     model on CPU), so the ensembles and every client see one gallery."""
     image_sets = manifest["models"][IMAGE_ENCODER]["outputs"][0]
     params = {"shards": json.dumps(shards), "image_sets": json.dumps(image_sets)}
-    return python_config(GALLERY_MODEL, _gallery_inputs(manifest), RESULTS, max_batch_size, params,
+    return python_config(GALLERY_MODEL, _gallery_inputs(manifest), SEARCH_OUTPUTS, max_batch_size, params,
                          ragged=("CAMERAS",), **options)
 
 
@@ -245,7 +248,7 @@ def _ensemble(name: str, inputs: list[dict], steps: list, outputs: list[dict]) -
 
 
 _FILTER_MAP = {f["name"]: f["name"] for f in FILTERS}
-_RESULT_MAP = {r["name"]: r["name"] for r in RESULTS}
+_RESULT_MAP = {r["name"]: r["name"] for r in SEARCH_OUTPUTS}
 
 
 def ensemble_config(tokenizer: mc.ModelConfig | None, text_encoder: mc.ModelConfig,
@@ -257,7 +260,7 @@ def ensemble_config(tokenizer: mc.ModelConfig | None, text_encoder: mc.ModelConf
     steps = [] if tokenizer is None else [(tokenizer, {"TEXT": "TEXT"}, {tokenizer.output[0].name: "ids"})]
     return _ensemble(ENSEMBLE, [TEXT, TOPK, *FILTERS], steps + [
         (text_encoder, {text_encoder.input[0].name: text}, {sets.name: "sets"}),
-        (gallery, {sets.name: "sets", "TOPK": "TOPK", "TEXT": "TEXT", **_FILTER_MAP}, _RESULT_MAP)], RESULTS)
+        (gallery, {sets.name: "sets", "TOPK": "TOPK", "TEXT": "TEXT", **_FILTER_MAP}, _RESULT_MAP)], SEARCH_OUTPUTS)
 
 
 def image_ensemble_config(decoder: mc.ModelConfig, image_encoder: mc.ModelConfig,
@@ -267,7 +270,7 @@ def image_ensemble_config(decoder: mc.ModelConfig, image_encoder: mc.ModelConfig
     return _ensemble(IMAGE_ENSEMBLE, [IMAGE, TOPK, *FILTERS], [
         (decoder, {"IMAGE": "IMAGE"}, {pixels.name: "pixels"}),
         (image_encoder, {image_encoder.input[0].name: "pixels"}, {sets.name: "sets"}),
-        (gallery, {sets.name: "sets", "TOPK": "TOPK", "IMAGE": "IMAGE", **_FILTER_MAP}, _RESULT_MAP)], RESULTS)
+        (gallery, {sets.name: "sets", "TOPK": "TOPK", "IMAGE": "IMAGE", **_FILTER_MAP}, _RESULT_MAP)], SEARCH_OUTPUTS)
 
 
 def write_config(folder: str | os.PathLike, config: mc.ModelConfig) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from export import ann_index
 from export.cli import add_commands as add_export_commands
 from serving import ui
 from serving.live_commands import DEFAULT_URL, add_connection, credentials
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--two-stage", type=int, default=None, metavar="CANDIDATES",
                    help="search each query's CANDIDATES nearest items of every segment's ANN index (tbps ann), "
                         "scored exactly; segments without one are scanned (default: exact search everywhere)")
-    p.add_argument("--ann-proxy", choices=["global", "rows"], default="global", help="the indexes' proxy (tbps ann)")
+    p.add_argument("--ann-proxy", choices=ann_index.PROXIES, default="set", help="the indexes' proxy (tbps ann)")
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists each query visits (default FAISS's, 1)")
     p.add_argument("--max-batch", type=int, default=None,
                    help="largest batch of the models (default 64; with --engines: the engines' own, "

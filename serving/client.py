@@ -21,6 +21,7 @@ import numpy as np
 
 from export.gallery_meta import parse_time
 from export.triton_config import ENSEMBLE, ERASE_MODEL, GALLERY_MODEL, IMAGE_ENSEMBLE, INGEST_MODEL
+from export.triton_config import EXACT
 from export.triton_config import RESULTS as RESULT_SPECS
 from serving.topk_merge import top_positions
 
@@ -62,6 +63,15 @@ class Hit:
     index: int  # the image's index in the whole gallery
     camera: str = ""  # its camera's name, "" unknown
     time: str = ""    # when it was taken, ISO 8601 UTC, "" unknown
+
+
+class Ranking(list):
+    """A query's hits, best first; `exact` False when the server's two-stage search took them from
+    an ANN index's candidates (they may then miss some of the exact search's top-k)."""
+
+    def __init__(self, hits=(), exact: bool = True):
+        super().__init__(hits)
+        self.exact = exact
 
 
 @dataclass(frozen=True)
@@ -136,22 +146,25 @@ RESULTS = [r["name"] for r in RESULT_SPECS]  # the order of Hit's fields
 
 
 def _outputs(module) -> list:
-    return [module.InferRequestedOutput(n) for n in RESULTS]
+    return [module.InferRequestedOutput(n) for n in (*RESULTS, EXACT["name"])]
 
 
-def _hits(result) -> list[list[Hit]]:
-    return [[Hit(r + 1, float(s), int(p), path.decode("utf-8"), int(i), c.decode("utf-8"), t.decode("utf-8"))
-             for r, (s, p, path, i, c, t) in enumerate(zip(*row))] for row in zip(*map(result.as_numpy, RESULTS))]
+def _hits(result) -> list[Ranking]:
+    return [Ranking([Hit(r + 1, float(s), int(p), path.decode("utf-8"), int(i), c.decode("utf-8"), t.decode("utf-8"))
+                     for r, (s, p, path, i, c, t) in enumerate(zip(*row))], bool(exact[0]))
+            for *row, exact in zip(*map(result.as_numpy, (*RESULTS, EXACT["name"])))]
 
 
-def merge(per_shard: list[list[list[Hit]]], k: int) -> list[list[Hit]]:
-    """Per query, the k best hits over all shards, ranked again (serving/topk_merge.py)."""
+def merge(per_shard: list[list[Ranking]], k: int) -> list[Ranking]:
+    """Per query, the k best hits over all shards, ranked again (serving/topk_merge.py); exact
+    where every shard's was."""
     merged = []
     for hits in zip(*per_shard):
         pool = [h for shard in hits for h in shard]
         scores = np.array([[h.score for h in pool]], dtype=np.float32)
         picks = top_positions(scores, np.array([[h.index for h in pool]], dtype=np.int64), k)[0]
-        merged.append([replace(pool[p], rank=r + 1) for r, p in enumerate(picks)])
+        merged.append(Ranking([replace(pool[p], rank=r + 1) for r, p in enumerate(picks)],
+                              all(shard.exact for shard in hits)))
     return merged
 
 
@@ -196,7 +209,7 @@ class SearchClient:
             self._max_batch[client, model] = config.max_batch_size
         return self._max_batch[client, model]
 
-    def _query_one(self, client, kind, values: list, k: int, flt: Filter) -> list[list[Hit]]:
+    def _query_one(self, client, kind, values: list, k: int, flt: Filter) -> list[Ranking]:
         def run():
             hits = []
             for chunk in _chunks(values, self._batch(client, kind[0])):
@@ -206,21 +219,21 @@ class SearchClient:
             return hits
         return self._call(run)
 
-    def _query(self, kind, values, k: int, flt: Filter | None) -> list[list[Hit]]:
+    def _query(self, kind, values, k: int, flt: Filter | None) -> list[Ranking]:
         values, flt = _check_values(kind, values), flt or NO_FILTER
         per_shard = list(self._pool.map(lambda c: self._query_one(c, kind, values, k, flt), self.clients))
         return per_shard[0] if len(per_shard) == 1 else merge(per_shard, k)
 
-    def search(self, texts: str | list[str], k: int = 10, filter: Filter | None = None) -> list[list[Hit]]:
+    def search(self, texts: str | list[str], k: int = 10, filter: Filter | None = None) -> list[Ranking]:
         """Top-k hits of each text (one list per text); a single str gives one list too."""
         return self._query(TEXTS, texts, k, filter)
 
     def search_images(self, images: bytes | list[bytes], k: int = 10,
-                      filter: Filter | None = None) -> list[list[Hit]]:
+                      filter: Filter | None = None) -> list[Ranking]:
         """Top-k hits of each encoded image file (JPEG, PNG, ...) as the query."""
         return self._query(IMAGES, images, k, filter)
 
-    def like(self, indices: int | list[int], k: int = 10, filter: Filter | None = None) -> list[list[Hit]]:
+    def like(self, indices: int | list[int], k: int = 10, filter: Filter | None = None) -> list[Ranking]:
         """Top-k hits of gallery items (global indices, as hits give them) as the queries."""
         if len(self.clients) > 1:
             raise SearchError("search by a gallery item is served by one server, not across shards: "
@@ -308,7 +321,7 @@ class AsyncSearchClient:
         return replace(self.credentials, user=caller.get("user"), client=caller.get("client")).headers()
 
     async def _query_one(self, client, kind, values: list, k: int, flt: Filter,
-                         caller: dict | None) -> list[list[Hit]]:
+                         caller: dict | None) -> list[Ranking]:
         from tritonclient.utils import InferenceServerException
         hits, headers = [], self._headers(caller)
         try:
@@ -325,22 +338,22 @@ class AsyncSearchClient:
             raise SearchError(e.message()) from None
         return hits
 
-    async def _query(self, kind, values, k: int, flt: Filter | None, caller: dict | None) -> list[list[Hit]]:
+    async def _query(self, kind, values, k: int, flt: Filter | None, caller: dict | None) -> list[Ranking]:
         values, flt = _check_values(kind, values), flt or NO_FILTER
         per_shard = await asyncio.gather(*(self._query_one(c, kind, values, k, flt, caller) for c in self.clients))
         return per_shard[0] if len(per_shard) == 1 else merge(list(per_shard), k)
 
     async def search(self, texts: str | list[str], k: int = 10, filter: Filter | None = None,
-                     caller: dict | None = None) -> list[list[Hit]]:
+                     caller: dict | None = None) -> list[Ranking]:
         """As SearchClient.search; `caller`: {"user", "client"} a front acts for (the audit's who)."""
         return await self._query(TEXTS, texts, k, filter, caller)
 
     async def search_images(self, images: bytes | list[bytes], k: int = 10,
-                            filter: Filter | None = None, caller: dict | None = None) -> list[list[Hit]]:
+                            filter: Filter | None = None, caller: dict | None = None) -> list[Ranking]:
         return await self._query(IMAGES, images, k, filter, caller)
 
     async def like(self, indices: int | list[int], k: int = 10, filter: Filter | None = None,
-                   caller: dict | None = None) -> list[list[Hit]]:
+                   caller: dict | None = None) -> list[Ranking]:
         if len(self.clients) > 1:
             raise SearchError("search by a gallery item is served by one server, not across shards: "
                               "query with the item's image (search_images) instead")
@@ -357,13 +370,13 @@ class AsyncSearchClient:
         await self.close()
 
 
-def print_hits(texts: list[str], results: list[list[Hit]], as_json: bool = False) -> None:
+def print_hits(texts: list[str], results: list[Ranking], as_json: bool = False) -> None:
     if as_json:
-        print(json.dumps([{"text": t, "hits": [asdict(h) for h in hits]} for t, hits in zip(texts, results)],
-                         indent=2))
+        print(json.dumps([{"text": t, "exact": hits.exact, "hits": [asdict(h) for h in hits]}
+                          for t, hits in zip(texts, results)], indent=2))
         return
     for text, hits in zip(texts, results):
-        print(f"{text}")
+        print(f"{text}" + ("" if hits.exact else "  (two-stage: may miss some of the exact top-k)"))
         where = any(h.camera or h.time for h in hits)  # camera and time columns where the gallery has them
         print(f"  {'rank':>4}  {'score':>7}  {'person':>6}  " + (f"{'camera':10}  {'time':24}  " if where else "")
               + "image")

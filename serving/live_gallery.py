@@ -26,9 +26,12 @@ search variant serve base and additions alike.
 Two-stage (`ann`: an ANN proxy of export/ann_index.py, `search(candidates=n)`): a base block
 whose segment has an ANN index gives the union of each query's n nearest items (within the
 zones the filter reads), and only those are scored exactly, by the same fused search; the alive
-flags and the filter mask apply to them, so an erased or excluded item never comes back. Blocks
+flags and the filter mask apply to them, so an erased or excluded item never comes back. The
+base segments' sets then stay memory-mapped on the host, and only the candidates' rows go to the
+search's device: the device holds additions, margins and flags, not the gallery. Blocks
 without an index (additions, a segment whose index is missing or unreadable: `ann_notes` says
-which) are scanned exactly. With n >= the items, it is the exact search.
+which) are scanned exactly. With n >= the items, it is the exact search; a search's answer says
+whether it was (`Found.exact`).
 """
 from __future__ import annotations
 
@@ -63,7 +66,8 @@ def start_live(folder: str | os.PathLike, gallery: Gallery, adder: bool = False)
 
 class _Block:
     """Items first .. first + n - 1 in columns of one capacity: `sets` (and an 8-bit gallery's
-    `scale`) and `margin` on the search's device (where loaded), person id, camera, time and alive flag on the host; per
+    `scale`) and `margin` on the search's device (where loaded; a two-stage gallery's base sets
+    stay memory-mapped on the host), person id, camera, time and alive flag on the host; per
     zone, (camera indices, known-time span) of its items."""
 
     def __init__(self, first: int, columns: dict[str, torch.Tensor], n: int):
@@ -123,6 +127,16 @@ class _Block:
         return self._alive_device
 
 
+class Found(tuple):
+    """A search's (scores, indices), and whether they are the exact search's (`exact`: False when
+    an ANN index chose the candidates of some segment)."""
+
+    def __new__(cls, scores: torch.Tensor, indices: torch.Tensor, exact: bool):
+        found = super().__new__(cls, (scores, indices))
+        found.exact = exact
+        return found
+
+
 class LiveGallery:
     def __init__(self, folder: str | os.PathLike, base: str | os.PathLike, fingerprint: str | None = None,
                  writer: bool = True, sets: str | torch.device | None = "cpu", dtype: torch.dtype = torch.float16,
@@ -141,14 +155,14 @@ class LiveGallery:
         self.device, self.dtype = None if sets is None else torch.device(sets), dtype
         self.has_margin = b.margin is not None and sets is not None
         self.scaled = b.dtype == SCALED and sets is not None  # 8-bit: int8 sets and a "scale" column
-        self.blocks = [self._segment_block(s.first, s.first + s.count, s) for s in b.segments]
         self.ann, self.nprobe, self.ann_notes = ann, nprobe, []
+        self.blocks = [self._segment_block(s.first, s.first + s.count, s) for s in b.segments]
         for block, segment in zip(self.blocks if ann else [], b.segments):
             if segment.file is None:
                 self.ann_notes.append(f"segment of items {segment.first}..: held in memory, no ANN index: "
                                       f"searched exactly")
                 continue
-            block.ann, why = ann_index.open_index(segment.file, ann, segment.count)
+            block.ann, why = ann_index.open_index(segment.file, ann, segment.count, self.set_shape[-1])
             if why:
                 self.ann_notes.append(why)
         self.hidden = 0  # items erased
@@ -159,7 +173,11 @@ class LiveGallery:
         b = self.base
         columns = {"ids": b.ids[a:z], "camera": b.camera[a:z], "time": b.time[a:z],
                    "alive": torch.ones(z - a, dtype=torch.bool)}
-        if self.scaled:  # on the CPU: memory maps that stay ones (read as searched)
+        if self.device is not None and self.ann:  # two-stage: memory maps on the host, read as candidates ask
+            columns["sets"] = segment.sets()
+            if self.scaled:
+                columns["scale"] = segment.scale()
+        elif self.scaled:  # on the CPU: memory maps that stay ones (read as searched)
             columns["sets"], columns["scale"] = segment.sets().to(self.device), segment.scale().to(self.device)
         elif self.device is not None:  # a memory map of fp16 on the CPU stays one (read as searched)
             columns["sets"] = segment.sets().to(self.device, self.dtype)
@@ -243,7 +261,8 @@ class LiveGallery:
 
     def take(self, name: str, index: torch.Tensor) -> torch.Tensor:
         """Column `name` (sets, scale, margin, ids, camera, time, alive) of items `index` (int64, any
-        shape), on that column's device."""
+        shape), on the device of the column's first block read (two-stage: a base block's sets
+        are on the host)."""
         flat = index.reshape(-1).cpu()
         if len(self.blocks) == 1:  # the common case, a small gallery: one lookup
             column = self.blocks[0].view(name)
@@ -256,7 +275,7 @@ class LiveGallery:
             rows = column[(flat[sel] - block.first).to(column.device)]
             if out is None:
                 out = column.new_empty((flat.numel(), *column.shape[1:]))
-            out[sel.to(column.device)] = rows
+            out[sel.to(out.device)] = rows.to(out.device, out.dtype)  # two-stage: base on the host, additions not
         if out is None:  # no index: an empty column slice of the right dtype and shape
             out = self.blocks[0].view(name)[:0]
         return out.reshape(*index.shape, *out.shape[1:])
@@ -294,33 +313,45 @@ class LiveGallery:
         return parts
 
     def search(self, queries: torch.Tensor, k: int, margin: bool = False, cameras=None, since=None,
-               until=None, candidates: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               until=None, candidates: int | None = None) -> Found:
         """kernels.search over the live items that pass the filter: (scores, indices) [Q, k'] on
         the search's device; `margin`: subtract the base gallery's adaptive margin;
-        `candidates`: two-stage, each query's n nearest items of every indexed block."""
+        `candidates`: two-stage, each query's max(n, k) nearest items of every indexed block
+        (`exact` False where an index chose them)."""
         if self.device is None:
             raise RuntimeError("this live gallery was opened without its sets (sets=None): nothing to search")
         if candidates is not None and candidates < 1:
             raise ValueError(f"candidates must be at least 1, got {candidates}")
-        host = None
-        parts = []
+        if candidates is not None:  # fewer than k could not fill a query's k hits
+            candidates = max(candidates, k)
+        host, parts, exact = None, [], True
         for block, a, z, mask in self.plan(cameras, since, until):
-            sets, scale = block.view("sets"), block.view("scale") if self.scaled else None
             weights = block.view("margin") if margin and self.has_margin else None
             if candidates is None or block.ann is None or z - a <= candidates:
-                parts.append(kernels.Part(block.first + a, sets[a:z], None if weights is None else weights[a:z], mask,
-                                          None if scale is None else scale[a:z]))
+                sets, scale = self._sets(block, slice(a, z))
+                parts.append(kernels.Part(block.first + a, sets, None if weights is None else weights[a:z], mask,
+                                          scale))
                 continue
             if host is None:
-                host = queries.float().cpu().numpy()
-            found = ann_index.candidates(block.ann, host, candidates, self.ann, self.nprobe)
-            found = found[(found >= a) & (found < z)]
+                host, exact = queries.float().cpu().numpy(), False
+            found = ann_index.candidates(block.ann, host, candidates, self.ann, self.nprobe, self.base.weight, (a, z),
+                                         None if mask is None else mask.cpu().numpy())
             if not len(found):
                 continue
+            sets, scale = self._sets(block, torch.from_numpy(found))
             rows = torch.from_numpy(found).to(self.device)
-            parts.append(kernels.Part(rows + block.first, sets[rows], None if weights is None else weights[rows],
-                                      None if mask is None else mask[rows - a], None if scale is None else scale[rows]))
-        return kernels.search_parts(queries.to(self.device), parts, k, alpha=self.base.alpha, weight=self.base.weight)
+            parts.append(kernels.Part(rows + block.first, sets, None if weights is None else weights[rows],
+                                      None if mask is None else mask[rows - a], scale))
+        return Found(*kernels.search_parts(queries.to(self.device), parts, k, alpha=self.base.alpha,
+                                           weight=self.base.weight), exact)
+
+    def _sets(self, block: _Block, rows: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A block's sets (and 8-bit scales) of `rows` (a slice, or int64 row indices on the host) on
+        the search's device: a view where they are held there, those rows copied from the host's
+        memory map where two-stage keeps the base gallery (the whole slice for a block scanned)."""
+        sets = block.view("sets")
+        at = rows if isinstance(rows, slice) else rows.to(sets.device)
+        return sets[at].to(self.device), block.view("scale")[at].to(self.device) if self.scaled else None
 
     def add(self, sets: torch.Tensor, paths: list[str], persons=None, cameras=None, times=None) -> list[int]:
         """Append items (LiveStore.add: sets [B, K+1, D], optional person ids, camera names and

@@ -124,7 +124,7 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
                      max_batch_size: int | None = None, index_offset: int = 0, added_offset: int | None = None,
                      kind: str = "KIND_CPU", threads: int = 1, batching: bool = True,
                      token_bucket: int | None = None, local_shards: int = 1, two_stage: int | None = None,
-                     ann_proxy: str = "global", nprobe: int | None = None) -> Path:
+                     ann_proxy: str = "set", nprobe: int | None = None) -> Path:
     """The repository for a checkpoint or an ONNX export directory (`source`) and a gallery
     file built by the same checkpoint. `engines`: a to_trt.py output folder (production); the
     encoders' max_batch_size is then the engines', and `max_batch_size` (default: theirs, else

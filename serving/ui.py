@@ -228,7 +228,8 @@ def create_app(urls: str | list[str], root: str | os.PathLike, cache: str | os.P
                 return error(503, f"the search server is not reachable at {', '.join(down)}: is it running "
                                   f"(tbps serve REPOSITORY)? ({e})")
             return error(400, f"the server refused the query: {e}")
-        return JSONResponse([{"text": t, "hits": [asdict(h) for h in hits]} for t, hits in zip(labels, results)])
+        return JSONResponse([{"text": t, "exact": hits.exact, "hits": [asdict(h) for h in hits]}
+                             for t, hits in zip(labels, results)])
 
     def guarded(handler, search: bool = False, page: bool = False):
         """The handler for a logged-in user (any user, without `auth`): a POST must carry the

@@ -19,7 +19,7 @@ import json
 
 import numpy as np
 
-from export.triton_config import QUERY_SETS, RESULTS
+from export.triton_config import EXACT, QUERY_SETS, RESULTS
 from serving.models.common import (AccessRefused, Guard, error_response, input_array, parameters, refusal,
                                    request_parameters, search_record)
 from serving.topk_merge import top_positions
@@ -82,12 +82,14 @@ class TritonPythonModel:
                                           for i in given.pop("LIKE").as_numpy().reshape(-1)))
             name = self.image_sets["name"]
             given[name] = pb.Tensor(name, np.concatenate(sets).astype(self.image_sets["dtype"]))
-        answers = await asyncio.gather(*(self._ask(s, list(given.values()), OUTPUTS, params) for s in self.shards))
+        answers = await asyncio.gather(*(self._ask(s, list(given.values()), [*OUTPUTS, EXACT["name"]], params)
+                                         for s in self.shards))
         merged = {n: np.concatenate([a[n] for a in answers], axis=1) for n in OUTPUTS}
         k = int(input_array(request, "TOPK").max())
         picks = top_positions(merged["SCORES"], merged["INDICES"], k)
         out = {n: np.take_along_axis(merged[n], picks, axis=1) for n in OUTPUTS}
-        return (pb.InferenceResponse([pb.Tensor(n, out[n]) for n in OUTPUTS]),
+        exact = np.logical_and.reduce([a[EXACT["name"]] for a in answers])  # exact where every shard's is
+        return (pb.InferenceResponse([*(pb.Tensor(n, out[n]) for n in OUTPUTS), pb.Tensor(EXACT["name"], exact)]),
                 search_record(request, who, k, out["INDICES"]))
 
     async def _answer(self, request):

@@ -36,7 +36,7 @@ import torch
 
 import kernels
 from export.gallery_meta import NO_CAMERA, filter_bounds, format_time
-from export.triton_config import GALLERY_MODEL, QUERY_SETS
+from export.triton_config import EXACT, GALLERY_MODEL, QUERY_SETS
 from serving.models.common import (AccessRefused, Guard, RequestError, error_response, input_array, parameters,
                                    refusal, search_record, text)
 from serving.models.live import open_live
@@ -171,13 +171,13 @@ class TritonPythonModel:
         results = [None] * len(requests)
         for (margin, key), members in groups.items():  # one search per kind of query and filter
             queries = torch.cat([parsed[n][1] for n in members])
-            scores, index = (t.cpu().numpy() for t in
-                             self.live.search(queries, max(parsed[n][2] for n in members), margin, *key,
-                                              candidates=self.candidates))
+            found = self.live.search(queries, max(parsed[n][2] for n in members), margin, *key,
+                                     candidates=self.candidates)
+            scores, index = (t.cpu().numpy() for t in found)
             start = 0
             for n in members:
                 rows, k = parsed[n][1].shape[0], parsed[n][2]
-                results[n] = scores[start:start + rows, :k], index[start:start + rows, :k]
+                results[n] = scores[start:start + rows, :k], index[start:start + rows, :k], found.exact
                 start += rows
         # every hit's columns in one lookup per execution (one SQLite read for the paths)
         hits = [r[1].reshape(-1) for r in results if r is not None]
@@ -192,7 +192,7 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse([
                     pb_utils.Tensor(QUERY_SETS, item[1].float().cpu().numpy())]))
                 continue
-            s, i = result
+            s, i, exact = result
             paths, cameras, times, ids = (c[start:start + i.size].reshape(i.shape) for c in columns)
             start += i.size
             if self.front:
@@ -203,7 +203,8 @@ class TritonPythonModel:
                 pb_utils.Tensor("PATHS", paths),
                 pb_utils.Tensor("INDICES", self.index.to_global(i)),
                 pb_utils.Tensor("CAMERA_NAMES", cameras),
-                pb_utils.Tensor("TIMES", times)]))
+                pb_utils.Tensor("TIMES", times),
+                pb_utils.Tensor(EXACT["name"], np.full((len(s), 1), exact))]))
         try:
             self.guard.record(audit)  # on disk before any answer leaves
         except OSError as e:

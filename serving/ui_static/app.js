@@ -68,7 +68,7 @@ async function answer(q) {
     return { error: "the search page's own server (tbps ui) is not reachable" };
   }
   const body = await response.json().catch(() => ({ error: `the search page answered ${response.status}` }));
-  return response.ok ? { hits: body[0].hits } : { error: body.error || `error ${response.status}` };
+  return response.ok ? { hits: body[0].hits, exact: body[0].exact } : { error: body.error || `error ${response.status}` };
 }
 
 function describe(q) {
@@ -98,7 +98,8 @@ async function search(q) {
     await Promise.all(figures.map((f) => f.querySelector("img").decode().catch(() => {})));
     await new Promise((resolve) => requestAnimationFrame(resolve));
     if (id !== current) return;
-    $("status").textContent = `${describe(q)}top ${result.hits.length} in ${Math.round(performance.now() - start)} ms`;
+    $("status").textContent = `${describe(q)}top ${result.hits.length} in ${Math.round(performance.now() - start)} ms`
+      + (result.exact === false ? " (two-stage: may miss some of the exact top-k)" : "");
   }
   window.tbpsTiming = { id, text: q.q ?? null, k: $("k").value, hits: result.hits ? result.hits.length : 0,
                         error: result.error || null, answered_ms: answered - start,

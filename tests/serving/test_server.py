@@ -31,6 +31,7 @@ def test_results_equal_kernels_search_in_process(server, esa_export, gallery, ca
     np.testing.assert_allclose([[h.score for h in hits] for hits in results], scores.numpy(), atol=1e-6)
     assert [[h.person_id for h in hits] for hits in results] == g.ids[index].tolist()
     assert results[0][0].path == g.paths[index[0, 0]] and results[0][0].rank == 1
+    assert all(hits.exact for hits in results)  # no ANN index: the exact search, and the answer says so
 
 
 def test_concurrent_captions_of_every_length_batch_and_answer_as_alone(server, esa_export, gallery, captions):

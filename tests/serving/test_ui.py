@@ -241,9 +241,9 @@ def test_api_searches_by_item_and_by_image_as_the_client_does(ui, server, ui_roo
         like, by_image = client.like(3, K, flt)[0], client.search_images(image, K, flt)[0]
     query = f"k={K}&camera=north&camera=south&since=2026-11-30T12:30:00Z"
     status, body = get_json(ui, f"/api/search?like=3&{query}")
-    assert status == 200 and body == [{"text": "like #3", "hits": [asdict(h) for h in like]}]
+    assert status == 200 and body == [{"text": "like #3", "exact": True, "hits": [asdict(h) for h in like]}]
     status, body = post_json(ui, f"/api/search/image?{query}", image)
-    assert status == 200 and body == [{"text": "image", "hits": [asdict(h) for h in by_image]}]
+    assert status == 200 and body == [{"text": "image", "exact": True, "hits": [asdict(h) for h in by_image]}]
     assert like[0].path == by_image[0].path == paths[3] and {h.camera for h in like} <= {"north", "south"}
 
 
