@@ -14,7 +14,7 @@ random projection to d values a row, renormalised, where N x 5 x 128 would not f
 the CPU server searches them (serving.live_gallery.LiveGallery: the exact scan over the sets in
 fp32 in memory, two-stage over the segments' fp16 memory maps; one batch of --queries texts);
 latency is per query, from the batch. Indexes: IVF with sqrt(N) lists over each proxy of
-export/ann_index.py. Writes benchmarks/results/two_stage_cpu[_quick].json and .png.
+export/ann_index.py, vectors in fp32 (`--encoding SQ8`: FAISS's 8-bit scalar quantizer). Writes benchmarks/results/two_stage_cpu[_quick].json and .png.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import kernels
 from common import machine_record, pyplot, result_stem, save_plot, write_result
 from tiny_runs import tiny_model
 
@@ -72,7 +73,26 @@ def recall_at_10(exact: torch.Tensor, got: torch.Tensor) -> float:
     return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(exact, got)]))
 
 
-def run(kind: str, sets: torch.Tensor, queries: torch.Tensor, score: dict, proxies: list[str], work: Path) -> dict:
+def certified_share(sets: torch.Tensor, queries: torch.Tensor, score: dict, rows: int) -> float:
+    """The share of queries whose exact top-10 a proof could certify from an exact search of each
+    query row's `rows` nearest gallery rows: an item none of whose rows was found has every
+    cosine with query row x at most r_x (the rows-th best), so with unit rows its score is at most
+    r_0 + weight ((mean_x r_x + ln Kg / alpha) + (max_x r_x + ln Kq / alpha)) / 2 (each smooth
+    maximum exceeds the max by at most ln(count) / alpha); proven when the 10th exact score
+    reaches that."""
+    import faiss
+    alpha, weight = score["alpha"], score["weight"]
+    tenth = kernels.search(queries, sets.float(), 10, alpha=alpha, weight=weight)[0][:, 9].numpy()
+    flat = faiss.IndexFlatIP(sets.shape[-1])
+    flat.add(np.ascontiguousarray(sets.reshape(-1, sets.shape[-1]), dtype=np.float32))
+    found, _ = flat.search(np.ascontiguousarray(queries.reshape(-1, queries.shape[-1]), dtype=np.float32), rows)
+    r = found[:, -1].reshape(len(queries), -1)
+    bound = r[:, 0] + weight * (r.mean(1) + r.max(1) + math.log(sets.shape[1] * queries.shape[1]) / alpha) / 2
+    return float(np.mean(tenth >= bound))
+
+
+def run(kind: str, sets: torch.Tensor, queries: torch.Tensor, score: dict, proxies: list[str], encoding: str,
+        work: Path) -> dict:
     from export.ann_index import build_gallery_indexes, index_path
     from export.gallery import load_gallery, save_gallery
     from serving.live_gallery import LiveGallery
@@ -90,7 +110,7 @@ def run(kind: str, sets: torch.Tensor, queries: torch.Tensor, score: dict, proxi
     nlist, out = int(math.sqrt(n)), {}
     for proxy in proxies:
         start = time.perf_counter()
-        build_gallery_indexes(gallery, proxy, f"IVF{nlist},Flat", progress=lambda _: None)
+        build_gallery_indexes(gallery, proxy, f"IVF{nlist},{encoding}", progress=lambda _: None)
         build_s = time.perf_counter() - start
         index_bytes = sum(index_path(s.file, proxy).stat().st_size
                           for s in load_gallery(gallery, with_sets=False).segments)
@@ -122,6 +142,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=None, help="project the model's sets to this many values a row")
     parser.add_argument("--kinds", nargs="+", choices=["trained", "random"], default=["trained", "random"])
     parser.add_argument("--proxies", nargs="+", choices=["set", "global", "rows"], default=["set", "global"])
+    parser.add_argument("--encoding", default="Flat", help="the IVF lists' vectors: Flat (fp32), SQfp16, SQ8, PQ<m>")
+    parser.add_argument("--certify", type=int, nargs="*", default=[],
+                        help="rows a query row: the share of queries a proof from an exact row search certifies")
     parser.add_argument("--quick", action="store_true", help="10k items, 8 queries")
     parser.add_argument("--results", type=Path, default=None,
                         help="the results' stem (default benchmarks/results/two_stage_cpu)")
@@ -139,13 +162,16 @@ def main() -> None:
                 sets = (multiplied(images, n, a.noise) if kind == "trained" else
                         F.normalize(torch.randn(n, *images.shape[1:], generator=torch.Generator().manual_seed(1)),
                                     dim=-1).half())
-                runs.append(run(kind, sets, queries, score, a.proxies, work))
+                certified = {rows: certified_share(sets, queries, score, rows) for rows in a.certify}
+                for rows, share in certified.items():
+                    print(f"{kind:8s} N={n:>10,}  certified from {rows} rows a query row: {share:.3f}", flush=True)
+                runs.append(dict(run(kind, sets, queries, score, a.proxies, a.encoding, work), certified=certified))
                 del sets
     stem = a.results or result_stem("two_stage_cpu", a.quick)
     write_result(stem, {"benchmark": "two_stage_cpu", **machine_record("machine", "processor", "cores", "date"),
                         "model": "tiny esa, one epoch", "set_shape": list(images.shape[1:]),
                         "projected": a.dim is not None, "queries": count, "noise": a.noise,
-                        "factory": "IVF<sqrt N>,Flat", "runs": runs})
+                        "factory": f"IVF<sqrt N>,{a.encoding}", "runs": runs})
     plot(runs, stem)
 
 
