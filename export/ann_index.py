@@ -131,8 +131,8 @@ def _selector(faiss, within: tuple[int, int] | None, allowed: np.ndarray | None)
         return faiss.IDSelectorRange(a, z), None
     bits = np.zeros(z, dtype=bool)
     bits[a:z] = allowed
-    bitmap = np.packbits(bits, bitorder="little")
-    return faiss.IDSelectorBitmap(z, faiss.swig_ptr(bitmap)), bitmap
+    bitmap = np.packbits(bits, bitorder="little")  # FAISS takes the bytes' count: ids past them are out
+    return faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap)), bitmap
 
 
 def candidates(index, queries: np.ndarray, n: int, proxy: str, nprobe: int | None = None, weight: float = 1.0,

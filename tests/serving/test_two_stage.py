@@ -74,6 +74,15 @@ def test_few_candidates_find_most_of_the_top_10_and_never_an_excluded_or_erased_
     assert live.search(new, 1, candidates=10)[1][:, 0].tolist() == added  # additions: scanned exactly
 
 
+def test_the_id_selectors_keep_exactly_the_ids_in_range_and_allowed(segmented, tmp_path):
+    live = LiveGallery(tmp_path / "live", segmented, ann="set")
+    index, q = live.blocks[0].ann, queries().numpy()
+    allowed = np.arange(203 - 100) % 3 == 0  # a range whose end is off a byte of the bitmap
+    got = candidates(index, q, 500, "set", 1000, within=(100, 203), allowed=allowed)
+    assert got.tolist() == (100 + np.flatnonzero(allowed)).tolist()  # every list visited: all of them
+    assert candidates(index, q, 500, "set", 1000, within=(490, 500)).tolist() == list(range(490, 500))
+
+
 def test_a_filter_takes_its_candidates_from_the_items_it_keeps(segmented, tmp_path):
     """One camera in a time window keeps 34 items of one segment: 40 candidates from FAISS's id
     selector are all of them, so two-stage equals the exact filtered search (candidates drawn from
