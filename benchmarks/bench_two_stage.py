@@ -14,7 +14,8 @@ random projection to d values a row, renormalised, where N x 5 x 128 would not f
 the CPU server searches them (serving.live_gallery.LiveGallery: the exact scan over the sets in
 fp32 in memory, two-stage over the segments' fp16 memory maps; one batch of --queries texts);
 latency is per query, from the batch. Indexes: IVF with sqrt(N) lists over each proxy of
-export/ann_index.py, vectors in fp32 (`--encoding SQ8`: FAISS's 8-bit scalar quantizer). Writes benchmarks/results/two_stage_cpu[_quick].json and .png.
+export/ann_index.py, vectors in 8 bits (FAISS's scalar quantizer; `--encoding Flat`: fp32).
+Writes benchmarks/results/two_stage_cpu[_quick].json and .png (or --results).
 """
 from __future__ import annotations
 
@@ -142,7 +143,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=None, help="project the model's sets to this many values a row")
     parser.add_argument("--kinds", nargs="+", choices=["trained", "random"], default=["trained", "random"])
     parser.add_argument("--proxies", nargs="+", choices=["set", "global", "rows"], default=["set", "global"])
-    parser.add_argument("--encoding", default="Flat", help="the IVF lists' vectors: Flat (fp32), SQfp16, SQ8, PQ<m>")
+    parser.add_argument("--encoding", default="SQ8",
+                        help="the IVF lists' vectors: SQ8 (8 bits a value, tbps ann's default), Flat (fp32), SQfp16, PQ<m>")
     parser.add_argument("--certify", type=int, nargs="*", default=[],
                         help="rows a query row: the share of queries a proof from an exact row search certifies")
     parser.add_argument("--quick", action="store_true", help="10k items, 8 queries")
