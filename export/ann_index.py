@@ -30,6 +30,7 @@ import numpy as np
 import kernels
 
 PROXIES = ("set", "global", "rows")
+MISSING = ("scan", "refuse")  # what a server does with a segment without a usable index (tbps repo --ann-missing)
 INDEX_SUFFIX = ".ann.{proxy}.faiss"
 
 
@@ -106,7 +107,7 @@ def open_index(sets_file: str | os.PathLike, proxy: str, count: int, dim: int):
     faiss = _faiss()
     path = index_path(sets_file, proxy)
     if not path.is_file():
-        return None, f"{path}: no ANN index (tbps ann build): this segment is searched exactly"
+        return None, f"{path}: no ANN index (tbps ann GALLERY writes one): this segment is searched exactly"
     try:
         try:
             index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)

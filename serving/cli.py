@@ -30,12 +30,13 @@ def cmd_repo(a) -> None:
         from serving.shards import write_shard_repositories
         repos = write_shard_repositories(a.source, a.gallery, a.shards, a.out, profile=a.profile, engines=a.engines,
                                          max_batch_size=a.max_batch, local_shards=a.local_shards,
-                                         two_stage=a.two_stage, ann_proxy=a.ann_proxy, nprobe=a.nprobe)
+                                         two_stage=a.two_stage, ann_proxy=a.ann_proxy, nprobe=a.nprobe,
+                                         ann_missing=a.ann_missing)
     else:
         from serving.repository import write_repository
         repos = [write_repository(a.source, a.gallery, a.out, profile=a.profile, engines=a.engines,
                                   max_batch_size=a.max_batch, local_shards=a.local_shards, two_stage=a.two_stage,
-                                  ann_proxy=a.ann_proxy, nprobe=a.nprobe)]
+                                  ann_proxy=a.ann_proxy, nprobe=a.nprobe, ann_missing=a.ann_missing)]
     for repo in repos:
         print(f"wrote {a.profile} model repository {repo} (serve it with: tbps serve {repo})")
 
@@ -98,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search each query's CANDIDATES nearest items of every segment's ANN index (tbps ann), "
                         "scored exactly; segments without one are scanned (default: exact search everywhere)")
     p.add_argument("--ann-proxy", choices=ann_index.PROXIES, default="set", help="the indexes' proxy (tbps ann)")
-    p.add_argument("--nprobe", type=int, default=None, help="IVF lists each query visits (default FAISS's, 1)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists each query visits (default: half of them)")
+    p.add_argument("--ann-missing", choices=ann_index.MISSING, default="scan",
+                   help="two-stage, a segment without a usable ANN index: scan it (slower, never wrong) or refuse to load")
     p.add_argument("--max-batch", type=int, default=None,
                    help="largest batch of the models (default 64; with --engines: the engines' own, "
                         "which it may lower, not raise)")

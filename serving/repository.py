@@ -33,6 +33,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from export import ann_index
 from export.ann_index import build_gallery_indexes
 from export.gallery import gallery_bytes, load_gallery
 from export.gallery_writer import install_gallery
@@ -124,7 +125,7 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
                      max_batch_size: int | None = None, index_offset: int = 0, added_offset: int | None = None,
                      kind: str = "KIND_CPU", threads: int = 1, batching: bool = True,
                      token_bucket: int | None = None, local_shards: int = 1, two_stage: int | None = None,
-                     ann_proxy: str = "set", nprobe: int | None = None) -> Path:
+                     ann_proxy: str = "set", nprobe: int | None = None, ann_missing: str = "scan") -> Path:
     """The repository for a checkpoint or an ONNX export directory (`source`) and a gallery
     file built by the same checkpoint. `engines`: a to_trt.py output folder (production); the
     encoders' max_batch_size is then the engines', and `max_batch_size` (default: theirs, else
@@ -140,7 +141,8 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
     gallery_search_<i> models of this one server, one per GPU (production), merged inside the
     server by gallery_search (serving/models/gallery_merge.py). `two_stage`: each query's
     candidates from every segment's ANN index (tbps ann, `ann_proxy`; `nprobe` IVF lists),
-    scored exactly; segments without an index are scanned."""
+    scored exactly; segments without a usable index are scanned, or with `ann_missing`
+    "refuse" gallery_search refuses to load (naming them)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; available: {', '.join(PROFILES)}")
     if engines is not None and profile != "production":
@@ -148,6 +150,8 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
     from serving.shards import MAX_LOCAL_SHARDS  # serving.shards writes repositories with this module
     if two_stage is not None and two_stage < 1:
         raise ValueError(f"two-stage candidates must be at least 1, got {two_stage}")
+    if ann_missing not in ann_index.MISSING:
+        raise ValueError(f"ann_missing must be one of {', '.join(ann_index.MISSING)}, got {ann_missing!r}")
     if isinstance(local_shards, bool) or not isinstance(local_shards, int) or not 1 <= local_shards <= MAX_LOCAL_SHARDS:
         raise ValueError(f"local shards must be a whole number from 1 to {MAX_LOCAL_SHARDS}, got {local_shards!r}")
     out = Path(out)
@@ -188,7 +192,7 @@ def write_repository(source: str | os.PathLike, gallery: str | os.PathLike, out:
                 _write_python_model(out, "serving.models.onnx_encoder", model_files, config)
         search_kind = "KIND_GPU" if profile == "production" else kind
         staged = None if two_stage is None else {"candidates": str(two_stage), "ann_proxy": ann_proxy,
-                                                 "nprobe": str(nprobe or "")}
+                                                 "nprobe": str(nprobe or ""), "ann_missing": ann_missing}
         if local_shards == 1:
             search = gallery_config(manifest, batch, index_offset, added_offset, kind=search_kind, two_stage=staged,
                                     **delay)

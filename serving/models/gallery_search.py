@@ -77,7 +77,12 @@ class TritonPythonModel:
         self.live, self.index = open_live(args, writer=False, sets=self.device, dtype=dtype,
                                           ann=params.get("ann_proxy") or None,
                                           nprobe=int(params["nprobe"]) if params.get("nprobe") else None)
-        for note in self.live.ann_notes:  # a missing or unreadable index: that segment is scanned exactly
+        notes = self.live.ann_notes  # a missing or unreadable index: that segment is scanned, or refused
+        if notes and params.get("ann_missing") == "refuse":
+            self.live.close()
+            raise RuntimeError(f"gallery_search: {len(notes)} segment(s) without a usable ANN index (tbps ann), "
+                               f"refused as configured (tbps repo --ann-missing refuse): {notes[0]}")
+        for note in notes:
             print(f"gallery_search: {note}", flush=True)
         base = self.live.base
         max_batch = json.loads(args["model_config"])["max_batch_size"]

@@ -91,3 +91,27 @@ def test_the_hits_columns_and_erasures_follow_the_live_gallery(gallery_search, r
     assert cameras[0, 0] == b"cam-new" and times[0, 0] == times[1, 2] != b"" and times[0, 2] == b""
     assert [a.shape for a in model._strings(np.zeros((2, 0), dtype=np.int64))] == [(2, 0)] * 3
     writer.close()
+
+
+@pytest.mark.parametrize("missing", ["scan", "refuse"])
+def test_a_segment_without_its_ann_index_is_scanned_or_refused_as_configured(gallery_search, esa_export, gallery,
+                                                                             tmp_path, capsys, missing):
+    """tbps repo --two-stage without tbps ann: every segment lacks its index. `scan` (the default)
+    loads and says so in one line a segment; `refuse` does not load, naming the first."""
+    from export.gallery import load_gallery
+    from export.gallery_writer import install_gallery
+    from serving.repository import write_repository
+    copy = install_gallery(load_gallery(gallery), tmp_path / "gallery")
+    repo = write_repository(esa_export, copy, tmp_path / "repo", max_batch_size=MAX_BATCH, two_stage=3,
+                            ann_missing=missing)
+    model = gallery_search.TritonPythonModel()
+    if missing == "refuse":
+        with pytest.raises(RuntimeError, match=r"1 segment\(s\) without a usable ANN index .*--ann-missing refuse.*"
+                                               r"no ANN index \(tbps ann GALLERY writes one\)"):
+            model.initialize(instance_args(repo, "CPU"))
+        return
+    model.initialize(instance_args(repo, "CPU"))
+    assert "no ANN index (tbps ann GALLERY writes one): this segment is searched exactly" in capsys.readouterr().out
+    model.live.close()
+    with pytest.raises(ValueError, match="ann_missing must be one of scan, refuse, got 'ignore'"):
+        write_repository(esa_export, copy, tmp_path / "other", two_stage=3, ann_missing="ignore")
