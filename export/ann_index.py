@@ -14,8 +14,9 @@ Proxies of an item, indexed with the item's local index (in its segment) as thei
   any of whose rows is near any query row): K+1 vectors an item.
 The index is any FAISS factory string over inner product (default `IVF{nlist},SQ8`, nlist about
 4 sqrt(vectors): 8 bits a value, a quarter of fp32's bytes, and at 1M items as accurate and 3.5x
-as fast, benchmarks/results/two_stage_cpu_sq8.json); rows are unit vectors, so inner product is cosine. It is written beside the
-segment's sets as `<segment>.ann.<proxy>.faiss` and opened memory-mapped where FAISS can. A
+as fast, benchmarks/results/two_stage_cpu_sq8.json); rows are unit vectors, so inner product is
+cosine. It is written beside the segment's sets as `<segment>.ann.<proxy>.faiss` and opened
+memory-mapped where FAISS can. A
 missing or unreadable index is reported by `open_index` (None, and why): that segment is then
 searched exactly, slower and never wrong.
 """

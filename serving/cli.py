@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ann-proxy", choices=ann_index.PROXIES, default="set", help="the indexes' proxy (tbps ann)")
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists each query visits (default: half of them)")
     p.add_argument("--ann-missing", choices=ann_index.MISSING, default="scan",
-                   help="two-stage, a segment without a usable ANN index: scan it (slower, never wrong) or refuse to load")
+                   help="two-stage, a segment without a usable ANN index: scan it (slower, never wrong) or "
+                        "refuse to load")
     p.add_argument("--max-batch", type=int, default=None,
                    help="largest batch of the models (default 64; with --engines: the engines' own, "
                         "which it may lower, not raise)")
