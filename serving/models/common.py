@@ -103,8 +103,10 @@ def search_record(request, who: dict, k: int, indices: np.ndarray) -> dict:
     """The audit record of one search request: the query as the user gave it (texts, images'
     SHA-256, gallery items; "sets": embedding sets sent directly), its filter and k, and the
     global indices answered, a list per query."""
+    inputs = {t.name(): t for t in request.inputs()}  # one walk of them (get_input_tensor_by_name walks per name)
+
     def values(name):
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        tensor = inputs.get(name)
         return None if tensor is None else tensor.as_numpy()
     if (texts := values("TEXT")) is not None:
         query = {"texts": [bytes(t).decode("utf-8", "replace") for t in texts.reshape(-1)]}
