@@ -110,6 +110,7 @@ def main() -> None:
                         help="measure every set-up this many times, alternating (ABBA): medians and spread over rounds")
     parser.add_argument("--tag", default="", help="appended to the results' name (serving_cpu_n401_<tag>)")
     args = parser.parse_args()
+    started = machine_record("date", "started_utc")
     from serving.client import NO_CREDENTIALS
     from serving.launch import Security, TritonServer
     from serving.load import run_load
@@ -167,7 +168,7 @@ def main() -> None:
     c1 = next(m for m in summary if m["setup"] == names[0] and m["concurrency"] == min(levels))
     write_result(stem, {
         "benchmark": "serving_cpu", **machine_record("machine", "processor", "cores"),
-        "gallery_size": args.gallery_size, "k": 10, "model": "tiny esa", **machine_record("date", "started_utc"),
+        "gallery_size": args.gallery_size, "k": 10, "model": "tiny esa", **started,
         "load_average": os.getloadavg(), "rounds": args.rounds, "seconds": seconds, "floor": floor,
         "served_c1_p50_above_floor_ms": c1["p50_ms"]["median"] - floor["p50_ms"], "summary": summary, "rows": rows})
     plot(summary, floor, stem, args.gallery_size)
