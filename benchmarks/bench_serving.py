@@ -1,27 +1,35 @@
 """End-to-end serving latency: text over gRPC -> tokenizer -> text encoder -> gallery search.
 
     .venv/bin/python benchmarks/bench_serving.py [--quick] [--gallery-size 20000] [--results benchmarks/results]
+        [--setups "batching on,secured"] [--clients 1,64] [--rounds 8] [--tag NAME]
 
 The floor first: the same tokenizer + ONNX Runtime text encoder + kernels.search in this
 process, one query at a time (what the server adds is measured against it: `p50_vs_floor`).
 Then a closed-loop load (serving/load.py: tritonclient's asyncio gRPC client) against the
-local Triton server and the portable repository, at concurrency 1 to 64, for three set-ups:
-dynamic batching on (the default repository), off, the gallery split over 2 shards
-(2 servers, merged by the client) or over 2 local shards of one server (merged inside it), and
-secured (gRPC over TLS, a viewer key checked per request, the audit trail written and
-fdatasync'ed before each answer). `--setups` picks some (their order is the run's order). The model is `tiny` ESA trained for one epoch on a small
-synthetic set: latency depends on its shapes, not its accuracy. The gallery holds
---gallery-size random unit embedding sets under that checkpoint's fingerprint (search cost
-depends on N, not on content; the demo's gallery is 401 images). Each row carries Triton's own
-statistics (`model_ms`: queue and compute steps per request, per model, of the first server). Writes
-benchmarks/results/serving_cpu[_n<N> unless N is 20000][_quick].json and .png (--results: another
-folder).
+local Triton server and the portable repository, at concurrency 1 to 64, for set-ups: dynamic
+batching on (the default repository), off, the gallery split over 2 shards (2 servers, merged
+by the client) or over 2 local shards of one server (merged inside it), and secured (gRPC over
+TLS, a viewer key checked per request, the audit trail written and fdatasync'ed before each
+answer; "secured 5 ms sync": the audit trail's weaker mode, in the page cache before each answer
+and fdatasync'ed within 5 ms), or one part of it (TLS only, keys only, audit only). `--setups` picks some; the first
+is the baseline. Every set-up's servers run at once; `--rounds R` measures each set-up R times,
+alternating (ABBA: A B, B A, ...), each level's set-ups next to each other in time, so that on a
+shared machine a drift of its load hits them alike: `summary` gives per set-up and level the
+median, min and max over rounds, and of each round's difference from the baseline. The model
+is `tiny` ESA trained for one epoch on a small synthetic set: latency depends on its shapes,
+not its accuracy. The gallery holds --gallery-size random unit embedding sets under that
+checkpoint's fingerprint (search cost depends on N, not on content; the demo's gallery is 401
+images). Each row carries Triton's own statistics (`model_ms`: queue and compute steps per
+request, per model, of the set-up's first server). Writes
+benchmarks/results/serving_cpu[_n<N> unless N is 20000][_<tag>][_quick].json and .png
+(--results: another folder).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -96,68 +104,92 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON / PNG go")
     parser.add_argument("--setups", default="batching on,batching off,2 shards,2 local shards,secured",
-                        help="comma-separated, run in this order (the first is the ratios' baseline)")
+                        help=f"comma-separated, of: {', '.join(SETUPS)} (the first is the baseline)")
+    parser.add_argument("--clients", help="comma-separated concurrency levels (default 1,4,16,64; --quick: 1,8,32)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every set-up this many times, alternating (ABBA): medians and spread over rounds")
+    parser.add_argument("--tag", default="", help="appended to the results' name (serving_cpu_n401_<tag>)")
     args = parser.parse_args()
+    started = machine_record("date", "started_utc")
     from serving.client import NO_CREDENTIALS
     from serving.launch import Security, TritonServer
     from serving.load import run_load
-    from serving.repository import write_repository
-    from serving.shards import write_shard_repositories
-    levels = (1, 8, 32) if args.quick else (1, 4, 16, 64)
+    names = args.setups.split(",")
+    if unknown := [n for n in names if n not in SETUPS]:
+        parser.error(f"unknown set-up(s) {unknown}; known: {', '.join(SETUPS)}")
+    levels = tuple(int(c) for c in args.clients.split(",")) if args.clients else (1, 8, 32) if args.quick \
+        else (1, 4, 16, 64)
     seconds = 2.0 if args.quick else args.seconds
     batch = {"max_batch_size": max(levels)} if args.quick else {}  # fewer warm-up shapes: a faster start
     rows = []
-    with tempfile.TemporaryDirectory(prefix="tbps-bench-serving-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tbps-bench-serving-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         export, gallery, _ = served_model(work, args.gallery_size)
         floor = in_process(export, gallery, CAPTIONS, seconds)
         print(f"in-process floor: p50 {floor['p50_ms']:.2f} ms  p95 {floor['p95_ms']:.2f}  "
               f"{floor['qps']:.1f} q/s", flush=True)
-        setups = {"batching on": lambda: ([write_repository(export, gallery, work / "on", **batch)], {}),
-                  "batching off": lambda: ([write_repository(export, gallery, work / "off", batching=False,
-                                                             **batch)], {}),
-                  "2 shards": lambda: (write_shard_repositories(export, gallery, 2, work / "shards", **batch), {}),
-                  "2 local shards": lambda: ([write_repository(export, gallery, work / "local", local_shards=2,
-                                                               **batch)], {}),
-                  "secured": lambda: ([write_repository(export, gallery, work / "secured", **batch)],
-                                      secured(work / "security"))}
-        for name in args.setups.split(","):
-            repos, guard = setups[name]()
-            with contextlib.ExitStack() as stack:
-                servers = [stack.enter_context(TritonServer(r, security=guard.get("security", Security())))
-                           for r in repos]
-                urls = [s.grpc_url for s in servers]
-                options = {"credentials": guard.get("credentials", NO_CREDENTIALS)}
-                connection = options["credentials"].connection()
-                run_load(urls, CAPTIONS, concurrency=4, duration=seconds / 2, **options)  # warm-up
-                for concurrency in levels:
+        running = {}  # every set-up's servers up at once, so that rounds alternate without restarts
+        for name in names:
+            repos, guard = SETUPS[name](export, gallery, work / f"setup{len(running)}", batch)
+            urls = [stack.enter_context(TritonServer(r, security=guard.get("security", Security()))).grpc_url
+                    for r in repos]
+            options = {"credentials": guard.get("credentials", NO_CREDENTIALS)}
+            run_load(urls, CAPTIONS, concurrency=4, duration=seconds / 2, **options)  # warm-up
+            running[name] = urls, options
+        for round_ in range(args.rounds):
+            for concurrency in levels:  # each level's set-ups side by side in time; ABBA cancels a drift
+                for name in names if round_ % 2 == 0 else names[::-1]:
+                    urls, options = running[name]
+                    connection = options["credentials"].connection()
                     before = model_times(urls[0], connection)
                     report = run_load(urls, CAPTIONS, concurrency=concurrency, duration=seconds, **options)
-                    row = {"setup": name, **{k: v for k, v in report.items() if k != "errors"},
+                    row = {"setup": name, "round": round_, "load_1min": os.getloadavg()[0],
+                           **{k: v for k, v in report.items() if k != "errors"},
                            "p50_vs_floor": report["p50_ms"] / floor["p50_ms"],
                            "model_ms": ms_per_request(before, model_times(urls[0], connection))}  # the first server's
                     rows.append(row)
-                    print(f"{name:13s} c={concurrency:3d}  {row['qps']:7.1f} q/s  p50 {row['p50_ms']:7.1f} ms  "
-                          f"p95 {row['p95_ms']:7.1f}  p99 {row['p99_ms']:7.1f}  failures {row['failures']}  "
-                          f"p50 / floor {row['p50_vs_floor']:.2f}", flush=True)
-    first = rows[0]["setup"]
-    base = {r["concurrency"]: r for r in rows if r["setup"] == first}
-    for r in rows:
-        r["baseline"] = first
-        r["qps_vs_baseline"] = r["qps"] / base[r["concurrency"]]["qps"]
-        r["p50_above_baseline_ms"] = r["p50_ms"] - base[r["concurrency"]]["p50_ms"]
+                    print(f"r{round_} {name:17s} c={concurrency:3d}  {row['qps']:7.1f} q/s  "
+                          f"p50 {row['p50_ms']:7.1f} ms  p95 {row['p95_ms']:7.1f}  p99 {row['p99_ms']:7.1f}  "
+                          f"failures {row['failures']}  p50 / floor {row['p50_vs_floor']:.2f}", flush=True)
+    base = {(r["round"], r["concurrency"]): r for r in rows if r["setup"] == names[0]}
+    for r in rows:  # against the baseline of the same round: paired, so a drift between rounds cancels
+        r["baseline"] = names[0]
+        r["qps_vs_baseline"] = r["qps"] / base[r["round"], r["concurrency"]]["qps"]
+        r["p50_above_baseline_ms"] = r["p50_ms"] - base[r["round"], r["concurrency"]]["p50_ms"]
+    summary = summarize(rows)
+    for m in summary:  # median (min-max) over rounds
+        print(f"{m['setup']:17s} c={m['concurrency']:3d}  p50 {m['p50_ms']['median']:6.2f} ms "
+              f"({m['p50_ms']['min']:.2f}-{m['p50_ms']['max']:.2f})  {m['qps']['median']:7.1f} q/s  vs {names[0]}: "
+              f"p50 {m['p50_above_baseline_ms']['median']:+.2f} ms ({m['p50_above_baseline_ms']['min']:+.2f} to "
+              f"{m['p50_above_baseline_ms']['max']:+.2f}), q/s x{m['qps_vs_baseline']['median']:.3f} "
+              f"({m['qps_vs_baseline']['min']:.3f}-{m['qps_vs_baseline']['max']:.3f})")
     size = "" if args.gallery_size == 20_000 else f"_n{args.gallery_size}"
-    stem = result_stem(f"serving_cpu{size}", args.quick, args.results)
-    c1 = next(r for r in rows if r["setup"] == first and r["concurrency"] == 1)
+    stem = result_stem(f"serving_cpu{size}{'_' + args.tag if args.tag else ''}", args.quick, args.results)
+    c1 = next(m for m in summary if m["setup"] == names[0] and m["concurrency"] == min(levels))
     write_result(stem, {
         "benchmark": "serving_cpu", **machine_record("machine", "processor", "cores"),
-        "gallery_size": args.gallery_size, "k": 10, "model": "tiny esa", **machine_record("date"), "floor": floor,
-        "served_c1_p50_above_floor_ms": c1["p50_ms"] - floor["p50_ms"], "rows": rows})
-    plot(rows, floor, stem, args.gallery_size)
+        "gallery_size": args.gallery_size, "k": 10, "model": "tiny esa", **started,
+        "load_average": os.getloadavg(), "rounds": args.rounds, "seconds": seconds, "floor": floor,
+        "served_c1_p50_above_floor_ms": c1["p50_ms"]["median"] - floor["p50_ms"], "summary": summary, "rows": rows})
+    plot(summary, floor, stem, args.gallery_size)
 
 
-def secured(folder: Path) -> dict:
-    """A server certificate (self-signed CA, by openssl), a viewer key and an audit folder."""
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per set-up and concurrency: the median, min and max over rounds of latency, throughput
+    and the paired differences from the baseline."""
+    keys = ("p50_ms", "p99_ms", "qps", "p50_above_baseline_ms", "qps_vs_baseline")
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["setup"], r["concurrency"]), []).append(r)
+    return [{"setup": setup, "concurrency": c, "rounds": len(mine),
+             **{k: {"median": statistics.median(v), "min": min(v), "max": max(v)}
+                for k in keys for v in [[r[k] for r in mine]]}}
+            for (setup, c), mine in groups.items()]
+
+
+def secured(folder: Path, tls: bool = True, keys: bool = True, audit: bool = True, sync_ms: float = 0) -> dict:
+    """The parts asked for: a server certificate (self-signed CA, by openssl), a viewer key, an
+    audit folder (sync_ms: its weaker mode, serving/audit.py)."""
     import subprocess
 
     from serving.access import add_key
@@ -166,27 +198,59 @@ def secured(folder: Path) -> dict:
     folder.mkdir(parents=True)
     def openssl(*a):
         subprocess.run(["openssl", *a], cwd=folder, check=True, capture_output=True)
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=bench-ca")
-    openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-            "-subj", "/CN=127.0.0.1")
-    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-            "-extfile", "san.ext", "-out", "server.pem")
-    key = add_key(folder / "keys.json", "bench", "viewer")
-    return {"security": Security(str(folder / "server.pem"), str(folder / "server.key"), None,
-                                 str(folder / "keys.json"), None, str(folder / "audit")),
-            "credentials": Credentials(tls_ca=str(folder / "ca.pem"), api_key=key)}
+    if tls:
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+                "-subj", "/CN=bench-ca")
+        openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+                "-subj", "/CN=127.0.0.1")
+        (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", "san.ext", "-out", "server.pem")
+    key = add_key(folder / "keys.json", "bench", "viewer") if keys else None
+    tls_files = (str(folder / "server.pem"), str(folder / "server.key")) if tls else (None, None)
+    return {"security": Security(*tls_files, None, str(folder / "keys.json") if keys else None, None,
+                                 str(folder / "audit") if audit else None, sync_ms),
+            "credentials": Credentials(tls_ca=str(folder / "ca.pem") if tls else None, api_key=key)}
 
 
-def plot(rows: list[dict], floor: dict, stem: Path, n: int) -> None:
+def _secured(**parts):
+    """A set-up: the default repository behind the security `parts` (secured's arguments)."""
+    from serving.repository import write_repository
+    return lambda export, gallery, work, batch: ([write_repository(export, gallery, work / "repo", **batch)],
+                                                 secured(work / "security", **parts))
+
+
+def _plain(**options):
+    from serving.repository import write_repository
+    return lambda export, gallery, work, batch: ([write_repository(export, gallery, work, **options, **batch)], {})
+
+
+def _shards(export, gallery, work, batch):
+    from serving.shards import write_shard_repositories
+    return write_shard_repositories(export, gallery, 2, work, **batch), {}
+
+
+# name -> (export, gallery, work folder, repository options) -> (repositories, {security, credentials})
+SETUPS = {"batching on": _plain(), "batching off": _plain(batching=False), "2 shards": _shards,
+          "2 local shards": _plain(local_shards=2), "secured": _secured(), "secured 5 ms sync": _secured(sync_ms=5),
+          "TLS only": _secured(keys=False, audit=False), "keys only": _secured(tls=False, audit=False),
+          "audit only": _secured(tls=False, keys=False)}
+
+
+def plot(summary: list[dict], floor: dict, stem: Path, n: int) -> None:
+    """Medians over rounds; the bars span the rounds' min to max."""
     fig, (lat, thr) = pyplot().subplots(1, 2, figsize=(10, 3.8))
-    for setup in dict.fromkeys(r["setup"] for r in rows):
-        mine = [r for r in rows if r["setup"] == setup]
-        c = [r["concurrency"] for r in mine]
-        line = lat.plot(c, [r["p50_ms"] for r in mine], marker="o", label=f"{setup} p50")[0]
-        lat.plot(c, [r["p99_ms"] for r in mine], ls="--", color=line.get_color(), label=f"{setup} p99")
-        thr.plot(c, [r["qps"] for r in mine], marker="o", label=setup)
+    for setup in dict.fromkeys(s["setup"] for s in summary):
+        mine = [s for s in summary if s["setup"] == setup]
+        c = [s["concurrency"] for s in mine]
+
+        def bars(key):
+            return dict(yerr=[[s[key]["median"] - s[key]["min"] for s in mine],
+                              [s[key]["max"] - s[key]["median"] for s in mine]], capsize=2)
+        line = lat.errorbar(c, [s["p50_ms"]["median"] for s in mine], marker="o", label=f"{setup} p50",
+                            **bars("p50_ms"))[0]
+        lat.plot(c, [s["p99_ms"]["median"] for s in mine], ls="--", color=line.get_color(), label=f"{setup} p99")
+        thr.errorbar(c, [s["qps"]["median"] for s in mine], marker="o", label=setup, **bars("qps"))
     lat.axhline(floor["p50_ms"], color="grey", ls=":", label=f"in-process floor p50 ({floor['p50_ms']:.1f} ms)")
     thr.axhline(floor["qps"], color="grey", ls=":", label="in-process floor, one at a time")
     for ax, ylabel in ((lat, "latency (ms)"), (thr, "queries / s")):
@@ -194,7 +258,9 @@ def plot(rows: list[dict], floor: dict, stem: Path, n: int) -> None:
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
-    fig.suptitle(f"person_search over gRPC, local Triton on CPU, gallery {n:,} x tiny ESA sets, top-10", fontsize=9)
+    rounds = summary[0]["rounds"]
+    fig.suptitle(f"person_search over gRPC, local Triton on CPU, gallery {n:,} x tiny ESA sets, top-10"
+                 f"{f', medians of {rounds} alternating rounds' if rounds > 1 else ''}", fontsize=9)
     save_plot(fig, stem)
 
 

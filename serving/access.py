@@ -28,6 +28,7 @@ ROLES = ("viewer", "operator")  # each role may do what the ones before it may
 KEY_HEADER, USER_HEADER, CLIENT_HEADER = "tbps-key", "tbps-user", "tbps-client"
 HEADER_PATTERN = "tbps-.*"  # what Triton forwards to the models
 KEYS_ENV, AUDIT_ENV = "TBPS_KEYS_FILE", "TBPS_AUDIT_DIR"  # set by tbps serve for the models
+AUDIT_SYNC_ENV = "TBPS_AUDIT_SYNC_MS"  # the audit trail's weaker mode (serving/audit.py), from the environment
 ADMIN_HEADER = "tbps-admin-key"  # HTTP; over gRPC Triton expects it prefixed (GRPC_ADMIN_HEADER)
 GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + ADMIN_HEADER
 # model-config stays open: clients read a model's batch limit from it

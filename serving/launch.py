@@ -11,8 +11,9 @@ Secured (serving/access.py, serving/audit.py): gRPC over TLS (`Security.tls_cert
 mutual with `tls_client_ca`: Triton's own SSL options), API keys by role checked by the models
 (the keys file reaches them through TBPS_KEYS_FILE; Triton forwards `tbps-*` headers to them),
 an admin key guarding model control and the other admin protocols (Triton's restricted
-protocols), and the audit trail's folder (TBPS_AUDIT_DIR). Triton's HTTP endpoint has no TLS of
-its own: it always listens on 127.0.0.1 (for a reverse proxy that terminates TLS), with the
+protocols), and the audit trail's folder (TBPS_AUDIT_DIR; its weaker sync mode, TBPS_AUDIT_SYNC_MS,
+set from `Security.audit_sync_ms` or taken from the environment). Triton's HTTP endpoint has no
+TLS of its own: it always listens on 127.0.0.1 (for a reverse proxy that terminates TLS), with the
 same keys. A server on any other address than loopback without TLS and keys is refused unless
 `insecure`.
 """
@@ -33,7 +34,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.access import ADMIN_HEADER, ADMIN_PROTOCOLS, AUDIT_ENV, HEADER_PATTERN, KEYS_ENV, is_loopback, read_keys
+from serving.access import (ADMIN_HEADER, ADMIN_PROTOCOLS, AUDIT_ENV, AUDIT_SYNC_ENV, HEADER_PATTERN, KEYS_ENV,
+                            is_loopback, read_keys)
+from serving.audit import sync_ms_from
 
 READY_TIMEOUT_S = 180.0
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
@@ -108,6 +111,10 @@ class Security:
     keys_file: str | None = None
     admin_key: str | None = None
     audit_dir: str | None = None
+    audit_sync_ms: float | None = None  # the audit trail's weaker mode; None: as $TBPS_AUDIT_SYNC_MS says
+
+    def sync_ms(self) -> float:
+        return sync_ms_from(os.environ.get(AUDIT_SYNC_ENV) if self.audit_sync_ms is None else str(self.audit_sync_ms))
 
     def check(self, host: str, insecure: bool) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -120,6 +127,11 @@ class Security:
                 raise ServerError(f"{name.replace('_', '-')}: no such file {path}")
         if self.keys_file:
             read_keys(self.keys_file)  # a bad file is refused before the server starts
+        if self.audit_dir:
+            try:
+                self.sync_ms()
+            except ValueError as e:
+                raise ServerError(str(e)) from None
         if not is_loopback(host) and not insecure and not (self.tls_cert and self.keys_file):
             missing = " and ".join(what for what, given in (("TLS (--tls-cert, --tls-key)", self.tls_cert),
                                                             ("keys (--keys)", self.keys_file)) if not given)
@@ -198,6 +210,8 @@ class TritonServer:
             env.pop(var, None)
             if value:
                 env[var] = str(Path(value).resolve())
+        if self.security.audit_dir:
+            env[AUDIT_SYNC_ENV] = str(self.security.sync_ms())
         if self.log_path == "-":
             out = None
         else:
@@ -282,8 +296,9 @@ def serve(repository: str | os.PathLike, grpc_port: int | None = None, host: str
         signal.signal(sig, lambda *_: stop.set())
     server.start()
     tls = " over TLS" + (" (mutual)" if security.tls_client_ca else "") if security.tls_cert else ""
+    synced = f" (fdatasync'ed within {security.sync_ms():g} ms)" if security.audit_dir and security.sync_ms() else ""
     guards = [what for what, on in (("keys by role", security.keys_file), ("an admin key", security.admin_key),
-                                    (f"audit trail in {security.audit_dir}", security.audit_dir)) if on]
+                                    (f"audit trail in {security.audit_dir}{synced}", security.audit_dir)) if on]
     print(f"Triton is ready: gRPC {server.grpc_url}{tls}, HTTP 127.0.0.1:{server.http_port}, metrics "
           f"{server.metrics_url}; {', '.join(guards) if guards else 'no keys, no audit trail'} (query with: tbps "
           f"search \"a woman in a red coat\" --url {server.grpc_url}). Ctrl-C stops it.", flush=True)

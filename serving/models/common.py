@@ -9,8 +9,8 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from serving.access import AUDIT_ENV, AccessDenied, Gate
-from serving.audit import AuditLog
+from serving.access import AUDIT_ENV, AUDIT_SYNC_ENV, AccessDenied, Gate
+from serving.audit import AuditLog, sync_ms_from
 
 
 class RequestError(ValueError):
@@ -85,7 +85,7 @@ class Guard:
     def __init__(self):
         self.gate = Gate()
         folder = os.environ.get(AUDIT_ENV)
-        self.log = AuditLog(folder) if folder else None
+        self.log = AuditLog(folder, sync_ms=sync_ms_from(os.environ.get(AUDIT_SYNC_ENV))) if folder else None
 
     def admit(self, request, role: str, what: str) -> dict:
         try:
@@ -94,7 +94,7 @@ class Guard:
             raise AccessRefused(str(e)) from None
 
     def record(self, records: list[dict]) -> None:
-        """Durably, before the answers leave (AuditLog.write fdatasyncs)."""
+        """Before the answers leave: on disk, or in the page cache in the weaker mode (AuditLog)."""
         if self.log is not None:
             self.log.write(records)
 
@@ -103,8 +103,10 @@ def search_record(request, who: dict, k: int, indices: np.ndarray) -> dict:
     """The audit record of one search request: the query as the user gave it (texts, images'
     SHA-256, gallery items; "sets": embedding sets sent directly), its filter and k, and the
     global indices answered, a list per query."""
+    inputs = {t.name(): t for t in request.inputs()}  # one walk of them (get_input_tensor_by_name walks per name)
+
     def values(name):
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        tensor = inputs.get(name)
         return None if tensor is None else tensor.as_numpy()
     if (texts := values("TEXT")) is not None:
         query = {"texts": [bytes(t).decode("utf-8", "replace") for t in texts.reshape(-1)]}
