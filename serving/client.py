@@ -20,8 +20,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from export.gallery_meta import parse_time
-from export.triton_config import ENSEMBLE, ERASE_MODEL, GALLERY_MODEL, IMAGE_ENSEMBLE, INGEST_MODEL
-from export.triton_config import EXACT
+from export.triton_config import ENSEMBLE, ERASE_MODEL, EXACT, GALLERY_MODEL, IMAGE_ENSEMBLE, INGEST_MODEL
 from export.triton_config import RESULTS as RESULT_SPECS
 from serving.topk_merge import top_positions
 
