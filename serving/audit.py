@@ -99,8 +99,8 @@ def sync_ms_from(value: str | None) -> float:
         if not 0 <= ms <= 10_000:
             raise ValueError
     except ValueError:
-        raise ValueError(f"TBPS_AUDIT_SYNC_MS={value!r}: expected milliseconds from 0 (every write synced before "
-                         f"its answer leaves) to 10000") from None
+        raise ValueError(f"--audit-sync-ms / TBPS_AUDIT_SYNC_MS={value!r}: expected milliseconds from 0 (every write "
+                         f"synced before its answer leaves) to 10000") from None
     return ms
 
 

@@ -45,7 +45,7 @@ def cmd_serve(a) -> int:
     from serving.access import secret_from
     from serving.launch import Security, serve
     security = Security(a.tls_cert, a.tls_key, a.tls_client_ca, a.keys, secret_from(a.admin_key_file, "TBPS_ADMIN_KEY"),
-                        a.audit)
+                        a.audit, a.audit_sync_ms)
     return serve(a.repository, grpc_port=a.grpc_port, host=a.host, metrics_port=a.metrics_port,
                  http_port=a.http_port, security=security, insecure=a.insecure)
 
@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the key of model control and Triton's other admin protocols (default: $TBPS_ADMIN_KEY)")
     p.add_argument("--audit", default=None, metavar="DIR",
                    help="keep the audit trail here: every search, ingest and erasure, hash-chained (tbps audit)")
+    p.add_argument("--audit-sync-ms", type=float, default=None, metavar="N",
+                   help="the audit trail's weaker mode: records in the page cache before the answer, on disk within "
+                        "N ms (default: $TBPS_AUDIT_SYNC_MS, else 0: on disk before each answer; docs/security.md)")
     p.add_argument("--insecure", action="store_true",
                    help="allow a --host other than loopback without TLS and keys")
     p.set_defaults(fn=cmd_serve)

@@ -159,3 +159,9 @@ def test_the_weaker_mode_is_asked_for_in_milliseconds(tmp_path):
     from serving.launch import Security, ServerError
     with pytest.raises(ServerError, match="TBPS_AUDIT_SYNC_MS='-1'"):
         Security(audit_dir=str(tmp_path), audit_sync_ms=-1).check("127.0.0.1", False)
+    from tests.conftest import run_command  # tbps serve --audit-sync-ms: refused in one line before anything starts
+    done = run_command("serving.cli", "serve", tmp_path, "--audit", tmp_path / "trail", "--audit-sync-ms", "-1",
+                       check=False)
+    assert done.returncode == 2 and done.stderr.strip().endswith("expected milliseconds from 0 (every write synced "
+                                                                 "before its answer leaves) to 10000")
+    assert "--audit-sync-ms / TBPS_AUDIT_SYNC_MS='-1.0'" in done.stderr and "Traceback" not in done.stderr
