@@ -85,6 +85,7 @@ def _size(path: Path) -> int:
 
 
 def _sync_path(path: Path) -> None:
+    """As export.gallery_writer's _fsync (not imported: it would bring torch into `tbps audit`), data only."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fdatasync(fd)

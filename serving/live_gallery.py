@@ -338,8 +338,9 @@ class LiveGallery:
                                          None if mask is None else mask.cpu().numpy())
             if not len(found):
                 continue
-            sets, scale = self._sets(block, torch.from_numpy(found))
-            rows = torch.from_numpy(found).to(self.device)
+            local = torch.from_numpy(found)
+            sets, scale = self._sets(block, local)
+            rows = local.to(self.device)
             parts.append(kernels.Part(rows + block.first, sets, None if weights is None else weights[rows],
                                       None if mask is None else mask[rows - a], scale))
         return Found(*kernels.search_parts(queries.to(self.device), parts, k, alpha=self.base.alpha,
