@@ -1,7 +1,7 @@
 """End-to-end serving latency: text over gRPC -> tokenizer -> text encoder -> gallery search.
 
     .venv/bin/python benchmarks/bench_serving.py [--quick] [--gallery-size 20000] [--results benchmarks/results]
-        [--setups "batching on,secured"] [--clients 1,64] [--rounds 8] [--tag NAME]
+        [--setups "batching on,secured"] [--clients 1,64] [--rounds 8] [--paired] [--tag NAME]
 
 The floor first: the same tokenizer + ONNX Runtime text encoder + kernels.search in this
 process, one query at a time (what the server adds is measured against it: `p50_vs_floor`).
@@ -15,7 +15,14 @@ and fdatasync'ed within 5 ms), or one part of it (TLS only, keys only, audit onl
 is the baseline. Every set-up's servers run at once; `--rounds R` measures each set-up R times,
 alternating (ABBA: A B, B A, ...), each level's set-ups next to each other in time, so that on a
 shared machine a drift of its load hits them alike: `summary` gives per set-up and level the
-median, min and max over rounds, and of each round's difference from the baseline. The model
+median, min and max over rounds, and of each round's difference from the baseline. `--paired`:
+one client's latency by pairs instead (the only way this 2-core VM resolves a fraction of a
+millisecond: its p50 moves 1-3 ms between windows): it asks every set-up each query in turn, in
+a new random order per query, for --seconds x --rounds, so that each set-up's i-th query meets
+the machine as the others' did; the difference of p50s comes with a 95% bootstrap interval over
+queries. Each row also has the server's CPU time per query (its processes and the models', from
+/proc: what decides throughput where the server has its cores to itself; the clients run on the
+same 2 cores here and pay for their own TLS). The model
 is `tiny` ESA trained for one epoch on a small synthetic set: latency depends on its shapes,
 not its accuracy. The gallery holds --gallery-size random unit embedding sets under that
 checkpoint's fingerprint (search cost depends on N, not on content; the demo's gallery is 401
@@ -27,8 +34,10 @@ benchmarks/results/serving_cpu[_n<N> unless N is 20000][_<tag>][_quick].json and
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -96,6 +105,64 @@ def ms_per_request(before: dict, after: dict) -> dict:
     return out
 
 
+def server_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its descendants (the models' stubs), from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                parents.setdefault(int(fields[1]), []).append((int(entry), int(fields[11]) + int(fields[12])))
+    ticks, todo = 0, [pid]
+    with contextlib.suppress(OSError):
+        ticks = sum(map(int, Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]))
+    while todo:
+        for child, used in parents.get(todo.pop(), []):
+            ticks, todo = ticks + used, todo + [child]
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def paired(running: dict, texts: list[str], seconds: float) -> dict[str, list[float]]:
+    """{set-up: latencies (s)} of one client asking every set-up each query, in a new random order
+    per query (seeded), for `seconds`."""
+    from serving.client import AsyncSearchClient
+
+    async def ask():
+        async with contextlib.AsyncExitStack() as stack:
+            clients = {name: await stack.enter_async_context(AsyncSearchClient(urls, **options))
+                       for name, (urls, options, _) in running.items()}
+            for client in clients.values():  # connected, TLS handshakes done, before the clock
+                await client.search(texts[0], k=10)
+            latencies, order, rng, n = {name: [] for name in clients}, list(clients), random.Random(0), 0
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                rng.shuffle(order)
+                for name in order:
+                    start = time.perf_counter()
+                    await clients[name].search(texts[n % len(texts)], k=10)
+                    latencies[name].append(time.perf_counter() - start)
+                n += 1
+            return latencies
+    return asyncio.run(ask())
+
+
+def paired_rows(latencies: dict[str, list[float]], cpu_s: dict[str, float], baseline: str) -> list[dict]:
+    """A row per set-up: p50, p99 and, against the baseline, the difference of p50s with a 95%
+    interval from 1,000 bootstrap resamples of the query pairs."""
+    import numpy as np
+    base, rng, rows = np.array(latencies[baseline]) * 1e3, np.random.default_rng(0), []
+    for name, seconds in latencies.items():
+        ms = np.array(seconds) * 1e3
+        picks = rng.integers(0, len(ms), (1000, len(ms)))
+        resampled = np.median(ms[picks], axis=1) - np.median(base[picks], axis=1)
+        rows.append({"setup": name, "round": 0, "concurrency": 1, "paired": True, "queries": len(ms),
+                     "failures": 0, "qps": len(ms) / ms.sum() * 1e3, "p50_ms": float(np.median(ms)),
+                     "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)),
+                     "p50_above_baseline_ci95_ms": [float(np.percentile(resampled, q)) for q in (2.5, 97.5)],
+                     "server_cpu_ms": cpu_s[name] / len(ms) * 1e3, "load_1min": os.getloadavg()[0]})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
@@ -108,6 +175,8 @@ def main() -> None:
     parser.add_argument("--clients", help="comma-separated concurrency levels (default 1,4,16,64; --quick: 1,8,32)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure every set-up this many times, alternating (ABBA): medians and spread over rounds")
+    parser.add_argument("--paired", action="store_true",
+                        help="one client's latency by pairs: every set-up asked each query in turn (see above)")
     parser.add_argument("--tag", default="", help="appended to the results' name (serving_cpu_n401_<tag>)")
     args = parser.parse_args()
     started = machine_record("date", "started_utc")
@@ -131,38 +200,59 @@ def main() -> None:
         running = {}  # every set-up's servers up at once, so that rounds alternate without restarts
         for name in names:
             repos, guard = SETUPS[name](export, gallery, work / f"setup{len(running)}", batch)
-            urls = [stack.enter_context(TritonServer(r, security=guard.get("security", Security()))).grpc_url
-                    for r in repos]
+            servers = [stack.enter_context(TritonServer(r, security=guard.get("security", Security())))
+                       for r in repos]
+            urls = [s.grpc_url for s in servers]
             options = {"credentials": guard.get("credentials", NO_CREDENTIALS)}
             run_load(urls, CAPTIONS, concurrency=4, duration=seconds / 2, **options)  # warm-up
-            running[name] = urls, options
+            running[name] = urls, options, [s.process.pid for s in servers]
+
+        def cpu_s(name):
+            return sum(server_cpu_s(pid) for pid in running[name][2])
+        if args.paired:
+            before = {name: cpu_s(name) for name in names}
+            latencies = paired(running, CAPTIONS, seconds * args.rounds)
+            rows += paired_rows(latencies, {name: cpu_s(name) - before[name] for name in names}, names[0])
+            for row in rows:
+                low, high = row["p50_above_baseline_ci95_ms"]
+                print(f"paired {row['setup']:17s} c=  1  {row['queries']} queries  p50 {row['p50_ms']:6.2f} ms  "
+                      f"p99 {row['p99_ms']:6.2f}  vs {names[0]}: {row['p50_ms'] - rows[0]['p50_ms']:+.3f} ms "
+                      f"(95% {low:+.3f} to {high:+.3f})  server CPU {row['server_cpu_ms']:.2f} ms/query", flush=True)
         for round_ in range(args.rounds):
             for concurrency in levels:  # each level's set-ups side by side in time; ABBA cancels a drift
+                if args.paired and concurrency == 1:
+                    continue
                 for name in names if round_ % 2 == 0 else names[::-1]:
-                    urls, options = running[name]
+                    urls, options, _ = running[name]
                     connection = options["credentials"].connection()
-                    before = model_times(urls[0], connection)
+                    before, used = model_times(urls[0], connection), cpu_s(name)
                     report = run_load(urls, CAPTIONS, concurrency=concurrency, duration=seconds, **options)
+                    used = cpu_s(name) - used
                     row = {"setup": name, "round": round_, "load_1min": os.getloadavg()[0],
                            **{k: v for k, v in report.items() if k != "errors"},
                            "p50_vs_floor": report["p50_ms"] / floor["p50_ms"],
+                           "server_cpu_ms": used / max(report["queries"], 1) * 1e3,
                            "model_ms": ms_per_request(before, model_times(urls[0], connection))}  # the first server's
                     rows.append(row)
                     print(f"r{round_} {name:17s} c={concurrency:3d}  {row['qps']:7.1f} q/s  "
                           f"p50 {row['p50_ms']:7.1f} ms  p95 {row['p95_ms']:7.1f}  p99 {row['p99_ms']:7.1f}  "
-                          f"failures {row['failures']}  p50 / floor {row['p50_vs_floor']:.2f}", flush=True)
+                          f"failures {row['failures']}  p50 / floor {row['p50_vs_floor']:.2f}  "
+                          f"server CPU {row['server_cpu_ms']:.2f} ms/query", flush=True)
     base = {(r["round"], r["concurrency"]): r for r in rows if r["setup"] == names[0]}
     for r in rows:  # against the baseline of the same round: paired, so a drift between rounds cancels
         r["baseline"] = names[0]
         r["qps_vs_baseline"] = r["qps"] / base[r["round"], r["concurrency"]]["qps"]
         r["p50_above_baseline_ms"] = r["p50_ms"] - base[r["round"], r["concurrency"]]["p50_ms"]
+        r["server_cpu_vs_baseline"] = r["server_cpu_ms"] / base[r["round"], r["concurrency"]]["server_cpu_ms"]
     summary = summarize(rows)
     for m in summary:  # median (min-max) over rounds
         print(f"{m['setup']:17s} c={m['concurrency']:3d}  p50 {m['p50_ms']['median']:6.2f} ms "
               f"({m['p50_ms']['min']:.2f}-{m['p50_ms']['max']:.2f})  {m['qps']['median']:7.1f} q/s  vs {names[0]}: "
               f"p50 {m['p50_above_baseline_ms']['median']:+.2f} ms ({m['p50_above_baseline_ms']['min']:+.2f} to "
               f"{m['p50_above_baseline_ms']['max']:+.2f}), q/s x{m['qps_vs_baseline']['median']:.3f} "
-              f"({m['qps_vs_baseline']['min']:.3f}-{m['qps_vs_baseline']['max']:.3f})")
+              f"({m['qps_vs_baseline']['min']:.3f}-{m['qps_vs_baseline']['max']:.3f}), server CPU a query "
+              f"x{m['server_cpu_vs_baseline']['median']:.3f} ({m['server_cpu_vs_baseline']['min']:.3f}-"
+              f"{m['server_cpu_vs_baseline']['max']:.3f})")
     size = "" if args.gallery_size == 20_000 else f"_n{args.gallery_size}"
     stem = result_stem(f"serving_cpu{size}{'_' + args.tag if args.tag else ''}", args.quick, args.results)
     c1 = next(m for m in summary if m["setup"] == names[0] and m["concurrency"] == min(levels))
@@ -172,19 +262,55 @@ def main() -> None:
         "load_average": os.getloadavg(), "rounds": args.rounds, "seconds": seconds, "floor": floor,
         "served_c1_p50_above_floor_ms": c1["p50_ms"]["median"] - floor["p50_ms"], "summary": summary, "rows": rows})
     plot(summary, floor, stem, args.gallery_size)
+    if len(names) > 1:
+        plot_cost(summary, Path(f"{stem}_cost"), names[0], min(levels), max(levels))
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per set-up and concurrency: the median, min and max over rounds of latency, throughput
-    and the paired differences from the baseline."""
-    keys = ("p50_ms", "p99_ms", "qps", "p50_above_baseline_ms", "qps_vs_baseline")
+    """Per set-up and concurrency: the median, min and max over rounds of latency, throughput,
+    server CPU and the paired differences from the baseline (and a --paired level's interval)."""
+    keys = ("p50_ms", "p99_ms", "qps", "p50_above_baseline_ms", "qps_vs_baseline", "server_cpu_ms",
+            "server_cpu_vs_baseline")
     groups = {}
     for r in rows:
         groups.setdefault((r["setup"], r["concurrency"]), []).append(r)
     return [{"setup": setup, "concurrency": c, "rounds": len(mine),
              **{k: {"median": statistics.median(v), "min": min(v), "max": max(v)}
-                for k in keys for v in [[r[k] for r in mine]]}}
+                for k in keys for v in [[r[k] for r in mine]]},
+             **{k: mine[0][k] for k in ("paired", "queries", "p50_above_baseline_ci95_ms") if mine[0].get("paired")}}
             for (setup, c), mine in groups.items()]
+
+
+def plot_cost(summary: list[dict], stem: Path, baseline: str, low: int, high: int) -> None:
+    """Each set-up against the baseline: p50 added at the lowest concurrency (the bar: a --paired
+    level's 95% interval, else the rounds' min to max) and q/s and server CPU a query at the highest."""
+    others = [s for s in summary if s["setup"] != baseline]
+    fig, (lat, thr) = pyplot().subplots(1, 2, figsize=(10, 3.6))
+    mine = [s for s in others if s["concurrency"] == low]
+    added = [s["p50_above_baseline_ms"]["median"] for s in mine]
+    spans = [s.get("p50_above_baseline_ci95_ms") or (s["p50_above_baseline_ms"]["min"], s["p50_above_baseline_ms"]["max"])
+             for s in mine]
+    lat.barh([s["setup"] for s in mine], added, xerr=[[a - lo for a, (lo, _) in zip(added, spans)],
+                                                      [hi - a for a, (_, hi) in zip(added, spans)]], capsize=3)
+    lat.axvline(0, color="grey", lw=0.8)
+    lat.set_xlabel(f"p50 over {baseline}, {low} client{'s' if low > 1 else ''} (ms)"
+                   f"{', 95% interval' if mine and mine[0].get('paired') else ', rounds min-max'}")
+    lat.invert_yaxis()
+    mine = [s for s in others if s["concurrency"] == high]
+    y = list(range(len(mine)))
+    for offset, key, label in ((-0.2, "qps_vs_baseline", "queries / s"), (0.2, "server_cpu_vs_baseline",
+                                                                          "server CPU a query")):
+        values = [s[key]["median"] for s in mine]
+        thr.barh([i + offset for i in y], values, height=0.4, label=label,
+                 xerr=[[v - s[key]["min"] for v, s in zip(values, mine)], [s[key]["max"] - v for v, s in zip(values, mine)]],
+                 capsize=3)
+    thr.set_yticks(y, [s["setup"] for s in mine])
+    thr.axvline(1, color="grey", lw=0.8)
+    thr.set_xlabel(f"x {baseline}, {high} clients (median of rounds, min-max)")
+    thr.invert_yaxis()
+    thr.legend(fontsize=7)
+    fig.suptitle("what each set-up costs against the baseline, same run", fontsize=9)
+    save_plot(fig, stem)
 
 
 def secured(folder: Path, tls: bool = True, keys: bool = True, audit: bool = True, sync_ms: float = 0) -> dict:

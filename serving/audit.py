@@ -12,8 +12,9 @@ of the file before it). `sync_ms` > 0 (TBPS_AUDIT_SYNC_MS) is the weaker mode: a
 the page cache before the answer leaves (it survives a crash of the server, kill -9 included)
 and a background thread fdatasyncs within `sync_ms`: a power loss or kernel crash can lose the
 records of that last window, at the chain's end (what was synced before still verifies, and
-`verify` shows where the loss starts). A failed background sync fails every later write, so
-answers stop rather than go out unrecorded.
+`verify` shows where the loss starts). A failed sync, in either mode, fails every later write,
+so answers stop rather than go out unrecorded (Linux may drop the pages it could not write: a
+later sync could succeed over that hole).
 
 A record: {"seq", "time" (UTC), "event", "who", "via", ..., "prev"}; `prev` is the hex SHA-256
 of the previous line's bytes (the first line of all: 64 zeros). Files rotate at `max_bytes`
@@ -119,7 +120,7 @@ class AuditLog:
         self._fd, self._fd_path = None, None  # the file appended to, kept open between writes
         self._fd_lock = threading.Lock()  # the background sync's fd is not closed under it
         self._dirty = threading.Event()  # appended since the background sync last started
-        self._sync_error = None  # the background sync's failure: every later write raises it
+        self._sync_error = None  # a failed sync's error: every later write raises it
         if sync_ms:
             threading.Thread(target=self._sync_later, name="audit-sync", daemon=True).start()
 
@@ -168,11 +169,13 @@ class AuditLog:
         if not records:
             return
         if self._sync_error is not None:
-            raise OSError(f"the audit trail's background sync failed: {self._sync_error}")
+            raise OSError(f"the audit trail's sync failed: {self._sync_error}")
         with self.locked():
             cached = self._last
-            if cached and _size(cached[0]) == cached[1] < self.max_bytes:
-                path, _, seq, prev = cached  # no one appended since: the head is ours (no re-read)
+            # no one appended since (the file kept open is the path's: rotation and pruning never
+            # replace a file, and fstat looks up no path): the head is ours, no re-read
+            if cached and self._fd_path == cached[0] and os.fstat(self._fd).st_size == cached[1] < self.max_bytes:
+                path, _, seq, prev = cached
                 lines = []
             else:
                 path, seq, prev, lines = self._head()
@@ -192,7 +195,11 @@ class AuditLog:
             if not self._dirty.is_set():  # set: the syncer has yet to clear it, and its pass will cover this
                 self._dirty.set()  # (set() takes a lock: a fifth of a write's time, under 64 clients)
         else:  # outside the lock: others append meanwhile, and this flush may cover their lines too
-            os.fdatasync(fd)
+            try:
+                os.fdatasync(fd)
+            except OSError as e:
+                self._sync_error = e
+                raise
 
     def _open(self, path: Path) -> int:
         if self._fd_path != path:

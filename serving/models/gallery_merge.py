@@ -21,7 +21,7 @@ import numpy as np
 
 from export.triton_config import EXACT, QUERY_SETS, RESULTS
 from serving.models.common import (AccessRefused, Guard, error_response, input_array, parameters, refusal,
-                                   request_parameters, search_record)
+                                   request_parameters, search_record, unrecorded)
 from serving.topk_merge import top_positions
 
 OUTPUTS = [r["name"] for r in RESULTS]
@@ -107,5 +107,5 @@ class TritonPythonModel:
         try:
             self.guard.record([record for _, record in answered if record is not None])  # before any answer leaves
         except OSError as e:
-            return [error_response(f"the audit trail could not be written ({e}): no answer") for _ in requests]
+            return unrecorded(e, requests)
         return [response for response, _ in answered]

@@ -38,7 +38,7 @@ import kernels
 from export.gallery_meta import NO_CAMERA, filter_bounds, format_time
 from export.triton_config import EXACT, GALLERY_MODEL, QUERY_SETS
 from serving.models.common import (AccessRefused, Guard, RequestError, error_response, input_array, parameters,
-                                   refusal, search_record, text)
+                                   refusal, search_record, text, unrecorded)
 from serving.models.live import open_live
 
 MAX_TOPK = 2**31 - 1  # TOPK is INT32: the kernels are prepared for every k it can carry
@@ -91,6 +91,7 @@ class TritonPythonModel:
                         alpha=base.alpha, weight=base.weight)
         self.guard = Guard()
         self.front = args["model_name"] == GALLERY_MODEL  # a local shard's searches are its merge's to audit
+        self.audited = self.front and self.guard.audited
         if self.front:
             self.guard.record([{"event": "load", "who": "server", "model": args["model_name"],
                                 "version": int(args["model_version"]), "items": len(self.live)}])
@@ -166,7 +167,7 @@ class TritonPythonModel:
                 k, key = self._topk(request, rows), self._filter(request, rows)
             except RequestError as e:
                 parsed.append(e)
-                if self.front and isinstance(e, AccessRefused):
+                if self.audited and isinstance(e, AccessRefused):
                     refused.append(refusal(e, "search"))
                 continue
             parsed.append((kind, queries, k, who))
@@ -200,7 +201,7 @@ class TritonPythonModel:
             s, i, exact = result
             paths, cameras, times, ids = (c[start:start + i.size].reshape(i.shape) for c in columns)
             start += i.size
-            if self.front:
+            if self.audited:
                 audit.append(search_record(request, item[3], item[2], self.index.to_global(i)))
             responses.append(pb_utils.InferenceResponse([
                 pb_utils.Tensor("SCORES", np.ascontiguousarray(s, dtype=np.float32)),
@@ -213,5 +214,5 @@ class TritonPythonModel:
         try:
             self.guard.record(audit)  # on disk before any answer leaves
         except OSError as e:
-            return [error_response(f"the audit trail could not be written ({e}): no answer") for _ in requests]
+            return unrecorded(e, requests)
         return responses

@@ -40,6 +40,32 @@ def test_writers_in_several_processes_make_one_chain_with_nothing_missing(tmp_pa
         assert sorted(int(r["text"].split()[1]) for r in show(tmp_path, user=f"w{i}")) == list(range(60))
 
 
+
+@pytest.mark.parametrize("sync_ms", [0, 5])
+def test_a_failed_sync_fails_every_later_write(tmp_path, monkeypatch, sync_ms):
+    """Linux may drop the pages a failed fdatasync could not write, and a later sync succeed over
+    that hole: once one fails, no answer leaves unrecorded (the default mode's write raises at
+    once, the weaker mode's next one)."""
+    import time
+    log = AuditLog(tmp_path, sync_ms=sync_ms)
+    log.write([{"event": "search", "who": "a", "text": "query 0"}])
+    real = os.fdatasync
+
+    def failing_disk(fd):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(os, "fdatasync", failing_disk)
+    if sync_ms:
+        log.write([{"event": "search", "who": "a", "text": "query 1"}])  # in the page cache: its sync fails later
+        time.sleep(10 * sync_ms / 1000)
+    else:
+        with pytest.raises(OSError, match="Input/output error"):
+            log.write([{"event": "search", "who": "a", "text": "query 1"}])
+    monkeypatch.setattr(os, "fdatasync", real)
+    with pytest.raises(OSError, match="the audit trail's sync failed: .*Input/output error"):
+        log.write([{"event": "search", "who": "a", "text": "query 2"}])
+    assert [r["text"] for r in show(tmp_path)] == ["query 0", "query 1"] and verify(tmp_path).ok
+    log.close()
+
 @pytest.mark.parametrize("tamper", ["edit", "remove", "swap"])
 def test_an_edited_removed_or_reordered_line_breaks_the_chain(tmp_path, tamper):
     log = AuditLog(tmp_path)
