@@ -28,8 +28,8 @@ not its accuracy. The gallery holds --gallery-size random unit embedding sets un
 checkpoint's fingerprint (search cost depends on N, not on content; the demo's gallery is 401
 images). Each row carries Triton's own statistics (`model_ms`: queue and compute steps per
 request, per model, of the set-up's first server). Writes
-benchmarks/results/serving_cpu[_n<N> unless N is 20000][_<tag>][_quick].json and .png
-(--results: another folder).
+benchmarks/results/serving_cpu[_n<N> unless N is 20000][_<tag>][_quick].json and .png, and with
+several set-ups _cost.png: each against the baseline (--results: another folder).
 """
 from __future__ import annotations
 
@@ -293,8 +293,8 @@ def plot_cost(summary: list[dict], stem: Path, baseline: str, low: int, high: in
     lat.barh([s["setup"] for s in mine], added, xerr=[[a - lo for a, (lo, _) in zip(added, spans)],
                                                       [hi - a for a, (_, hi) in zip(added, spans)]], capsize=3)
     lat.axvline(0, color="grey", lw=0.8)
-    lat.set_xlabel(f"p50 over {baseline}, {low} client{'s' if low > 1 else ''} (ms)"
-                   f"{', 95% interval' if mine and mine[0].get('paired') else ', rounds min-max'}")
+    lat.set_xlabel(f"p50 over {baseline}, {low} client{'s' if low > 1 else ''} (ms)\n"
+                   f"{'(95% interval)' if mine and mine[0].get('paired') else '(rounds min-max)'}")
     lat.invert_yaxis()
     mine = [s for s in others if s["concurrency"] == high]
     y = list(range(len(mine)))
@@ -306,7 +306,7 @@ def plot_cost(summary: list[dict], stem: Path, baseline: str, low: int, high: in
                  capsize=3)
     thr.set_yticks(y, [s["setup"] for s in mine])
     thr.axvline(1, color="grey", lw=0.8)
-    thr.set_xlabel(f"x {baseline}, {high} clients (median of rounds, min-max)")
+    thr.set_xlabel(f"x {baseline}, {high} clients\n(median of rounds, min-max)")
     thr.invert_yaxis()
     thr.legend(fontsize=7)
     fig.suptitle("what each set-up costs against the baseline, same run", fontsize=9)
