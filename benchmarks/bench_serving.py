@@ -188,6 +188,8 @@ def main() -> None:
         parser.error(f"unknown set-up(s) {unknown}; known: {', '.join(SETUPS)}")
     levels = tuple(int(c) for c in args.clients.split(",")) if args.clients else (1, 8, 32) if args.quick \
         else (1, 4, 16, 64)
+    if args.paired and 1 not in levels:
+        parser.error("--paired measures one client: --clients must include 1")
     seconds = 2.0 if args.quick else args.seconds
     batch = {"max_batch_size": max(levels)} if args.quick else {}  # fewer warm-up shapes: a faster start
     rows = []
