@@ -30,18 +30,11 @@ from export.gallery_meta import NO_CAMERA, NO_TIME
 from export.gallery_store import (FORMAT, ITEM_DTYPE, MANIFEST, PATHS_DB, SCALED, SET_DTYPES, VERSION, Gallery,
                                   GalleryError, file_digest, gallery_files)
 from kernels.quantize import check_scale, quantize_sets
+from trainer.records import sync_path
 
 SEGMENT_SIZE = 1 << 20  # items per segment
 HEADER = 256  # bytes of every .npy header the writer reserves, so rows stream in before the count is known
 COPY_ROWS = 1 << 16  # items per batch when one gallery is copied into another
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove(path: Path) -> None:
@@ -103,9 +96,9 @@ def _swap_in(tmp: Path, target: Path) -> None:
     """The directory `tmp` (its files already fsynced) durably at `target`, in one step; `tmp`
     is then gone (with the old target, if there was one)."""
     try:
-        _fsync(tmp)
+        sync_path(tmp)
         _exchange(tmp, target)
-        _fsync(target.parent)
+        sync_path(target.parent)
     finally:
         _remove(tmp)
 
@@ -239,7 +232,7 @@ class GalleryWriter:
             if not self.manifest["items"]:
                 raise GalleryError(f"{self.path}: a gallery needs at least one item")
             self.db.close()
-            _fsync(self.tmp / PATHS_DB)
+            sync_path(self.tmp / PATHS_DB)
             self.manifest["paths"] = {"file": PATHS_DB, "bytes": (self.tmp / PATHS_DB).stat().st_size,
                                       "digest": file_digest(self.tmp / PATHS_DB)}
             with open(self.tmp / MANIFEST, "w") as f:
@@ -305,7 +298,7 @@ def install_gallery(g: Gallery, target: str | os.PathLike) -> Path:
                 os.link(f, tmp / f.name)
             except OSError:  # another filesystem, or no links there
                 shutil.copyfile(f, tmp / f.name)
-                _fsync(tmp / f.name)
+                sync_path(tmp / f.name)
     except BaseException:
         _remove(tmp)
         raise

@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainer.records import sync_path
+
 GENESIS = "0" * 64
 LOCK_FILE = ".lock"
 MAX_BYTES = 64 << 20  # a file's size before the chain moves on to a new one
@@ -83,15 +85,6 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:  # pruned or rotated away: the head is read again
         return -1
-
-
-def _sync_path(path: Path) -> None:
-    """As export.gallery_writer's _fsync (not imported: it would bring torch into `tbps audit`), data only."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
 
 
 def sync_ms_from(value: str | None) -> float:
@@ -152,7 +145,7 @@ class AuditLog:
             if path.exists() and self._rotate(path):
                 # every writer's lines in the old file reach the disk before any line of the new
                 # one can: a power loss never leaves a hole in the chain (syncs run outside the lock)
-                _sync_path(path)
+                sync_path(path, data_only=True)
                 path = self.folder / f"audit-{seq}.jsonl"
             return path, seq, prev, []
         with contextlib.suppress(ValueError, KeyError, TypeError):  # whole but for its newline: a record

@@ -1,6 +1,7 @@
 """The project's JSON records (a checkpoint's config.json, an export's manifest.json, an engine
 folder's engines.json): written atomically, read back checked for their format, version and
-fields, one way for every record."""
+fields, one way for every record; and the sync of a file or folder by its path (the gallery's
+writer, the audit trail), torch-free for the commands that need no model."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,16 @@ def write_json_record(path: Path, record: dict) -> Path:
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def sync_path(path: str | os.PathLike, data_only: bool = False) -> None:
+    """fsync a file or a folder (its entries) by path; `data_only`: fdatasync, a file's bytes and
+    size without its times."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        (os.fdatasync if data_only else os.fsync)(fd)
+    finally:
+        os.close(fd)
 
 
 def _has(record, key: str) -> bool:
