@@ -168,10 +168,10 @@ class AuditLog:
             # no one appended since (the file kept open is the path's: rotation and pruning never
             # replace a file, and fstat looks up no path): the head is ours, no re-read
             if cached and self._fd_path == cached[0] and os.fstat(self._fd).st_size == cached[1] < self.max_bytes:
-                path, _, seq, prev = cached
+                path, size, seq, prev = cached
                 lines = []
             else:
-                path, seq, prev, lines = self._head()
+                (path, seq, prev, lines), size = self._head(), None
             time_ = now_utc()  # one execution's records: one time
             for r in records:
                 line = _ENCODER.encode({"seq": seq, "time": time_, **r, "prev": prev}).encode()
@@ -179,8 +179,9 @@ class AuditLog:
                 prev, seq = _line_hash(line), seq + 1
             try:
                 fd = self._open(path)
-                os.write(fd, b"\n".join(lines) + b"\n")
-                self._last = (path, os.fstat(fd).st_size, seq, prev)
+                written = os.write(fd, b"\n".join(lines) + b"\n")
+                # appended under the lock: the size known, unless the head was just read
+                self._last = (path, os.fstat(fd).st_size if size is None else size + written, seq, prev)
             except BaseException:
                 self._last = None
                 raise
